@@ -1,0 +1,700 @@
+"""The numba kernel: parse Bybit JSON lines and replay the book, with no Python work per line.
+
+State lives in typed arrays so a day can be fed chunk by chunk. Each side of the book is one
+ascending array whose best level is at the END (asks are stored as negated prices), so the busy
+top of the book moves few elements and both sides share one insert/delete routine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# --- indexes into the int64 state vector -------------------------------------------------
+S_HAVE_SNAPSHOT = 0
+S_HAVE_U = 1
+S_LAST_U = 2
+S_LAST_TS = 3
+S_NEXT_SECOND = 4
+S_N_BID = 5
+S_N_ASK = 6
+S_LINE_NO = 7
+S_ERROR_CODE = 8
+S_ERROR_LINE = 9
+S_ERROR_COLUMN = 10
+S_SOURCE_DEPTH = 11
+S_SYMBOL_LEN = 12
+S_HAVE_TS = 13
+STATE_SIZE = 16
+
+# --- indexes into the int64 params vector --------------------------------------------------
+P_DAY_START = 0
+P_DAY_END = 1
+P_MAX_SILENCE_MS = 2
+P_OUT_LEVELS = 3
+P_CAPTURE_SECONDS = 4
+P_SKIP_BAD_LINES = 5
+PARAMS_SIZE = 8
+
+# --- counters: names in order, shared with the Python side --------------------------------
+COUNT_NAMES = (
+    "n_lines",
+    "n_messages",
+    "n_snapshots",
+    "n_deltas",
+    "deltas_before_snapshot",
+    "seq_gaps",
+    "crossed_messages",
+    "crossed_levels_removed",
+    "messages_before_day",
+    "messages_after_day",
+    "bad_lines",
+    "book_overflow_levels",
+)
+C_LINES, C_MESSAGES, C_SNAPSHOTS, C_DELTAS, C_BEFORE_SNAPSHOT, C_SEQ_GAPS = 0, 1, 2, 3, 4, 5
+C_CROSSED, C_CROSSED_REMOVED, C_BEFORE_DAY, C_AFTER_DAY, C_BAD_LINES, C_OVERFLOW = (
+    6, 7, 8, 9, 10, 11,
+)
+
+# --- parse status codes ---------------------------------------------------------------------
+OK = 0
+ERROR_MESSAGES = {
+    1: "not a JSON object",
+    2: "unterminated string",
+    3: "malformed number",
+    4: "no \"type\" key",
+    5: "no \"ts\" key",
+    6: "no \"data\" object",
+    7: "\"type\" is neither snapshot nor delta",
+    8: "more price levels in one message than supported",
+    9: "malformed [price, size] entry",
+    10: "unexpected character",
+    11: "number with more significant digits than a float holds exactly (unsupported)",
+    12: "no \"u\" in data",
+    13: "negative price or size",
+}
+E_NOT_OBJECT, E_STRING, E_NUMBER, E_NO_TYPE, E_NO_TS, E_NO_DATA, E_TYPE = 1, 2, 3, 4, 5, 6, 7
+E_TOO_MANY_LEVELS, E_LEVEL, E_CHAR, E_DIGITS, E_NO_U, E_NEGATIVE = 8, 9, 10, 11, 12, 13
+
+QUOTE, COMMA, COLON, LBRACE, RBRACE, LBRACKET, RBRACKET = 34, 44, 58, 123, 125, 91, 93
+BACKSLASH, MINUS, DOT, NEWLINE, CR = 92, 45, 46, 10, 13
+
+KEY_TOPIC = np.frombuffer(b"topic", dtype=np.uint8)
+KEY_TYPE = np.frombuffer(b"type", dtype=np.uint8)
+KEY_TS = np.frombuffer(b"ts", dtype=np.uint8)
+KEY_DATA = np.frombuffer(b"data", dtype=np.uint8)
+KEY_S = np.frombuffer(b"s", dtype=np.uint8)
+KEY_B = np.frombuffer(b"b", dtype=np.uint8)
+KEY_A = np.frombuffer(b"a", dtype=np.uint8)
+KEY_U = np.frombuffer(b"u", dtype=np.uint8)
+WORD_SNAPSHOT = np.frombuffer(b"snapshot", dtype=np.uint8)
+WORD_DELTA = np.frombuffer(b"delta", dtype=np.uint8)
+TOPIC_PREFIX = np.frombuffer(b"orderbook.", dtype=np.uint8)
+
+# Exact powers of ten: m / 10**k is correctly rounded when m < 2**53 and k <= 22 (both exact).
+POW10 = np.array([10.0**k for k in range(23)], dtype=np.float64)
+EXACT_MANTISSA = 2**53
+MAX_DIGITS = 18  # keeps the int64 mantissa from overflowing
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _is_space(c):
+    return c == 32 or c == 9 or c == 13 or c == 10
+
+
+@njit(cache=True, nogil=True)
+def _skip_space(buf, p, end):
+    while p < end and _is_space(buf[p]):
+        p += 1
+    return p
+
+
+@njit(cache=True, nogil=True)
+def _equals(buf, start, stop, word):
+    if stop - start != word.shape[0]:
+        return False
+    for i in range(word.shape[0]):
+        if buf[start + i] != word[i]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _string_end(buf, p, end):
+    """`p` is just past an opening quote; returns the index of the closing quote or -1."""
+    while p < end:
+        c = buf[p]
+        if c == BACKSLASH:
+            p += 2
+            continue
+        if c == QUOTE:
+            return p
+        p += 1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _parse_decimal(buf, p, end):
+    """A decimal number as Python's float() reads it, bit for bit: (value, next, status).
+
+    Accepts it bare or quoted. Exact for up to 15 significant digits after trailing zeros are
+    dropped (the fast path of Clinger's algorithm); more digits give E_DIGITS, never a guess.
+    """
+    quoted = p < end and buf[p] == QUOTE
+    if quoted:
+        p += 1
+    negative = False
+    if p < end and buf[p] == MINUS:
+        negative = True
+        p += 1
+    mantissa = 0
+    digits = 0
+    frac_digits = 0
+    seen_digit = False
+    seen_dot = False
+    while p < end:
+        c = buf[p]
+        if 48 <= c <= 57:
+            seen_digit = True
+            if mantissa != 0 or c != 48:
+                digits += 1
+                if digits > MAX_DIGITS:
+                    return 0.0, p, E_DIGITS
+            mantissa = mantissa * 10 + (c - 48)
+            if seen_dot:
+                frac_digits += 1
+        elif c == DOT and not seen_dot:
+            seen_dot = True
+        else:
+            break
+        p += 1
+    if not seen_digit:
+        return 0.0, p, E_NUMBER
+    if quoted:
+        if p >= end or buf[p] != QUOTE:
+            return 0.0, p, E_NUMBER
+        p += 1
+    elif p < end and (buf[p] == 101 or buf[p] == 69):  # exponent notation: not in Bybit files
+        return 0.0, p, E_NUMBER
+    while frac_digits > 0 and mantissa % 10 == 0 and mantissa != 0:
+        mantissa //= 10
+        frac_digits -= 1
+    if mantissa == 0:
+        value = 0.0
+    elif frac_digits == 0:
+        value = float(mantissa)  # int64 -> float64 rounds to nearest, as float() does
+    elif mantissa <= EXACT_MANTISSA and frac_digits <= 22:
+        value = mantissa / POW10[frac_digits]
+    else:
+        return 0.0, p, E_DIGITS
+    return (-value if negative else value), p, OK
+
+
+@njit(cache=True, nogil=True)
+def _parse_int(buf, p, end):
+    """An integer, bare or quoted: (value, next, ok)."""
+    quoted = p < end and buf[p] == QUOTE
+    if quoted:
+        p += 1
+    negative = p < end and buf[p] == MINUS
+    if negative:
+        p += 1
+    value = 0
+    start = p
+    while p < end and 48 <= buf[p] <= 57:
+        value = value * 10 + (buf[p] - 48)
+        p += 1
+    if p == start:
+        return 0, p, False
+    if quoted:
+        if p >= end or buf[p] != QUOTE:
+            return 0, p, False
+        p += 1
+    return (-value if negative else value), p, True
+
+
+@njit(cache=True, nogil=True)
+def _skip_value(buf, p, end):
+    """Skips any JSON value; returns the index after it, or -1 when malformed."""
+    p = _skip_space(buf, p, end)
+    if p >= end:
+        return -1
+    c = buf[p]
+    if c == QUOTE:
+        q = _string_end(buf, p + 1, end)
+        return -1 if q < 0 else q + 1
+    if c == LBRACE or c == LBRACKET:
+        depth = 0
+        while p < end:
+            c = buf[p]
+            if c == QUOTE:
+                q = _string_end(buf, p + 1, end)
+                if q < 0:
+                    return -1
+                p = q
+            elif c == LBRACE or c == LBRACKET:
+                depth += 1
+            elif c == RBRACE or c == RBRACKET:
+                depth -= 1
+                if depth == 0:
+                    return p + 1
+            p += 1
+        return -1
+    start = p
+    while p < end and buf[p] != COMMA and buf[p] != RBRACE and buf[p] != RBRACKET:
+        if _is_space(buf[p]):
+            break
+        p += 1
+    return p if p > start else -1
+
+
+@njit(cache=True, nogil=True)
+def _parse_levels(buf, p, end, out_px, out_sz):
+    """`[[px, sz], ...]` into the scratch arrays: (count, next, status)."""
+    p = _skip_space(buf, p, end)
+    if p >= end or buf[p] != LBRACKET:
+        return 0, p, E_LEVEL
+    p = _skip_space(buf, p + 1, end)
+    n = 0
+    if p < end and buf[p] == RBRACKET:
+        return 0, p + 1, OK
+    while p < end:
+        if buf[p] != LBRACKET:
+            return n, p, E_LEVEL
+        p = _skip_space(buf, p + 1, end)
+        px, p, status = _parse_decimal(buf, p, end)
+        if status != OK:
+            return n, p, status
+        p = _skip_space(buf, p, end)
+        if p >= end or buf[p] != COMMA:
+            return n, p, E_LEVEL
+        p = _skip_space(buf, p + 1, end)
+        sz, p, status = _parse_decimal(buf, p, end)
+        if status != OK:
+            return n, p, status
+        if px < 0.0 or sz < 0.0:
+            return n, p, E_NEGATIVE
+        p = _skip_space(buf, p, end)
+        if p >= end or buf[p] != RBRACKET:
+            return n, p, E_LEVEL
+        if n >= out_px.shape[0]:
+            return n, p, E_TOO_MANY_LEVELS
+        out_px[n] = px
+        out_sz[n] = sz
+        n += 1
+        p = _skip_space(buf, p + 1, end)
+        if p < end and buf[p] == COMMA:
+            p = _skip_space(buf, p + 1, end)
+            continue
+        if p < end and buf[p] == RBRACKET:
+            return n, p + 1, OK
+        return n, p, E_LEVEL
+    return n, p, E_LEVEL
+
+
+@njit(cache=True, nogil=True)
+def _parse_data(buf, p, end, scratch_px, scratch_sz, counts2, state, symbol):
+    """The `data` object: levels into scratch rows 0 (bids) and 1 (asks); returns (u, next, status)."""
+    p = _skip_space(buf, p, end)
+    if p >= end or buf[p] != LBRACE:
+        return 0, p, E_NO_DATA
+    p = _skip_space(buf, p + 1, end)
+    u = -1
+    have_u = False
+    counts2[0] = 0
+    counts2[1] = 0
+    if p < end and buf[p] == RBRACE:
+        return 0, p + 1, E_NO_U
+    while p < end:
+        if buf[p] != QUOTE:
+            return 0, p, E_CHAR
+        key_end = _string_end(buf, p + 1, end)
+        if key_end < 0:
+            return 0, p, E_STRING
+        key_start = p + 1
+        p = _skip_space(buf, key_end + 1, end)
+        if p >= end or buf[p] != COLON:
+            return 0, p, E_CHAR
+        p = _skip_space(buf, p + 1, end)
+        if _equals(buf, key_start, key_end, KEY_B):
+            n, p, status = _parse_levels(buf, p, end, scratch_px[0], scratch_sz[0])
+            if status != OK:
+                return 0, p, status
+            counts2[0] = n
+        elif _equals(buf, key_start, key_end, KEY_A):
+            n, p, status = _parse_levels(buf, p, end, scratch_px[1], scratch_sz[1])
+            if status != OK:
+                return 0, p, status
+            counts2[1] = n
+        elif _equals(buf, key_start, key_end, KEY_U):
+            u, p, ok = _parse_int(buf, p, end)
+            if not ok:
+                return 0, p, E_NUMBER
+            have_u = True
+        elif _equals(buf, key_start, key_end, KEY_S) and state[S_SYMBOL_LEN] == 0:
+            if p >= end or buf[p] != QUOTE:
+                return 0, p, E_CHAR
+            q = _string_end(buf, p + 1, end)
+            if q < 0:
+                return 0, p, E_STRING
+            n = min(q - p - 1, symbol.shape[0])
+            for i in range(n):
+                symbol[i] = buf[p + 1 + i]
+            state[S_SYMBOL_LEN] = n
+            p = q + 1
+        else:
+            p = _skip_value(buf, p, end)
+            if p < 0:
+                return 0, end, E_CHAR
+        p = _skip_space(buf, p, end)
+        if p < end and buf[p] == COMMA:
+            p = _skip_space(buf, p + 1, end)
+            continue
+        if p < end and buf[p] == RBRACE:
+            if not have_u:
+                return 0, p + 1, E_NO_U
+            return u, p + 1, OK
+        return 0, p, E_CHAR
+    return 0, p, E_CHAR
+
+
+@njit(cache=True, nogil=True)
+def _topic_depth(buf, start, stop):
+    """200 from `orderbook.200.BTCUSDT`; 0 when the topic has another shape."""
+    n = TOPIC_PREFIX.shape[0]
+    if stop - start <= n or not _equals(buf, start, start + n, TOPIC_PREFIX):
+        return 0
+    depth = 0
+    p = start + n
+    while p < stop and 48 <= buf[p] <= 57:
+        depth = depth * 10 + (buf[p] - 48)
+        p += 1
+    return depth
+
+
+@njit(cache=True, nogil=True)
+def parse_message(buf, p, end, scratch_px, scratch_sz, counts2, state, symbol):
+    """One line: returns (status, is_snapshot, ts, u, error_position)."""
+    p = _skip_space(buf, p, end)
+    if p >= end or buf[p] != LBRACE:
+        return E_NOT_OBJECT, False, 0, 0, p
+    p = _skip_space(buf, p + 1, end)
+    kind = -1  # 1 snapshot, 0 delta
+    ts = 0
+    have_ts = False
+    have_data = False
+    u = 0
+    while p < end:
+        if buf[p] != QUOTE:
+            return E_CHAR, False, 0, 0, p
+        key_end = _string_end(buf, p + 1, end)
+        if key_end < 0:
+            return E_STRING, False, 0, 0, p
+        key_start = p + 1
+        p = _skip_space(buf, key_end + 1, end)
+        if p >= end or buf[p] != COLON:
+            return E_CHAR, False, 0, 0, p
+        p = _skip_space(buf, p + 1, end)
+        if _equals(buf, key_start, key_end, KEY_TYPE):
+            if p >= end or buf[p] != QUOTE:
+                return E_TYPE, False, 0, 0, p
+            q = _string_end(buf, p + 1, end)
+            if q < 0:
+                return E_STRING, False, 0, 0, p
+            if _equals(buf, p + 1, q, WORD_SNAPSHOT):
+                kind = 1
+            elif _equals(buf, p + 1, q, WORD_DELTA):
+                kind = 0
+            else:
+                return E_TYPE, False, 0, 0, p
+            p = q + 1
+        elif _equals(buf, key_start, key_end, KEY_TS):
+            ts, p, ok = _parse_int(buf, p, end)
+            if not ok:
+                return E_NUMBER, False, 0, 0, p
+            have_ts = True
+        elif _equals(buf, key_start, key_end, KEY_DATA):
+            u, p, status = _parse_data(buf, p, end, scratch_px, scratch_sz, counts2, state, symbol)
+            if status != OK:
+                return status, False, 0, 0, p
+            have_data = True
+        elif _equals(buf, key_start, key_end, KEY_TOPIC) and state[S_SOURCE_DEPTH] == 0:
+            if p >= end or buf[p] != QUOTE:
+                return E_CHAR, False, 0, 0, p
+            q = _string_end(buf, p + 1, end)
+            if q < 0:
+                return E_STRING, False, 0, 0, p
+            state[S_SOURCE_DEPTH] = _topic_depth(buf, p + 1, q)
+            p = q + 1
+        else:
+            p = _skip_value(buf, p, end)
+            if p < 0:
+                return E_CHAR, False, 0, 0, end
+        p = _skip_space(buf, p, end)
+        if p < end and buf[p] == COMMA:
+            p = _skip_space(buf, p + 1, end)
+            continue
+        if p < end and buf[p] == RBRACE:
+            if _skip_space(buf, p + 1, end) != end:
+                return E_CHAR, False, 0, 0, p + 1
+            if kind < 0:
+                return E_NO_TYPE, False, 0, 0, p
+            if not have_ts:
+                return E_NO_TS, False, 0, 0, p
+            if not have_data:
+                return E_NO_DATA, False, 0, 0, p
+            return OK, kind == 1, ts, u, p
+        return E_CHAR, False, 0, 0, p
+    return E_NOT_OBJECT, False, 0, 0, p
+
+
+# --- the book --------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _find(keys, n, key):
+    """First index i in the ascending keys[:n] with keys[i] >= key."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def _set_level(keys, sizes, n, key, size, counts):
+    """Sets (or deletes, size 0) one level of an ascending side; returns the new length."""
+    i = _find(keys, n, key)
+    if i < n and keys[i] == key:
+        if size != 0.0:
+            sizes[i] = size
+            return n
+        for j in range(i, n - 1):
+            keys[j] = keys[j + 1]
+            sizes[j] = sizes[j + 1]
+        return n - 1
+    if size == 0.0:
+        return n  # deleting an absent level: ignored
+    if n == keys.shape[0]:
+        # Full: the deepest level (index 0) gives way; a new level deeper than all is dropped.
+        counts[C_OVERFLOW] += 1
+        if i == 0:
+            return n
+        for j in range(0, i - 1):
+            keys[j] = keys[j + 1]
+            sizes[j] = sizes[j + 1]
+        keys[i - 1] = key
+        sizes[i - 1] = size
+        return n
+    for j in range(n, i, -1):
+        keys[j] = keys[j - 1]
+        sizes[j] = sizes[j - 1]
+    keys[i] = key
+    sizes[i] = size
+    return n + 1
+
+
+@njit(cache=True, nogil=True)
+def _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_snapshot, counts):
+    if is_snapshot:
+        state[S_N_BID] = 0
+        state[S_N_ASK] = 0
+    n_bid = state[S_N_BID]
+    n_ask = state[S_N_ASK]
+    for i in range(counts2[0]):
+        n_bid = _set_level(book_keys[0], book_sizes[0], n_bid, scratch_px[0, i], scratch_sz[0, i], counts)
+    for i in range(counts2[1]):
+        n_ask = _set_level(book_keys[1], book_sizes[1], n_ask, -scratch_px[1, i], scratch_sz[1, i], counts)
+    state[S_N_BID] = n_bid
+    state[S_N_ASK] = n_ask
+    if n_bid == 0 or n_ask == 0:
+        return
+    best_bid = book_keys[0, n_bid - 1]
+    best_ask = -book_keys[1, n_ask - 1]
+    if best_bid < best_ask:
+        return
+    counts[C_CROSSED] += 1
+    touched_bids = counts2[0] > 0
+    touched_asks = counts2[1] > 0
+    if touched_bids and not touched_asks:
+        while n_ask > 0 and -book_keys[1, n_ask - 1] <= best_bid:
+            n_ask -= 1
+            counts[C_CROSSED_REMOVED] += 1
+        state[S_N_ASK] = n_ask
+    elif touched_asks and not touched_bids:
+        while n_bid > 0 and book_keys[0, n_bid - 1] >= best_ask:
+            n_bid -= 1
+            counts[C_CROSSED_REMOVED] += 1
+        state[S_N_BID] = n_bid
+
+
+# --- sampling ----------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _emit_sample(k, book_keys, book_sizes, state, params, second_valid, second_stats,
+                 minute_levels, minute_imbalance, captured, imbalance_depths):
+    n_bid = state[S_N_BID]
+    n_ask = state[S_N_ASK]
+    sample_time = params[P_DAY_START] + (k + 1) * 1000
+    valid = (
+        state[S_HAVE_SNAPSHOT] == 1
+        and n_bid > 0
+        and n_ask > 0
+        and sample_time - state[S_LAST_TS] <= params[P_MAX_SILENCE_MS]
+    )
+    out_levels = params[P_OUT_LEVELS]
+    if k < params[P_CAPTURE_SECONDS]:
+        for i in range(min(out_levels, n_bid)):
+            captured[k, 0, i] = book_keys[0, n_bid - 1 - i]
+            captured[k, 1, i] = book_sizes[0, n_bid - 1 - i]
+        for i in range(min(out_levels, n_ask)):
+            captured[k, 2, i] = -book_keys[1, n_ask - 1 - i]
+            captured[k, 3, i] = book_sizes[1, n_ask - 1 - i]
+    if not valid:
+        return
+    bid_px = book_keys[0, n_bid - 1]
+    bid_sz = book_sizes[0, n_bid - 1]
+    ask_px = -book_keys[1, n_ask - 1]
+    ask_sz = book_sizes[1, n_ask - 1]
+    second_valid[k] = 1
+    second_stats[0, k] = (bid_px + ask_px) / 2.0
+    second_stats[1, k] = (bid_px * ask_sz + ask_px * bid_sz) / (bid_sz + ask_sz)
+    second_stats[2, k] = ask_px - bid_px
+    if k % 60 != 59:
+        return
+    m = k // 60
+    for i in range(min(out_levels, n_bid)):
+        minute_levels[m, 0, i] = book_keys[0, n_bid - 1 - i]
+        minute_levels[m, 1, i] = book_sizes[0, n_bid - 1 - i]
+    for i in range(min(out_levels, n_ask)):
+        minute_levels[m, 2, i] = -book_keys[1, n_ask - 1 - i]
+        minute_levels[m, 3, i] = book_sizes[1, n_ask - 1 - i]
+    for d in range(imbalance_depths.shape[0]):
+        depth = imbalance_depths[d]
+        bids = 0.0
+        asks = 0.0
+        for i in range(min(depth, n_bid)):
+            bids += book_sizes[0, n_bid - 1 - i]
+        for i in range(min(depth, n_ask)):
+            asks += book_sizes[1, n_ask - 1 - i]
+        minute_imbalance[m, d] = (bids - asks) / (bids + asks)
+
+
+@njit(cache=True, nogil=True)
+def emit_until(limit_second, book_keys, book_sizes, state, params, second_valid, second_stats,
+               minute_levels, minute_imbalance, captured, imbalance_depths):
+    """Emits every sample k < limit_second not emitted yet."""
+    k = state[S_NEXT_SECOND]
+    while k < limit_second:
+        _emit_sample(k, book_keys, book_sizes, state, params, second_valid, second_stats,
+                     minute_levels, minute_imbalance, captured, imbalance_depths)
+        k += 1
+    state[S_NEXT_SECOND] = k
+
+
+@njit(cache=True, nogil=True)
+def consume(buf, n, final, state, params, counts, book_keys, book_sizes, scratch_px, scratch_sz,
+            symbol, second_valid, second_stats, minute_levels, minute_imbalance, minute_msgs,
+            captured, imbalance_depths):
+    """Replays every complete line of buf[:n] (the last one too when `final`).
+
+    Returns how many bytes were consumed; the rest is an incomplete line to carry over. On a
+    malformed line (without skip_bad_lines) it stops and leaves the error in the state vector.
+    """
+    counts2 = np.zeros(2, dtype=np.int64)
+    day_start = params[P_DAY_START]
+    day_end = params[P_DAY_END]
+    p = 0
+    while p < n:
+        q = p
+        while q < n and buf[q] != NEWLINE:
+            q += 1
+        if q == n and not final:
+            return p
+        line_end = q
+        while line_end > p and (buf[line_end - 1] == CR or _is_space(buf[line_end - 1])):
+            line_end -= 1
+        start = _skip_space(buf, p, line_end)
+        next_p = q + 1
+        state[S_LINE_NO] += 1
+        if start == line_end:
+            p = next_p
+            continue
+        counts[C_LINES] += 1
+        status, is_snapshot, ts, u, where = parse_message(
+            buf, start, line_end, scratch_px, scratch_sz, counts2, state, symbol
+        )
+        if status != OK:
+            if params[P_SKIP_BAD_LINES] == 1:
+                counts[C_BAD_LINES] += 1
+                p = next_p
+                continue
+            state[S_ERROR_CODE] = status
+            state[S_ERROR_LINE] = state[S_LINE_NO]
+            state[S_ERROR_COLUMN] = where - start + 1
+            return p
+        counts[C_MESSAGES] += 1
+        p = next_p
+        if ts >= day_end:
+            counts[C_AFTER_DAY] += 1
+            continue
+        if not is_snapshot and state[S_HAVE_SNAPSHOT] == 0:
+            counts[C_BEFORE_SNAPSHOT] += 1
+            continue
+        if ts >= day_start + 1000:
+            emit_until(min((ts - day_start) // 1000, 86400), book_keys, book_sizes, state, params,
+                       second_valid, second_stats, minute_levels, minute_imbalance, captured,
+                       imbalance_depths)
+        if is_snapshot:
+            counts[C_SNAPSHOTS] += 1
+            state[S_HAVE_SNAPSHOT] = 1
+        else:
+            counts[C_DELTAS] += 1
+            if state[S_HAVE_U] == 1 and u != state[S_LAST_U] + 1:
+                counts[C_SEQ_GAPS] += 1
+        state[S_HAVE_U] = 1
+        state[S_LAST_U] = u
+        _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_snapshot, counts)
+        state[S_LAST_TS] = ts
+        state[S_HAVE_TS] = 1
+        if ts < day_start:
+            counts[C_BEFORE_DAY] += 1
+        else:
+            minute_msgs[(ts - day_start) // 60000] += 1
+    return p
+
+
+@njit(cache=True, nogil=True)
+def minute_stats(second_valid, second_stats, out):
+    """Per minute: mid open/high/low/close, micro mean, spread mean, valid seconds (NaN if none).
+
+    Sums run in time order so an independent replay can reproduce them exactly.
+    """
+    for m in range(out.shape[0]):
+        count = 0
+        micro_sum = 0.0
+        spread_sum = 0.0
+        for k in range(60 * m, 60 * m + 60):
+            if second_valid[k] == 0:
+                continue
+            mid = second_stats[0, k]
+            if count == 0:
+                out[m, 0] = mid
+                out[m, 1] = mid
+                out[m, 2] = mid
+            else:
+                out[m, 1] = max(out[m, 1], mid)
+                out[m, 2] = min(out[m, 2], mid)
+            out[m, 3] = mid
+            micro_sum += second_stats[1, k]
+            spread_sum += second_stats[2, k]
+            count += 1
+        if count > 0:
+            out[m, 4] = micro_sum / count
+            out[m, 5] = spread_sum / count
+        out[m, 6] = count

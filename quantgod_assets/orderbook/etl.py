@@ -1,0 +1,154 @@
+"""One day's file in, one Parquet of 1440 one-minute rows out, written atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from .reader import OrderBookInputError
+from .replay import DayReplay, ReplayConfig, replay_file
+from .sampling import minute_frame
+
+__all__ = [
+    "EtlSummary",
+    "OrderBookInputError",
+    "convert_day",
+    "gap_intervals",
+    "parse_archive_name",
+    "write_parquet_atomic",
+]
+
+ARCHIVE_NAME = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})_(?P<symbol>[A-Z0-9]+)(?:_[a-z]+)?(?:_ob(?P<depth>\d+))?"
+)
+MIN_REPORTED_GAP_S = 60
+
+
+def parse_archive_name(path: str | Path) -> tuple[dt.date, str, int]:
+    """(date, symbol, depth) from `2025-03-14_BTCUSDT_ob200.data.zip`; depth 0 when absent."""
+    name = Path(path).name
+    match = ARCHIVE_NAME.match(name)
+    if match is None:
+        raise OrderBookInputError(
+            f"{path}: the file name carries no date and symbol "
+            "(expected like 2025-03-14_BTCUSDT_ob200.data.zip); pass --date and --symbol"
+        )
+    try:
+        day = dt.date.fromisoformat(match["date"])
+    except ValueError as exc:
+        raise OrderBookInputError(f"{path}: {match['date']!r} in the file name is not a date") from exc
+    return day, match["symbol"], int(match["depth"] or 0)
+
+
+def gap_intervals(second_valid: np.ndarray, min_seconds: int = MIN_REPORTED_GAP_S) -> list[tuple[str, str]]:
+    """Runs of at least `min_seconds` invalid seconds, as ("HH:MM:SS", "HH:MM:SS") end-exclusive."""
+    invalid = np.concatenate([[False], ~second_valid.astype(bool), [False]])
+    edges = np.flatnonzero(np.diff(invalid.astype(np.int8)))
+    starts, stops = edges[::2], edges[1::2]
+
+    def clock(second: int) -> str:
+        return f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
+
+    return [(clock(a), clock(b)) for a, b in zip(starts, stops) if b - a >= min_seconds]
+
+
+@dataclass
+class EtlSummary:
+    source: Path
+    output: Path
+    day: dt.date
+    symbol: str
+    source_depth: int
+    rows: int
+    bytes_in: int  # decompressed bytes replayed
+    bytes_out: int
+    seconds: float
+    counts: dict[str, int]
+    valid_share: float
+    gap_intervals: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_in / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+    def line(self) -> str:
+        c = self.counts
+        return (
+            f"{self.day} {self.symbol} ob{self.source_depth}: {self.rows} rows -> {self.output} "
+            f"({self.bytes_out / 1e6:.1f} MB) | {c['n_messages']:,} msgs, {c['n_snapshots']} snapshots, "
+            f"{c['seq_gaps']} gaps, {c['crossed_messages']} crossed, {c['bad_lines']} bad lines | "
+            f"valid {self.valid_share:.1%} | {self.seconds:.2f} s, {self.mb_per_s:.0f} MB/s"
+        )
+
+
+def write_parquet_atomic(frame: pl.DataFrame, output: Path, metadata: dict[str, str]) -> int:
+    """Writes next to `output` under a temporary name, then renames: never a half-written day."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table = frame.to_arrow()
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    fd, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, temp_name, compression="zstd")
+        os.replace(temp_name, output)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return output.stat().st_size
+
+
+def parquet_metadata(replay: DayReplay, symbol: str, source: Path) -> dict[str, str]:
+    return {
+        "quantgod.symbol": symbol,
+        "quantgod.source_depth": str(replay.source_depth),
+        "quantgod.source_file": source.name,
+        "quantgod.date": replay.day.isoformat(),
+        "quantgod.counts": json.dumps(replay.counts),
+        "quantgod.valid_share": f"{replay.valid_share:.6f}",
+    }
+
+
+def convert_day(
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    day: dt.date | None = None,
+    symbol: str | None = None,
+    config: ReplayConfig = ReplayConfig(),
+) -> EtlSummary:
+    """Replays one day's file and writes its 1440 one-minute rows to `output_path` (Parquet, zstd)."""
+    source, output = Path(input_path), Path(output_path)
+    if day is None:
+        day, name_symbol, _ = parse_archive_name(source)
+        symbol = symbol or name_symbol
+    elif symbol is None and ARCHIVE_NAME.match(source.name):
+        symbol = parse_archive_name(source)[1]
+    started = time.perf_counter()
+    replay = replay_file(source, day, config)
+    frame = minute_frame(replay)
+    symbol = symbol or replay.symbol
+    bytes_out = write_parquet_atomic(frame, output, parquet_metadata(replay, symbol, source))
+    return EtlSummary(
+        source=source,
+        output=output,
+        day=day,
+        symbol=symbol,
+        source_depth=replay.source_depth,
+        rows=frame.height,
+        bytes_in=replay.bytes_read,
+        bytes_out=bytes_out,
+        seconds=time.perf_counter() - started,
+        counts=replay.counts,
+        valid_share=replay.valid_share,
+        gap_intervals=gap_intervals(replay.second_valid),
+    )
