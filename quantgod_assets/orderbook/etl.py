@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 ARCHIVE_NAME = re.compile(
-    r"(?P<date>\d{4}-\d{2}-\d{2})_(?P<symbol>[A-Z0-9]+)(?:_[a-z]+)?(?:_ob(?P<depth>\d+))?"
+    r"(?P<date>\d{4}-\d{2}-\d{2})_(?P<symbol>[A-Z0-9]+)(?:_(?!ob\d)[a-z]+)?(?:_ob(?P<depth>\d+))?"
 )
 MIN_REPORTED_GAP_S = 60
 

@@ -1,0 +1,227 @@
+"""The numba engine, rule by rule, on hand-built message streams."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantgod_assets.orderbook._kernel import _parse_decimal
+from quantgod_assets.orderbook.reader import OrderBookInputError
+from quantgod_assets.orderbook.replay import ReplayConfig, day_start_ms, replay_stream
+
+DAY = dt.date(2025, 3, 14)
+T0 = day_start_ms(DAY)
+
+
+def msg(kind, ts, bids=(), asks=(), u=1, key_order=("topic", "ts", "type", "data", "cts")):
+    fields = {
+        "topic": "orderbook.200.BTCUSDT",
+        "ts": ts,
+        "type": kind,
+        "data": {"s": "BTCUSDT", "b": [list(map(str, b)) for b in bids],
+                 "a": [list(map(str, a)) for a in asks], "u": u, "seq": u * 7},
+        "cts": ts - 3,
+    }
+    return json.dumps({k: fields[k] for k in key_order}, separators=(",", ":"))
+
+
+def replay(lines, levels=5, capture=5, **config):
+    text = "\r\n".join(lines) + "\r\n"
+    return replay_stream([text.encode()], DAY, ReplayConfig(out_levels=levels, capture_seconds=capture, **config))
+
+
+def book_at(result, second):
+    """(bids, asks) of one captured sample as lists of (price, size), best first."""
+    levels = result.captured[second]
+    bids = [(p, s) for p, s in zip(levels[0], levels[1]) if not math.isnan(p)]
+    asks = [(p, s) for p, s in zip(levels[2], levels[3]) if not math.isnan(p)]
+    return bids, asks
+
+
+SNAP = msg("snapshot", T0 + 100, bids=[("100.0", "1"), ("99.9", "2")], asks=[("100.1", "3"), ("100.2", "4")], u=1)
+
+
+def test_snapshot_clears_and_sets_both_sides():
+    r = replay([SNAP, msg("snapshot", T0 + 200, bids=[("50", "1")], asks=[("51", "1")], u=1)])
+    assert book_at(r, 0) == ([(50.0, 1.0)], [(51.0, 1.0)])
+    assert r.counts["n_snapshots"] == 2
+
+
+def test_delta_sets_replaces_and_deletes():
+    r = replay([SNAP, msg("delta", T0 + 200, bids=[("100.0", "5"), ("99.9", "0"), ("99.8", "7")], u=2)])
+    assert book_at(r, 0)[0] == [(100.0, 5.0), (99.8, 7.0)]
+
+
+def test_deleting_an_absent_level_is_ignored():
+    r = replay([SNAP, msg("delta", T0 + 200, asks=[("100.5", "0")], u=2)])
+    assert book_at(r, 0)[1] == [(100.1, 3.0), (100.2, 4.0)]
+    assert r.counts["seq_gaps"] == 0
+
+
+def test_deltas_before_the_first_snapshot_are_skipped_and_counted():
+    early = msg("delta", T0 + 50, bids=[("101", "9")], u=0)
+    r = replay([early, SNAP])
+    assert r.counts["deltas_before_snapshot"] == 1
+    assert book_at(r, 0)[0][0] == (100.0, 1.0)
+
+
+def test_trimmed_and_fixed_decimals_are_the_same_level():
+    snap = msg("snapshot", T0 + 100, bids=[("76344.00", "1")], asks=[("76345", "1")], u=1)
+    r = replay([snap, msg("delta", T0 + 200, bids=[("76344", "0.50")], u=2)])
+    assert book_at(r, 0)[0] == [(76344.0, 0.5)]
+
+
+def test_full_depth_is_kept_and_deep_levels_move_into_the_output():
+    bids = [(f"{100 - i}", "1") for i in range(8)]
+    snap = msg("snapshot", T0 + 100, bids=bids, asks=[("101", "1")], u=1)
+    delete_top = msg("delta", T0 + 1500, bids=[("100", "0"), ("99", "0"), ("98", "0")], u=2)
+    r = replay([snap, delete_top], levels=3)
+    assert [p for p, _ in book_at(r, 0)[0]] == [100.0, 99.0, 98.0]
+    assert [p for p, _ in book_at(r, 1)[0]] == [97.0, 96.0, 95.0]
+
+
+def test_crossing_bid_removes_the_asks_it_crosses():
+    cross = msg("delta", T0 + 200, bids=[("100.15", "1")], u=2)
+    r = replay([SNAP, cross])
+    assert book_at(r, 0)[1] == [(100.2, 4.0)]
+    assert r.counts["crossed_messages"] == 1
+    assert r.counts["crossed_levels_removed"] == 1
+
+
+def test_crossing_ask_removes_the_bids_it_crosses():
+    r = replay([SNAP, msg("delta", T0 + 200, asks=[("99.9", "1")], u=2)])
+    assert book_at(r, 0)[0] == []
+    assert r.counts["crossed_levels_removed"] == 2
+    assert not r.second_valid[0]  # an empty side is not a valid sample
+
+
+def test_a_message_touching_both_sides_leaves_a_crossed_book():
+    cross = msg("delta", T0 + 200, bids=[("100.3", "1")], asks=[("100.25", "1")], u=2)
+    r = replay([SNAP, cross])
+    bids, asks = book_at(r, 0)
+    assert bids[0] == (100.3, 1.0) and asks[0] == (100.1, 3.0)
+    assert r.counts["crossed_messages"] == 1 and r.counts["crossed_levels_removed"] == 0
+
+
+def test_u_jumps_are_counted_and_replay_carries_on():
+    r = replay([SNAP, msg("delta", T0 + 200, bids=[("99", "1")], u=2),
+                msg("delta", T0 + 300, bids=[("98", "1")], u=7),
+                msg("snapshot", T0 + 400, bids=[("99", "1")], asks=[("101", "1")], u=1),
+                msg("delta", T0 + 500, bids=[("98", "1")], u=2)])
+    assert r.counts["seq_gaps"] == 1
+    assert book_at(r, 0)[0] == [(99.0, 1.0), (98.0, 1.0)]
+
+
+def test_messages_are_bucketed_by_ts_not_by_file():
+    before = msg("snapshot", T0 - 30_000, bids=[("100", "1")], asks=[("101", "1")], u=1)
+    last = msg("delta", T0 + 86_399_500, bids=[("100", "2")], u=2)
+    after = msg("delta", T0 + 86_400_000, bids=[("100.5", "1")], u=3)
+    r = replay([before, last, after])
+    assert r.counts["messages_before_day"] == 1 and r.counts["messages_after_day"] == 1
+    assert r.minute_msgs.sum() == 1 and r.minute_msgs[1439] == 1
+    assert r.second_valid[0]  # applied before the day, sampled from the day's first second
+    assert r.minute_levels[1439, 0, 0] == 100.0 and r.minute_levels[1439, 1, 0] == 2.0
+
+
+def test_sample_k_holds_messages_strictly_before_its_end():
+    on_boundary = msg("delta", T0 + 1000, bids=[("100.0", "9")], u=2)
+    r = replay([SNAP, on_boundary])
+    assert book_at(r, 0)[0][0] == (100.0, 1.0)
+    assert book_at(r, 1)[0][0] == (100.0, 9.0)
+
+
+def test_a_sample_is_invalid_after_max_silence():
+    r = replay([SNAP], capture=0, max_silence_s=10)
+    assert r.second_valid[:10].all()  # sample 9 ends 9.9 s after the snapshot
+    assert not r.second_valid[10:].any()
+    assert r.valid_share == pytest.approx(10 / 86_400)
+
+
+def test_minute_close_and_statistics():
+    deltas = [msg("delta", T0 + 1000 * s + 500, bids=[("100.0", str(s + 1))], u=s + 2) for s in range(60)]
+    r = replay([SNAP, *deltas], capture=0, levels=2)
+    assert r.minute_levels[0, :, 0].tolist() == [100.0, 60.0, 100.1, 3.0]
+    assert r.minute_levels[0, :, 1].tolist() == [99.9, 2.0, 100.2, 4.0]
+    expected_imbalance_1 = (60.0 - 3.0) / (60.0 + 3.0)
+    assert r.minute_imbalance[0, 0] == expected_imbalance_1
+    assert r.second_micro[59] == (100.0 * 3.0 + 100.1 * 60.0) / 63.0
+
+
+@pytest.mark.parametrize("order", [("topic", "ts", "type", "data", "cts"), ("topic", "type", "ts", "data", "cts"),
+                                   ("data", "cts", "ts", "type", "topic")])
+def test_either_key_order(order):
+    lines = [msg("snapshot", T0 + 100, bids=[("100", "1")], asks=[("101", "1")], u=1, key_order=order),
+             msg("delta", T0 + 200, bids=[("100", "3")], u=2, key_order=order)]
+    assert book_at(replay(lines), 0)[0] == [(100.0, 3.0)]
+
+
+def test_whitespace_and_lf_only_lines_parse_the_same():
+    spaced = json.dumps(json.loads(SNAP), indent=None)  # ", " and ": " separators
+    r1 = replay([SNAP])
+    r2 = replay_stream([(spaced + "\n").encode()], DAY, ReplayConfig(out_levels=5, capture_seconds=5))
+    np.testing.assert_array_equal(r1.captured, r2.captured)
+
+
+def test_chunk_boundaries_anywhere_give_the_same_replay():
+    lines = [SNAP] + [msg("delta", T0 + 150 * i, bids=[(f"{99 + (i % 7) / 10:.1f}", str(i % 3))], u=i + 1)
+                      for i in range(2, 60)]
+    data = ("\r\n".join(lines)).encode()
+    whole = replay_stream([data], DAY, ReplayConfig(out_levels=5, capture_seconds=10))
+    rng = np.random.default_rng(3)
+    cuts = np.sort(rng.choice(np.arange(1, len(data)), size=40, replace=False))
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    split = replay_stream(pieces, DAY, ReplayConfig(out_levels=5, capture_seconds=10))
+    np.testing.assert_array_equal(whole.captured, split.captured)
+    assert whole.counts == split.counts
+
+
+@given(st.integers(min_value=0, max_value=10**15 - 1), st.integers(min_value=0, max_value=15),
+       st.sampled_from(["", "0", "00"]))
+@settings(max_examples=500, deadline=None)
+def test_parsed_numbers_equal_python_float_bit_for_bit(mantissa, frac_digits, trailing):
+    digits = str(mantissa).rjust(frac_digits + 1, "0")
+    text = digits[: len(digits) - frac_digits] + ("." + digits[len(digits) - frac_digits:] if frac_digits else "")
+    if frac_digits:
+        text += trailing
+    buf = np.frombuffer(f'"{text}"'.encode(), dtype=np.uint8)
+    value, end, status = _parse_decimal(buf, 0, buf.shape[0])
+    assert status == 0 and end == buf.shape[0]
+    assert value.hex() == float(text).hex(), text
+
+
+def test_numbers_beyond_exact_parsing_fail_clearly():
+    line = msg("snapshot", T0 + 100, bids=[("100.12345678901234567", "1")], asks=[("101", "1")], u=1)
+    with pytest.raises(OrderBookInputError, match="line 1.*significant digits"):
+        replay([line])
+
+
+def test_a_malformed_line_names_the_line():
+    lines = [SNAP, '{"topic":"orderbook.200.BTCUSDT","ts":1,"type":"del', msg("delta", T0 + 300, u=2)]
+    with pytest.raises(OrderBookInputError, match=r"<stream>: line 2, column \d+"):
+        replay(lines)
+
+
+def test_skip_bad_lines_counts_them():
+    lines = [SNAP, "not json at all", msg("delta", T0 + 300, bids=[("100", "4")], u=2)]
+    r = replay(lines, skip_bad_lines=True)
+    assert r.counts["bad_lines"] == 1
+    assert book_at(r, 0)[0][0] == (100.0, 4.0)
+
+
+def test_an_empty_stream_and_a_stream_without_snapshot_fail():
+    with pytest.raises(OrderBookInputError, match="no messages"):
+        replay_stream([b"\r\n"], DAY)
+    with pytest.raises(OrderBookInputError, match="no snapshot"):
+        replay([msg("delta", T0 + 100, bids=[("1", "1")], u=5)])
+
+
+def test_a_level_too_many_for_one_message_fails_clearly():
+    line = msg("snapshot", T0 + 100, bids=[(str(i + 1), "1") for i in range(16385)], asks=[], u=1)
+    with pytest.raises(OrderBookInputError, match="more price levels"):
+        replay([line])
