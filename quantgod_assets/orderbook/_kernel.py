@@ -16,8 +16,7 @@ S_HAVE_U = 1
 S_LAST_U = 2
 S_LAST_TS = 3
 S_NEXT_SECOND = 4
-S_N_BID = 5
-S_N_ASK = 6
+S_LO = 5  # + side (0 bids, 1 asks): first used index of the side's array
 S_LINE_NO = 7
 S_ERROR_CODE = 8
 S_ERROR_LINE = 9
@@ -25,6 +24,7 @@ S_ERROR_COLUMN = 10
 S_SOURCE_DEPTH = 11
 S_SYMBOL_LEN = 12
 S_HAVE_TS = 13
+S_HI = 14  # + side: one past the best level
 STATE_SIZE = 16
 
 # --- indexes into the int64 params vector --------------------------------------------------
@@ -34,6 +34,7 @@ P_MAX_SILENCE_MS = 2
 P_OUT_LEVELS = 3
 P_CAPTURE_SECONDS = 4
 P_SKIP_BAD_LINES = 5
+P_MAX_LEVELS = 6
 PARAMS_SIZE = 8
 
 # --- counters: names in order, shared with the Python side --------------------------------
@@ -452,84 +453,143 @@ def parse_message(buf, p, end, scratch_px, scratch_sz, counts2, state, symbol):
 
 
 @njit(cache=True, nogil=True)
-def _find(keys, n, key):
-    """First index i in the ascending keys[:n] with keys[i] >= key."""
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if keys[mid] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _find(keys, lo, hi, key):
+    """First index i in lo..hi with keys[i] >= key (keys ascending).
+
+    Branch-free halving: updates land anywhere in the book, so a branchy search mispredicts
+    about half its steps, and those stalls cost more than the comparisons.
+    """
+    base = lo
+    n = hi - lo
+    while n > 1:
+        half = n >> 1
+        base = base + half if keys[base + half - 1] < key else base
+        n -= half
+    if n == 1 and keys[base] < key:
+        base += 1
+    return base
 
 
 @njit(cache=True, nogil=True)
-def _set_level(keys, sizes, n, key, size, counts):
-    """Sets (or deletes, size 0) one level of an ascending side; returns the new length."""
-    i = _find(keys, n, key)
-    if i < n and keys[i] == key:
+def _recenter(keys, sizes, lo, hi):
+    """Moves the levels to the middle of their array so both ends have room again."""
+    n = hi - lo
+    new_lo = (keys.shape[0] - n) // 2
+    if new_lo < lo:
+        for j in range(n):
+            keys[new_lo + j] = keys[lo + j]
+            sizes[new_lo + j] = sizes[lo + j]
+    else:
+        for j in range(n - 1, -1, -1):
+            keys[new_lo + j] = keys[lo + j]
+            sizes[new_lo + j] = sizes[lo + j]
+    return new_lo, new_lo + n
+
+
+@njit(cache=True, nogil=True)
+def _set_level(keys, sizes, lo, hi, key, size, max_levels, counts):
+    """Sets (or deletes, size 0) one level of an ascending side held in keys[lo:hi].
+
+    The side sits in the middle of an array twice its capacity, and an insert or delete moves
+    whichever part is shorter, so both the busy top (hi end) and the window edge (lo end)
+    are cheap. Returns the new (lo, hi).
+    """
+    i = _find(keys, lo, hi, key)
+    if i < hi and keys[i] == key:
         if size != 0.0:
             sizes[i] = size
-            return n
-        for j in range(i, n - 1):
+            return lo, hi
+        if i - lo < hi - 1 - i:
+            for j in range(i, lo, -1):
+                keys[j] = keys[j - 1]
+                sizes[j] = sizes[j - 1]
+            return lo + 1, hi
+        for j in range(i, hi - 1):
             keys[j] = keys[j + 1]
             sizes[j] = sizes[j + 1]
-        return n - 1
+        return lo, hi - 1
     if size == 0.0:
-        return n  # deleting an absent level: ignored
-    if n == keys.shape[0]:
-        # Full: the deepest level (index 0) gives way; a new level deeper than all is dropped.
+        return lo, hi  # deleting an absent level: ignored
+    if hi - lo == max_levels:
+        # Full: the deepest level (at lo) gives way; a new level deeper than all is dropped.
         counts[C_OVERFLOW] += 1
-        if i == 0:
-            return n
-        for j in range(0, i - 1):
+        if i == lo:
+            return lo, hi
+        lo += 1
+    if lo == 0 or hi == keys.shape[0]:
+        new_lo, hi = _recenter(keys, sizes, lo, hi)
+        i += new_lo - lo
+        lo = new_lo
+    if i - lo < hi - i:
+        for j in range(lo - 1, i - 1):
             keys[j] = keys[j + 1]
             sizes[j] = sizes[j + 1]
         keys[i - 1] = key
         sizes[i - 1] = size
-        return n
-    for j in range(n, i, -1):
+        return lo - 1, hi
+    for j in range(hi, i, -1):
         keys[j] = keys[j - 1]
         sizes[j] = sizes[j - 1]
     keys[i] = key
     sizes[i] = size
-    return n + 1
+    return lo, hi + 1
 
 
 @njit(cache=True, nogil=True)
-def _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_snapshot, counts):
+def clear_book(state, book_keys):
+    middle = book_keys.shape[1] // 2
+    for side in range(2):
+        state[S_LO + side] = middle
+        state[S_HI + side] = middle
+
+
+@njit(cache=True, nogil=True)
+def _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_snapshot, max_levels, counts):
     if is_snapshot:
-        state[S_N_BID] = 0
-        state[S_N_ASK] = 0
-    n_bid = state[S_N_BID]
-    n_ask = state[S_N_ASK]
-    for i in range(counts2[0]):
-        n_bid = _set_level(book_keys[0], book_sizes[0], n_bid, scratch_px[0, i], scratch_sz[0, i], counts)
-    for i in range(counts2[1]):
-        n_ask = _set_level(book_keys[1], book_sizes[1], n_ask, -scratch_px[1, i], scratch_sz[1, i], counts)
-    state[S_N_BID] = n_bid
-    state[S_N_ASK] = n_ask
-    if n_bid == 0 or n_ask == 0:
+        clear_book(state, book_keys)
+    for side in range(2):
+        sign = 1.0 if side == 0 else -1.0  # asks are stored negated, best (lowest) last
+        lo = state[S_LO + side]
+        hi = state[S_HI + side]
+        for i in range(counts2[side]):
+            lo, hi = _set_level(book_keys[side], book_sizes[side], lo, hi, sign * scratch_px[side, i],
+                                scratch_sz[side, i], max_levels, counts)
+        state[S_LO + side] = lo
+        state[S_HI + side] = hi
+    bid_lo, bid_hi = state[S_LO], state[S_HI]
+    ask_lo, ask_hi = state[S_LO + 1], state[S_HI + 1]
+    if bid_hi == bid_lo or ask_hi == ask_lo:
         return
-    best_bid = book_keys[0, n_bid - 1]
-    best_ask = -book_keys[1, n_ask - 1]
+    best_bid = book_keys[0, bid_hi - 1]
+    best_ask = -book_keys[1, ask_hi - 1]
     if best_bid < best_ask:
         return
     counts[C_CROSSED] += 1
     touched_bids = counts2[0] > 0
     touched_asks = counts2[1] > 0
     if touched_bids and not touched_asks:
-        while n_ask > 0 and -book_keys[1, n_ask - 1] <= best_bid:
-            n_ask -= 1
+        while ask_hi > ask_lo and -book_keys[1, ask_hi - 1] <= best_bid:
+            ask_hi -= 1
             counts[C_CROSSED_REMOVED] += 1
-        state[S_N_ASK] = n_ask
+        state[S_HI + 1] = ask_hi
     elif touched_asks and not touched_bids:
-        while n_bid > 0 and book_keys[0, n_bid - 1] >= best_ask:
-            n_bid -= 1
+        while bid_hi > bid_lo and book_keys[0, bid_hi - 1] >= best_ask:
+            bid_hi -= 1
             counts[C_CROSSED_REMOVED] += 1
-        state[S_N_BID] = n_bid
+        state[S_HI] = bid_hi
+
+
+@njit(cache=True, nogil=True)
+def _copy_top(book_keys, book_sizes, state, n_levels, out):
+    """Top `n_levels` of each side, best first, into out[4, :] (bid_px, bid_sz, ask_px, ask_sz)."""
+    bid_hi = state[S_HI]
+    ask_hi = state[S_HI + 1]
+    for i in range(min(n_levels, bid_hi - state[S_LO])):
+        out[0, i] = book_keys[0, bid_hi - 1 - i]
+        out[1, i] = book_sizes[0, bid_hi - 1 - i]
+    for i in range(min(n_levels, ask_hi - state[S_LO + 1])):
+        out[2, i] = -book_keys[1, ask_hi - 1 - i]
+        out[3, i] = book_sizes[1, ask_hi - 1 - i]
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -538,29 +598,24 @@ def _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_sna
 @njit(cache=True, nogil=True)
 def _emit_sample(k, book_keys, book_sizes, state, params, second_valid, second_stats,
                  minute_levels, minute_imbalance, captured, imbalance_depths):
-    n_bid = state[S_N_BID]
-    n_ask = state[S_N_ASK]
+    bid_lo, bid_hi = state[S_LO], state[S_HI]
+    ask_lo, ask_hi = state[S_LO + 1], state[S_HI + 1]
     sample_time = params[P_DAY_START] + (k + 1) * 1000
     valid = (
         state[S_HAVE_SNAPSHOT] == 1
-        and n_bid > 0
-        and n_ask > 0
+        and bid_hi > bid_lo
+        and ask_hi > ask_lo
         and sample_time - state[S_LAST_TS] <= params[P_MAX_SILENCE_MS]
     )
     out_levels = params[P_OUT_LEVELS]
     if k < params[P_CAPTURE_SECONDS]:
-        for i in range(min(out_levels, n_bid)):
-            captured[k, 0, i] = book_keys[0, n_bid - 1 - i]
-            captured[k, 1, i] = book_sizes[0, n_bid - 1 - i]
-        for i in range(min(out_levels, n_ask)):
-            captured[k, 2, i] = -book_keys[1, n_ask - 1 - i]
-            captured[k, 3, i] = book_sizes[1, n_ask - 1 - i]
+        _copy_top(book_keys, book_sizes, state, out_levels, captured[k])
     if not valid:
         return
-    bid_px = book_keys[0, n_bid - 1]
-    bid_sz = book_sizes[0, n_bid - 1]
-    ask_px = -book_keys[1, n_ask - 1]
-    ask_sz = book_sizes[1, n_ask - 1]
+    bid_px = book_keys[0, bid_hi - 1]
+    bid_sz = book_sizes[0, bid_hi - 1]
+    ask_px = -book_keys[1, ask_hi - 1]
+    ask_sz = book_sizes[1, ask_hi - 1]
     second_valid[k] = 1
     second_stats[0, k] = (bid_px + ask_px) / 2.0
     second_stats[1, k] = (bid_px * ask_sz + ask_px * bid_sz) / (bid_sz + ask_sz)
@@ -568,20 +623,15 @@ def _emit_sample(k, book_keys, book_sizes, state, params, second_valid, second_s
     if k % 60 != 59:
         return
     m = k // 60
-    for i in range(min(out_levels, n_bid)):
-        minute_levels[m, 0, i] = book_keys[0, n_bid - 1 - i]
-        minute_levels[m, 1, i] = book_sizes[0, n_bid - 1 - i]
-    for i in range(min(out_levels, n_ask)):
-        minute_levels[m, 2, i] = -book_keys[1, n_ask - 1 - i]
-        minute_levels[m, 3, i] = book_sizes[1, n_ask - 1 - i]
+    _copy_top(book_keys, book_sizes, state, out_levels, minute_levels[m])
     for d in range(imbalance_depths.shape[0]):
         depth = imbalance_depths[d]
         bids = 0.0
         asks = 0.0
-        for i in range(min(depth, n_bid)):
-            bids += book_sizes[0, n_bid - 1 - i]
-        for i in range(min(depth, n_ask)):
-            asks += book_sizes[1, n_ask - 1 - i]
+        for i in range(min(depth, bid_hi - bid_lo)):
+            bids += book_sizes[0, bid_hi - 1 - i]
+        for i in range(min(depth, ask_hi - ask_lo)):
+            asks += book_sizes[1, ask_hi - 1 - i]
         minute_imbalance[m, d] = (bids - asks) / (bids + asks)
 
 
@@ -659,7 +709,8 @@ def consume(buf, n, final, state, params, counts, book_keys, book_sizes, scratch
                 counts[C_SEQ_GAPS] += 1
         state[S_HAVE_U] = 1
         state[S_LAST_U] = u
-        _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_snapshot, counts)
+        _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_snapshot,
+               params[P_MAX_LEVELS], counts)
         state[S_LAST_TS] = ts
         state[S_HAVE_TS] = 1
         if ts < day_start:

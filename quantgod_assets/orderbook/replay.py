@@ -29,10 +29,11 @@ class ReplayConfig:
     out_levels: int = OUT_LEVELS
     skip_bad_lines: bool = False
     capture_seconds: int = 0  # tests: keep the top levels of every sample k < capture_seconds
+    book_capacity: int = BOOK_CAPACITY  # levels a side; past it the deepest level gives way
 
     def __post_init__(self) -> None:
-        if not 1 <= self.out_levels <= BOOK_CAPACITY:
-            raise ValueError(f"out_levels must be in 1..{BOOK_CAPACITY}, got {self.out_levels}")
+        if not 1 <= self.out_levels <= self.book_capacity:
+            raise ValueError(f"out_levels must be in 1..{self.book_capacity}, got {self.out_levels}")
         if self.max_silence_s < 0:
             raise ValueError(f"max_silence_s must be >= 0, got {self.max_silence_s}")
         if not 0 <= self.capture_seconds <= SECONDS_PER_DAY:
@@ -81,10 +82,13 @@ class _Replayer:
         self.params[k.P_OUT_LEVELS] = levels
         self.params[k.P_CAPTURE_SECONDS] = config.capture_seconds
         self.params[k.P_SKIP_BAD_LINES] = int(config.skip_bad_lines)
+        self.params[k.P_MAX_LEVELS] = config.book_capacity
         self.state = np.zeros(k.STATE_SIZE, dtype=np.int64)
         self.counts = np.zeros(len(k.COUNT_NAMES), dtype=np.int64)
-        self.book_keys = np.zeros((2, BOOK_CAPACITY), dtype=np.float64)
-        self.book_sizes = np.zeros((2, BOOK_CAPACITY), dtype=np.float64)
+        # twice the capacity: each side sits in the middle with room to grow at both ends
+        self.book_keys = np.zeros((2, 2 * config.book_capacity + 2), dtype=np.float64)
+        self.book_sizes = np.zeros((2, 2 * config.book_capacity + 2), dtype=np.float64)
+        k.clear_book(self.state, self.book_keys)
         self.scratch_px = np.zeros((2, MESSAGE_CAPACITY), dtype=np.float64)
         self.scratch_sz = np.zeros((2, MESSAGE_CAPACITY), dtype=np.float64)
         self.symbol = np.zeros(64, dtype=np.uint8)

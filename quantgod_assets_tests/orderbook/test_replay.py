@@ -225,3 +225,33 @@ def test_a_level_too_many_for_one_message_fails_clearly():
     line = msg("snapshot", T0 + 100, bids=[(str(i + 1), "1") for i in range(16385)], asks=[], u=1)
     with pytest.raises(OrderBookInputError, match="more price levels"):
         replay([line])
+
+
+def test_a_full_side_drops_its_deepest_level_and_counts_it():
+    snap = msg("snapshot", T0 + 100, bids=[("100", "1"), ("99", "1"), ("98", "1")], asks=[("101", "1")], u=1)
+    better = msg("delta", T0 + 200, bids=[("99.5", "2")], u=2)
+    deeper = msg("delta", T0 + 300, bids=[("90", "2")], u=3)
+    r = replay([snap, better, deeper], levels=3, book_capacity=3)
+    assert book_at(r, 0)[0] == [(100.0, 1.0), (99.5, 2.0), (99.0, 1.0)]
+    assert r.counts["book_overflow_levels"] == 2
+
+
+@given(st.lists(st.tuples(st.integers(0, 60), st.sampled_from(["0", "1", "2.5"]), st.booleans()),
+                min_size=1, max_size=400))
+@settings(max_examples=200, deadline=None)
+def test_the_book_matches_a_dict_after_any_updates(updates):
+    """Inserts and deletes at every depth, through recentering, against a plain dict."""
+    snap = msg("snapshot", T0 + 100, bids=[("1000", "1")], asks=[("2000", "1")], u=1)
+    lines, bids, asks = [snap], {1000.0: 1.0}, {2000.0: 1.0}
+    for u, (tick, size, is_bid) in enumerate(updates, start=2):
+        price = (900 + tick) if is_bid else (2000 + tick)
+        lines.append(msg("delta", T0 + 200, bids=[(str(price), size)] if is_bid else [],
+                         asks=[] if is_bid else [(str(price), size)], u=u))
+        book = bids if is_bid else asks
+        if size == "0":
+            book.pop(float(price), None)
+        else:
+            book[float(price)] = float(size)
+    got_bids, got_asks = book_at(replay(lines, levels=100, book_capacity=200), 0)
+    assert got_bids == sorted(bids.items(), reverse=True)
+    assert got_asks == sorted(asks.items())
