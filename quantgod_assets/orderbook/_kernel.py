@@ -8,7 +8,9 @@ top of the book moves few elements and both sides share one insert/delete routin
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # --- indexes into the int64 state vector -------------------------------------------------
 S_HAVE_SNAPSHOT = 0
@@ -136,6 +138,37 @@ def _string_end(buf, p, end):
 
 @njit(cache=True, nogil=True)
 def _parse_decimal(buf, p, end):
+    """A decimal number as Python's float() reads it, bit for bit: (value, next, status).
+
+    The common shape (quoted, unsigned, at most 15 digits, like "84325.10") takes a tight
+    loop; anything else goes to the general routine.
+    """
+    if p >= end or buf[p] != QUOTE:
+        return _parse_decimal_general(buf, p, end)
+    q = p + 1
+    mantissa = 0
+    while q < end and buf[q] - 48 < 10 and buf[q] >= 48:
+        mantissa = mantissa * 10 + (buf[q] - 48)
+        q += 1
+    n_int = q - p - 1
+    frac_digits = 0
+    if q < end and buf[q] == DOT:
+        q += 1
+        frac_start = q
+        while q < end and buf[q] - 48 < 10 and buf[q] >= 48:
+            mantissa = mantissa * 10 + (buf[q] - 48)
+            q += 1
+        frac_digits = q - frac_start
+    if n_int == 0 or n_int + frac_digits > 15 or q >= end or buf[q] != QUOTE:
+        return _parse_decimal_general(buf, p, end)
+    if frac_digits == 0:
+        return float(mantissa), q + 1, OK
+    # mantissa < 10**15 < 2**53 and 10**frac_digits exact: one correctly rounded division
+    return mantissa / POW10[frac_digits], q + 1, OK
+
+
+@njit(cache=True, nogil=True)
+def _parse_decimal_general(buf, p, end):
     """A decimal number as Python's float() reads it, bit for bit: (value, next, status).
 
     Accepts it bare or quoted. Exact for up to 15 significant digits after trailing zeros are
@@ -470,19 +503,33 @@ def _find(keys, lo, hi, key):
     return base
 
 
+@intrinsic
+def _move(typingctx, arr, dst, src, count):
+    """arr[dst:dst+count] = arr[src:src+count], overlap allowed: one llvm.memmove.
+
+    numba's own element loops stay scalar (about 1 ns an element); shifting the book is the
+    replay's main cost, and memmove does it several times faster.
+    """
+    sig = types.void(arr, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        cgutils.raw_memmove(
+            builder, builder.gep(array.data, [args[1]]), builder.gep(array.data, [args[2]]),
+            args[3], itemsize,
+        )
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
 def _recenter(keys, sizes, lo, hi):
     """Moves the levels to the middle of their array so both ends have room again."""
     n = hi - lo
     new_lo = (keys.shape[0] - n) // 2
-    if new_lo < lo:
-        for j in range(n):
-            keys[new_lo + j] = keys[lo + j]
-            sizes[new_lo + j] = sizes[lo + j]
-    else:
-        for j in range(n - 1, -1, -1):
-            keys[new_lo + j] = keys[lo + j]
-            sizes[new_lo + j] = sizes[lo + j]
+    _move(keys, new_lo, lo, n)
+    _move(sizes, new_lo, lo, n)
     return new_lo, new_lo + n
 
 
@@ -500,13 +547,11 @@ def _set_level(keys, sizes, lo, hi, key, size, max_levels, counts):
             sizes[i] = size
             return lo, hi
         if i - lo < hi - 1 - i:
-            for j in range(i, lo, -1):
-                keys[j] = keys[j - 1]
-                sizes[j] = sizes[j - 1]
+            _move(keys, lo + 1, lo, i - lo)
+            _move(sizes, lo + 1, lo, i - lo)
             return lo + 1, hi
-        for j in range(i, hi - 1):
-            keys[j] = keys[j + 1]
-            sizes[j] = sizes[j + 1]
+        _move(keys, i, i + 1, hi - 1 - i)
+        _move(sizes, i, i + 1, hi - 1 - i)
         return lo, hi - 1
     if size == 0.0:
         return lo, hi  # deleting an absent level: ignored
@@ -521,15 +566,13 @@ def _set_level(keys, sizes, lo, hi, key, size, max_levels, counts):
         i += new_lo - lo
         lo = new_lo
     if i - lo < hi - i:
-        for j in range(lo - 1, i - 1):
-            keys[j] = keys[j + 1]
-            sizes[j] = sizes[j + 1]
+        _move(keys, lo - 1, lo, i - lo)
+        _move(sizes, lo - 1, lo, i - lo)
         keys[i - 1] = key
         sizes[i - 1] = size
         return lo - 1, hi
-    for j in range(hi, i, -1):
-        keys[j] = keys[j - 1]
-        sizes[j] = sizes[j - 1]
+    _move(keys, i + 1, i, hi - i)
+    _move(sizes, i + 1, i, hi - i)
     keys[i] = key
     sizes[i] = size
     return lo, hi + 1

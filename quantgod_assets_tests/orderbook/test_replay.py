@@ -255,3 +255,17 @@ def test_the_book_matches_a_dict_after_any_updates(updates):
     got_bids, got_asks = book_at(replay(lines, levels=100, book_capacity=200), 0)
     assert got_bids == sorted(bids.items(), reverse=True)
     assert got_asks == sorted(asks.items())
+
+
+@pytest.mark.parametrize("rising", [True, False])
+def test_a_sliding_window_recentres_the_side_arrays(rising):
+    """A book that drifts for many levels walks off one end of its array and is moved back."""
+    step = 1 if rising else -1
+    snap = msg("snapshot", T0 + 100, bids=[("1000", "1")], asks=[("5000", "1")], u=1)
+    lines = [snap]
+    for t in range(1, 40):
+        update = [(str(1000 + step * t), str(t)), (str(1000 + step * (t - 3)), "0")]
+        lines.append(msg("delta", T0 + 200, bids=update, u=t + 1))
+    bids = book_at(replay(lines, levels=4, book_capacity=4), 0)[0]
+    expected = sorted(((1000.0 + step * t, float(t)) for t in range(37, 40)), reverse=True)
+    assert bids == expected
