@@ -25,7 +25,6 @@ S_ERROR_LINE = 9
 S_ERROR_COLUMN = 10
 S_SOURCE_DEPTH = 11
 S_SYMBOL_LEN = 12
-S_HAVE_TS = 13
 S_HI = 14  # + side: one past the best level
 STATE_SIZE = 16
 
@@ -35,7 +34,6 @@ P_DAY_END = 1
 P_MAX_SILENCE_MS = 2
 P_OUT_LEVELS = 3
 P_CAPTURE_SECONDS = 4
-P_SKIP_BAD_LINES = 5
 P_MAX_LEVELS = 6
 PARAMS_SIZE = 8
 
@@ -327,8 +325,8 @@ def _parse_levels(buf, p, end, out_px, out_sz):
 
 
 @njit(cache=True, nogil=True)
-def _parse_data(buf, p, end, scratch_px, scratch_sz, counts2, state, symbol):
-    """The `data` object: levels into scratch rows 0 (bids) and 1 (asks); returns (u, next, status)."""
+def _parse_data(buf, p, end, bid_px, bid_sz, ask_px, ask_sz, counts2, state, symbol):
+    """The `data` object: levels into the bid and ask arrays; returns (u, next, status)."""
     p = _skip_space(buf, p, end)
     if p >= end or buf[p] != LBRACE:
         return 0, p, E_NO_DATA
@@ -351,12 +349,12 @@ def _parse_data(buf, p, end, scratch_px, scratch_sz, counts2, state, symbol):
             return 0, p, E_CHAR
         p = _skip_space(buf, p + 1, end)
         if _equals(buf, key_start, key_end, KEY_B):
-            n, p, status = _parse_levels(buf, p, end, scratch_px[0], scratch_sz[0])
+            n, p, status = _parse_levels(buf, p, end, bid_px, bid_sz)
             if status != OK:
                 return 0, p, status
             counts2[0] = n
         elif _equals(buf, key_start, key_end, KEY_A):
-            n, p, status = _parse_levels(buf, p, end, scratch_px[1], scratch_sz[1])
+            n, p, status = _parse_levels(buf, p, end, ask_px, ask_sz)
             if status != OK:
                 return 0, p, status
             counts2[1] = n
@@ -407,7 +405,7 @@ def _topic_depth(buf, start, stop):
 
 
 @njit(cache=True, nogil=True)
-def parse_message(buf, p, end, scratch_px, scratch_sz, counts2, state, symbol):
+def parse_message(buf, p, end, bid_px, bid_sz, ask_px, ask_sz, counts2, state, symbol):
     """One line: returns (status, is_snapshot, ts, u, error_position)."""
     p = _skip_space(buf, p, end)
     if p >= end or buf[p] != LBRACE:
@@ -448,7 +446,7 @@ def parse_message(buf, p, end, scratch_px, scratch_sz, counts2, state, symbol):
                 return E_NUMBER, False, 0, 0, p
             have_ts = True
         elif _equals(buf, key_start, key_end, KEY_DATA):
-            u, p, status = _parse_data(buf, p, end, scratch_px, scratch_sz, counts2, state, symbol)
+            u, p, status = _parse_data(buf, p, end, bid_px, bid_sz, ask_px, ask_sz, counts2, state, symbol)
             if status != OK:
                 return status, False, 0, 0, p
             have_data = True
@@ -587,16 +585,17 @@ def clear_book(state, book_keys):
 
 
 @njit(cache=True, nogil=True)
-def _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_snapshot, max_levels, counts):
+def _apply(book_keys, book_sizes, state, lv_px, lv_sz, first, n_levels, is_snapshot, max_levels, counts):
+    """One message: levels lv_*[side, first[side] : first[side] + n_levels[side]]."""
     if is_snapshot:
         clear_book(state, book_keys)
     for side in range(2):
         sign = 1.0 if side == 0 else -1.0  # asks are stored negated, best (lowest) last
         lo = state[S_LO + side]
         hi = state[S_HI + side]
-        for i in range(counts2[side]):
-            lo, hi = _set_level(book_keys[side], book_sizes[side], lo, hi, sign * scratch_px[side, i],
-                                scratch_sz[side, i], max_levels, counts)
+        for i in range(first[side], first[side] + n_levels[side]):
+            lo, hi = _set_level(book_keys[side], book_sizes[side], lo, hi, sign * lv_px[side, i],
+                                lv_sz[side, i], max_levels, counts)
         state[S_LO + side] = lo
         state[S_HI + side] = hi
     bid_lo, bid_hi = state[S_LO], state[S_HI]
@@ -608,8 +607,8 @@ def _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_sna
     if best_bid < best_ask:
         return
     counts[C_CROSSED] += 1
-    touched_bids = counts2[0] > 0
-    touched_asks = counts2[1] > 0
+    touched_bids = n_levels[0] > 0
+    touched_asks = n_levels[1] > 0
     if touched_bids and not touched_asks:
         while ask_hi > ask_lo and -book_keys[1, ask_hi - 1] <= best_bid:
             ask_hi -= 1
@@ -690,77 +689,121 @@ def emit_until(limit_second, book_keys, book_sizes, state, params, second_valid,
     state[S_NEXT_SECOND] = k
 
 
-@njit(cache=True, nogil=True)
-def consume(buf, n, final, state, params, counts, book_keys, book_sizes, scratch_px, scratch_sz,
-            symbol, second_valid, second_stats, minute_levels, minute_imbalance, minute_msgs,
-            captured, imbalance_depths):
-    """Replays every complete line of buf[:n] (the last one too when `final`).
+# --- parsing a batch of lines (one thread) -----------------------------------------------------
 
-    Returns how many bytes were consumed; the rest is an incomplete line to carry over. On a
-    malformed line (without skip_bad_lines) it stops and leaves the error in the state vector.
+B_MESSAGES = 0  # indexes into a batch's int64 header
+B_LINES = 1
+B_BAD_LINES = 2
+B_LEVELS = 3  # + side: levels used
+BATCH_HEADER = 5
+STOP_NEED_INPUT, STOP_FULL, STOP_ERROR = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def parse_batch(buf, p, n, final, pstate, symbol, header, msg_ts, msg_u, msg_kind, msg_levels,
+                lv_px, lv_sz, message_capacity, skip_bad_lines):
+    """Parses complete lines of buf[p:n] (the last one too when `final`) into a batch.
+
+    Stops when the batch is full, at an incomplete line, or at a malformed line (unless
+    skip_bad_lines; then pstate holds the error). Returns (offset where it stopped, STOP_*).
+    Independent of the book, so it runs in its own thread while the book is replayed.
     """
     counts2 = np.zeros(2, dtype=np.int64)
-    day_start = params[P_DAY_START]
-    day_end = params[P_DAY_END]
-    p = 0
+    capacity = lv_px.shape[1]
     while p < n:
+        m = header[B_MESSAGES]
+        if m == msg_ts.shape[0] or header[B_LEVELS] + message_capacity > capacity or \
+                header[B_LEVELS + 1] + message_capacity > capacity:
+            return p, STOP_FULL
         q = p
         while q < n and buf[q] != NEWLINE:
             q += 1
         if q == n and not final:
-            return p
+            return p, STOP_NEED_INPUT
         line_end = q
-        while line_end > p and (buf[line_end - 1] == CR or _is_space(buf[line_end - 1])):
+        next_line = min(q + 1, n)
+        while line_end > p and _is_space(buf[line_end - 1]):
             line_end -= 1
         start = _skip_space(buf, p, line_end)
-        next_p = q + 1
-        state[S_LINE_NO] += 1
+        pstate[S_LINE_NO] += 1
         if start == line_end:
-            p = next_p
+            p = next_line
             continue
-        counts[C_LINES] += 1
+        header[B_LINES] += 1
+        b0 = header[B_LEVELS]
+        a0 = header[B_LEVELS + 1]
         status, is_snapshot, ts, u, where = parse_message(
-            buf, start, line_end, scratch_px, scratch_sz, counts2, state, symbol
+            buf, start, line_end,
+            lv_px[0, b0:b0 + message_capacity], lv_sz[0, b0:b0 + message_capacity],
+            lv_px[1, a0:a0 + message_capacity], lv_sz[1, a0:a0 + message_capacity],
+            counts2, pstate, symbol,
         )
         if status != OK:
-            if params[P_SKIP_BAD_LINES] == 1:
-                counts[C_BAD_LINES] += 1
-                p = next_p
+            if skip_bad_lines:
+                header[B_BAD_LINES] += 1
+                p = next_line
                 continue
-            state[S_ERROR_CODE] = status
-            state[S_ERROR_LINE] = state[S_LINE_NO]
-            state[S_ERROR_COLUMN] = where - start + 1
-            return p
+            pstate[S_ERROR_CODE] = status
+            pstate[S_ERROR_LINE] = pstate[S_LINE_NO]
+            pstate[S_ERROR_COLUMN] = where - start + 1
+            return p, STOP_ERROR
+        msg_ts[m] = ts
+        msg_u[m] = u
+        msg_kind[m] = 1 if is_snapshot else 0
+        msg_levels[m, 0] = counts2[0]
+        msg_levels[m, 1] = counts2[1]
+        header[B_LEVELS] += counts2[0]
+        header[B_LEVELS + 1] += counts2[1]
+        header[B_MESSAGES] = m + 1
+        p = next_line
+    return p, STOP_NEED_INPUT
+
+
+# --- replaying a parsed batch (the other thread) -----------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state, params, counts,
+                book_keys, book_sizes, second_valid, second_stats, minute_levels, minute_imbalance,
+                minute_msgs, captured, imbalance_depths):
+    """Replays a parsed batch in order: bucketing by ts, sequence checks, book, samples."""
+    first = np.zeros(2, dtype=np.int64)
+    day_start = params[P_DAY_START]
+    day_end = params[P_DAY_END]
+    counts[C_LINES] += header[B_LINES]
+    counts[C_BAD_LINES] += header[B_BAD_LINES]
+    for m in range(header[B_MESSAGES]):
+        ts = msg_ts[m]
+        n_levels = msg_levels[m]
+        is_snapshot = msg_kind[m] == 1
         counts[C_MESSAGES] += 1
-        p = next_p
         if ts >= day_end:
             counts[C_AFTER_DAY] += 1
-            continue
-        if not is_snapshot and state[S_HAVE_SNAPSHOT] == 0:
+        elif not is_snapshot and state[S_HAVE_SNAPSHOT] == 0:
             counts[C_BEFORE_SNAPSHOT] += 1
-            continue
-        if ts >= day_start + 1000:
-            emit_until(min((ts - day_start) // 1000, 86400), book_keys, book_sizes, state, params,
-                       second_valid, second_stats, minute_levels, minute_imbalance, captured,
-                       imbalance_depths)
-        if is_snapshot:
-            counts[C_SNAPSHOTS] += 1
-            state[S_HAVE_SNAPSHOT] = 1
         else:
-            counts[C_DELTAS] += 1
-            if state[S_HAVE_U] == 1 and u != state[S_LAST_U] + 1:
-                counts[C_SEQ_GAPS] += 1
-        state[S_HAVE_U] = 1
-        state[S_LAST_U] = u
-        _apply(book_keys, book_sizes, state, scratch_px, scratch_sz, counts2, is_snapshot,
-               params[P_MAX_LEVELS], counts)
-        state[S_LAST_TS] = ts
-        state[S_HAVE_TS] = 1
-        if ts < day_start:
-            counts[C_BEFORE_DAY] += 1
-        else:
-            minute_msgs[(ts - day_start) // 60000] += 1
-    return p
+            if ts >= day_start + 1000:
+                emit_until(min((ts - day_start) // 1000, 86400), book_keys, book_sizes, state,
+                           params, second_valid, second_stats, minute_levels, minute_imbalance,
+                           captured, imbalance_depths)
+            if is_snapshot:
+                counts[C_SNAPSHOTS] += 1
+                state[S_HAVE_SNAPSHOT] = 1
+            else:
+                counts[C_DELTAS] += 1
+                if state[S_HAVE_U] == 1 and msg_u[m] != state[S_LAST_U] + 1:
+                    counts[C_SEQ_GAPS] += 1
+            state[S_HAVE_U] = 1
+            state[S_LAST_U] = msg_u[m]
+            _apply(book_keys, book_sizes, state, lv_px, lv_sz, first, n_levels, is_snapshot,
+                   params[P_MAX_LEVELS], counts)
+            state[S_LAST_TS] = ts
+            if ts < day_start:
+                counts[C_BEFORE_DAY] += 1
+            else:
+                minute_msgs[(ts - day_start) // 60000] += 1
+        first[0] += n_levels[0]
+        first[1] += n_levels[1]
 
 
 @njit(cache=True, nogil=True)

@@ -7,7 +7,9 @@ The Python side only moves chunks: every line is parsed and applied by the numba
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +71,104 @@ def day_start_ms(day: dt.date) -> int:
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
 
 
+MESSAGES_PER_BATCH = 16_384
+LEVELS_PER_BATCH = 1 << 18  # a side; a 4 MB chunk of real lines holds about 90,000
+BATCH_POOL = 6  # batches in flight: one filling, two queued, one replaying, spares
+
+
+class _Batch:
+    """Parsed messages of one chunk: headers and levels in typed arrays, reused across chunks."""
+
+    def __init__(self) -> None:
+        self.header = np.zeros(k.BATCH_HEADER, dtype=np.int64)
+        self.msg_ts = np.empty(MESSAGES_PER_BATCH, dtype=np.int64)
+        self.msg_u = np.empty(MESSAGES_PER_BATCH, dtype=np.int64)
+        self.msg_kind = np.empty(MESSAGES_PER_BATCH, dtype=np.int8)
+        self.msg_levels = np.empty((MESSAGES_PER_BATCH, 2), dtype=np.int64)
+        self.lv_px = np.empty((2, LEVELS_PER_BATCH), dtype=np.float64)
+        self.lv_sz = np.empty((2, LEVELS_PER_BATCH), dtype=np.float64)
+        self.error: OrderBookInputError | None = None
+
+
+class _Parser:
+    """Byte chunks cut anywhere → parsed batches. Runs in a thread of its own (numba nogil)."""
+
+    def __init__(self, config: ReplayConfig, source_name: str) -> None:
+        self.source_name = source_name
+        self.skip_bad_lines = config.skip_bad_lines
+        self.state = np.zeros(k.STATE_SIZE, dtype=np.int64)
+        self.symbol = np.zeros(64, dtype=np.uint8)
+        self.bytes_read = 0
+        self.free: queue.Queue[_Batch] = queue.Queue()
+        for _ in range(BATCH_POOL):
+            self.free.put(_Batch())
+        self.closed = threading.Event()
+
+    def _take(self) -> _Batch | None:
+        while not self.closed.is_set():
+            try:
+                batch = self.free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch.header[:] = 0
+            batch.error = None
+            return batch
+        return None
+
+    def _parse(self, buf: np.ndarray, start: int, n: int, final: bool, batch: _Batch) -> tuple[int, int]:
+        return k.parse_batch(
+            buf, start, n, final, self.state, self.symbol, batch.header, batch.msg_ts, batch.msg_u,
+            batch.msg_kind, batch.msg_levels, batch.lv_px, batch.lv_sz, MESSAGE_CAPACITY,
+            self.skip_bad_lines,
+        )
+
+    def batches(self, chunks: Iterable[bytes]) -> Iterator[_Batch]:
+        buf = np.empty(0, dtype=np.uint8)
+        carried = 0
+        for chunk in chunks_then_end(chunks):
+            final = chunk is None
+            if not final:
+                self.bytes_read += len(chunk)
+                needed = carried + len(chunk)
+                if needed > buf.shape[0]:
+                    grown = np.empty(max(needed, 2 * buf.shape[0]), dtype=np.uint8)
+                    grown[:carried] = buf[:carried]
+                    buf = grown
+                buf[carried:needed] = np.frombuffer(chunk, dtype=np.uint8)
+            else:
+                needed = carried
+            offset = 0
+            while True:
+                batch = self._take()
+                if batch is None:
+                    return
+                offset, stop = self._parse(buf, offset, needed, final, batch)
+                if stop == k.STOP_ERROR:
+                    batch.error = self._error()
+                yield batch
+                if stop != k.STOP_FULL:
+                    break
+            if batch.error is not None:
+                return
+            carried = needed - offset
+            buf[:carried] = buf[offset:needed]  # numpy copies overlapping slices safely
+
+    def _error(self) -> OrderBookInputError:
+        code = int(self.state[k.S_ERROR_CODE])
+        return OrderBookInputError(
+            f"{self.source_name}: line {int(self.state[k.S_ERROR_LINE])}, column "
+            f"{int(self.state[k.S_ERROR_COLUMN])}: {k.ERROR_MESSAGES[code]} "
+            "(use --skip-bad-lines to count and skip such lines)"
+        )
+
+
+def chunks_then_end(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
+    yield from chunks
+    yield None
+
+
 class _Replayer:
-    """The typed arrays the kernel works on, fed chunk by chunk."""
+    """The book and the day's outputs in typed arrays, fed one parsed batch at a time."""
 
     def __init__(self, day: dt.date, config: ReplayConfig) -> None:
         start = day_start_ms(day)
@@ -81,7 +179,6 @@ class _Replayer:
         self.params[k.P_MAX_SILENCE_MS] = int(round(config.max_silence_s * 1000))
         self.params[k.P_OUT_LEVELS] = levels
         self.params[k.P_CAPTURE_SECONDS] = config.capture_seconds
-        self.params[k.P_SKIP_BAD_LINES] = int(config.skip_bad_lines)
         self.params[k.P_MAX_LEVELS] = config.book_capacity
         self.state = np.zeros(k.STATE_SIZE, dtype=np.int64)
         self.counts = np.zeros(len(k.COUNT_NAMES), dtype=np.int64)
@@ -89,9 +186,6 @@ class _Replayer:
         self.book_keys = np.zeros((2, 2 * config.book_capacity + 2), dtype=np.float64)
         self.book_sizes = np.zeros((2, 2 * config.book_capacity + 2), dtype=np.float64)
         k.clear_book(self.state, self.book_keys)
-        self.scratch_px = np.zeros((2, MESSAGE_CAPACITY), dtype=np.float64)
-        self.scratch_sz = np.zeros((2, MESSAGE_CAPACITY), dtype=np.float64)
-        self.symbol = np.zeros(64, dtype=np.uint8)
         self.second_valid = np.zeros(SECONDS_PER_DAY, dtype=np.uint8)
         self.second_stats = np.full((3, SECONDS_PER_DAY), np.nan)
         self.minute_levels = np.full((MINUTES_PER_DAY, 4, levels), np.nan)
@@ -100,12 +194,12 @@ class _Replayer:
         self.captured = np.full((config.capture_seconds, 4, levels), np.nan)
         self.imbalance_depths = np.array(IMBALANCE_DEPTHS, dtype=np.int64)
 
-    def consume(self, buf: np.ndarray, n: int, final: bool) -> int:
-        return k.consume(
-            buf, n, final, self.state, self.params, self.counts, self.book_keys, self.book_sizes,
-            self.scratch_px, self.scratch_sz, self.symbol, self.second_valid, self.second_stats,
-            self.minute_levels, self.minute_imbalance, self.minute_msgs, self.captured,
-            self.imbalance_depths,
+    def apply(self, batch: _Batch) -> None:
+        k.apply_batch(
+            batch.header, batch.msg_ts, batch.msg_u, batch.msg_kind, batch.msg_levels, batch.lv_px,
+            batch.lv_sz, self.state, self.params, self.counts, self.book_keys, self.book_sizes,
+            self.second_valid, self.second_stats, self.minute_levels, self.minute_imbalance,
+            self.minute_msgs, self.captured, self.imbalance_depths,
         )
 
     def finish(self) -> None:
@@ -115,16 +209,6 @@ class _Replayer:
             self.captured, self.imbalance_depths,
         )
 
-    def error(self, source_name: str) -> OrderBookInputError | None:
-        code = int(self.state[k.S_ERROR_CODE])
-        if code == 0:
-            return None
-        return OrderBookInputError(
-            f"{source_name}: line {int(self.state[k.S_ERROR_LINE])}, column "
-            f"{int(self.state[k.S_ERROR_COLUMN])}: {k.ERROR_MESSAGES[code]} "
-            "(use --skip-bad-lines to count and skip such lines)"
-        )
-
 
 def replay_stream(
     chunks: Iterable[bytes],
@@ -132,25 +216,22 @@ def replay_stream(
     config: ReplayConfig = ReplayConfig(),
     source_name: str = "<stream>",
 ) -> DayReplay:
-    """Replays a day's JSON lines, arriving as byte chunks cut anywhere."""
+    """Replays a day's JSON lines, arriving as byte chunks cut anywhere.
+
+    Parsing runs one thread ahead of the replay (and, from `replay_file`, decompression one
+    more), so on two cores the three stages overlap.
+    """
+    parser = _Parser(config, source_name)
     replayer = _Replayer(day, config)
-    buf = np.empty(0, dtype=np.uint8)
-    carried = 0
-    bytes_read = 0
-    for chunk in chunks:
-        bytes_read += len(chunk)
-        needed = carried + len(chunk)
-        if needed > buf.shape[0]:
-            grown = np.empty(max(needed, 2 * buf.shape[0]), dtype=np.uint8)
-            grown[:carried] = buf[:carried]
-            buf = grown
-        buf[carried:needed] = np.frombuffer(chunk, dtype=np.uint8)
-        used = replayer.consume(buf, needed, False)
-        _raise_on_error(replayer, source_name)
-        carried = needed - used
-        buf[:carried] = buf[used:needed]  # numpy copies overlapping slices safely
-    replayer.consume(buf, carried, True)
-    _raise_on_error(replayer, source_name)
+    try:
+        for batch in prefetched(parser.batches(chunks), depth=2):
+            replayer.apply(batch)
+            error = batch.error
+            parser.free.put(batch)
+            if error is not None:
+                raise error
+    finally:
+        parser.closed.set()
     if replayer.counts[k.C_MESSAGES] == 0:
         raise OrderBookInputError(f"{source_name}: no messages (empty file)")
     if replayer.counts[k.C_SNAPSHOTS] == 0:
@@ -158,24 +239,18 @@ def replay_stream(
             f"{source_name}: no snapshot within the day, so the book can never be built"
         )
     replayer.finish()
-    return _result(replayer, day, config, source_name, bytes_read)
+    return _result(parser, replayer, day, config, source_name)
 
 
-def _raise_on_error(replayer: _Replayer, source_name: str) -> None:
-    error = replayer.error(source_name)
-    if error is not None:
-        raise error
-
-
-def _result(replayer: _Replayer, day, config, source_name, bytes_read) -> DayReplay:
-    symbol = bytes(replayer.symbol[: int(replayer.state[k.S_SYMBOL_LEN])]).decode("ascii", "replace")
+def _result(parser: _Parser, replayer: _Replayer, day, config, source_name) -> DayReplay:
+    symbol = bytes(parser.symbol[: int(parser.state[k.S_SYMBOL_LEN])]).decode("ascii", "replace")
     return DayReplay(
         day=day,
         day_start_ms=int(replayer.params[k.P_DAY_START]),
         source_name=source_name,
-        source_depth=int(replayer.state[k.S_SOURCE_DEPTH]),
+        source_depth=int(parser.state[k.S_SOURCE_DEPTH]),
         symbol=symbol,
-        bytes_read=bytes_read,
+        bytes_read=parser.bytes_read,
         counts={name: int(v) for name, v in zip(k.COUNT_NAMES, replayer.counts)},
         second_valid=replayer.second_valid.astype(bool),
         second_mid=replayer.second_stats[0],
