@@ -484,8 +484,8 @@ def parse_message(buf, p, end, bid_px, bid_sz, ask_px, ask_sz, counts2, state, s
 
 
 @njit(cache=True, nogil=True)
-def _find(keys, lo, hi, key):
-    """First index i in lo..hi with keys[i] >= key (keys ascending).
+def _find(levels, lo, hi, key):
+    """First index i in lo..hi with levels[i, 0] >= key (keys ascending).
 
     Branch-free halving: updates land anywhere in the book, so a branchy search mispredicts
     about half its steps, and those stalls cost more than the comparisons.
@@ -494,9 +494,9 @@ def _find(keys, lo, hi, key):
     n = hi - lo
     while n > 1:
         half = n >> 1
-        base = base + half if keys[base + half - 1] < key else base
+        base = base + half if levels[base + half - 1, 0] < key else base
         n -= half
-    if n == 1 and keys[base] < key:
+    if n == 1 and levels[base, 0] < key:
         base += 1
     return base
 
@@ -522,34 +522,37 @@ def _move(typingctx, arr, dst, src, count):
 
 
 @njit(cache=True, nogil=True)
-def _recenter(keys, sizes, lo, hi):
+def _shift(levels, dst, src, count):
+    """levels[dst:dst+count] = levels[src:src+count] for (key, size) rows, in one memmove."""
+    _move(levels, 2 * dst, 2 * src, 2 * count)
+
+
+@njit(cache=True, nogil=True)
+def _recenter(levels, lo, hi):
     """Moves the levels to the middle of their array so both ends have room again."""
     n = hi - lo
-    new_lo = (keys.shape[0] - n) // 2
-    _move(keys, new_lo, lo, n)
-    _move(sizes, new_lo, lo, n)
+    new_lo = (levels.shape[0] - n) // 2
+    _shift(levels, new_lo, lo, n)
     return new_lo, new_lo + n
 
 
 @njit(cache=True, nogil=True)
-def _set_level(keys, sizes, lo, hi, key, size, max_levels, counts):
-    """Sets (or deletes, size 0) one level of an ascending side held in keys[lo:hi].
+def _set_level(levels, lo, hi, key, size, max_levels, counts):
+    """Sets (or deletes, size 0) one level of an ascending side held in levels[lo:hi].
 
-    The side sits in the middle of an array twice its capacity, and an insert or delete moves
-    whichever part is shorter, so both the busy top (hi end) and the window edge (lo end)
-    are cheap. Returns the new (lo, hi).
+    Rows are (key, size). The side sits in the middle of an array twice its capacity, and an
+    insert or delete moves whichever part is shorter, so both the busy top (hi end) and the
+    window edge (lo end) are cheap. Returns the new (lo, hi).
     """
-    i = _find(keys, lo, hi, key)
-    if i < hi and keys[i] == key:
+    i = _find(levels, lo, hi, key)
+    if i < hi and levels[i, 0] == key:
         if size != 0.0:
-            sizes[i] = size
+            levels[i, 1] = size
             return lo, hi
         if i - lo < hi - 1 - i:
-            _move(keys, lo + 1, lo, i - lo)
-            _move(sizes, lo + 1, lo, i - lo)
+            _shift(levels, lo + 1, lo, i - lo)
             return lo + 1, hi
-        _move(keys, i, i + 1, hi - 1 - i)
-        _move(sizes, i, i + 1, hi - 1 - i)
+        _shift(levels, i, i + 1, hi - 1 - i)
         return lo, hi - 1
     if size == 0.0:
         return lo, hi  # deleting an absent level: ignored
@@ -559,86 +562,85 @@ def _set_level(keys, sizes, lo, hi, key, size, max_levels, counts):
         if i == lo:
             return lo, hi
         lo += 1
-    if lo == 0 or hi == keys.shape[0]:
-        new_lo, hi = _recenter(keys, sizes, lo, hi)
+    if lo == 0 or hi == levels.shape[0]:
+        new_lo, hi = _recenter(levels, lo, hi)
         i += new_lo - lo
         lo = new_lo
     if i - lo < hi - i:
-        _move(keys, lo - 1, lo, i - lo)
-        _move(sizes, lo - 1, lo, i - lo)
-        keys[i - 1] = key
-        sizes[i - 1] = size
-        return lo - 1, hi
-    _move(keys, i + 1, i, hi - i)
-    _move(sizes, i + 1, i, hi - i)
-    keys[i] = key
-    sizes[i] = size
-    return lo, hi + 1
+        _shift(levels, lo - 1, lo, i - lo)
+        i -= 1
+        lo -= 1
+    else:
+        _shift(levels, i + 1, i, hi - i)
+        hi += 1
+    levels[i, 0] = key
+    levels[i, 1] = size
+    return lo, hi
 
 
 @njit(cache=True, nogil=True)
-def clear_book(state, book_keys):
-    middle = book_keys.shape[1] // 2
+def clear_book(state, book):
+    middle = book.shape[1] // 2
     for side in range(2):
         state[S_LO + side] = middle
         state[S_HI + side] = middle
 
 
 @njit(cache=True, nogil=True)
-def _apply(book_keys, book_sizes, state, lv_px, lv_sz, first, n_levels, is_snapshot, max_levels, counts):
+def _apply(book, state, lv_px, lv_sz, first, n_levels, is_snapshot, max_levels, counts):
     """One message: levels lv_*[side, first[side] : first[side] + n_levels[side]]."""
     if is_snapshot:
-        clear_book(state, book_keys)
+        clear_book(state, book)
     for side in range(2):
         sign = 1.0 if side == 0 else -1.0  # asks are stored negated, best (lowest) last
         lo = state[S_LO + side]
         hi = state[S_HI + side]
         for i in range(first[side], first[side] + n_levels[side]):
-            lo, hi = _set_level(book_keys[side], book_sizes[side], lo, hi, sign * lv_px[side, i],
-                                lv_sz[side, i], max_levels, counts)
+            lo, hi = _set_level(book[side], lo, hi, sign * lv_px[side, i], lv_sz[side, i],
+                                max_levels, counts)
         state[S_LO + side] = lo
         state[S_HI + side] = hi
     bid_lo, bid_hi = state[S_LO], state[S_HI]
     ask_lo, ask_hi = state[S_LO + 1], state[S_HI + 1]
     if bid_hi == bid_lo or ask_hi == ask_lo:
         return
-    best_bid = book_keys[0, bid_hi - 1]
-    best_ask = -book_keys[1, ask_hi - 1]
+    best_bid = book[0, bid_hi - 1, 0]
+    best_ask = -book[1, ask_hi - 1, 0]
     if best_bid < best_ask:
         return
     counts[C_CROSSED] += 1
     touched_bids = n_levels[0] > 0
     touched_asks = n_levels[1] > 0
     if touched_bids and not touched_asks:
-        while ask_hi > ask_lo and -book_keys[1, ask_hi - 1] <= best_bid:
+        while ask_hi > ask_lo and -book[1, ask_hi - 1, 0] <= best_bid:
             ask_hi -= 1
             counts[C_CROSSED_REMOVED] += 1
         state[S_HI + 1] = ask_hi
     elif touched_asks and not touched_bids:
-        while bid_hi > bid_lo and book_keys[0, bid_hi - 1] >= best_ask:
+        while bid_hi > bid_lo and book[0, bid_hi - 1, 0] >= best_ask:
             bid_hi -= 1
             counts[C_CROSSED_REMOVED] += 1
         state[S_HI] = bid_hi
 
 
 @njit(cache=True, nogil=True)
-def _copy_top(book_keys, book_sizes, state, n_levels, out):
+def _copy_top(book, state, n_levels, out):
     """Top `n_levels` of each side, best first, into out[4, :] (bid_px, bid_sz, ask_px, ask_sz)."""
     bid_hi = state[S_HI]
     ask_hi = state[S_HI + 1]
     for i in range(min(n_levels, bid_hi - state[S_LO])):
-        out[0, i] = book_keys[0, bid_hi - 1 - i]
-        out[1, i] = book_sizes[0, bid_hi - 1 - i]
+        out[0, i] = book[0, bid_hi - 1 - i, 0]
+        out[1, i] = book[0, bid_hi - 1 - i, 1]
     for i in range(min(n_levels, ask_hi - state[S_LO + 1])):
-        out[2, i] = -book_keys[1, ask_hi - 1 - i]
-        out[3, i] = book_sizes[1, ask_hi - 1 - i]
+        out[2, i] = -book[1, ask_hi - 1 - i, 0]
+        out[3, i] = book[1, ask_hi - 1 - i, 1]
 
 
 # --- sampling ----------------------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True)
-def _emit_sample(k, book_keys, book_sizes, state, params, second_valid, second_stats,
+def _emit_sample(k, book, state, params, second_valid, second_stats,
                  minute_levels, minute_imbalance, captured, imbalance_depths):
     bid_lo, bid_hi = state[S_LO], state[S_HI]
     ask_lo, ask_hi = state[S_LO + 1], state[S_HI + 1]
@@ -651,13 +653,13 @@ def _emit_sample(k, book_keys, book_sizes, state, params, second_valid, second_s
     )
     out_levels = params[P_OUT_LEVELS]
     if k < params[P_CAPTURE_SECONDS]:
-        _copy_top(book_keys, book_sizes, state, out_levels, captured[k])
+        _copy_top(book, state, out_levels, captured[k])
     if not valid:
         return
-    bid_px = book_keys[0, bid_hi - 1]
-    bid_sz = book_sizes[0, bid_hi - 1]
-    ask_px = -book_keys[1, ask_hi - 1]
-    ask_sz = book_sizes[1, ask_hi - 1]
+    bid_px = book[0, bid_hi - 1, 0]
+    bid_sz = book[0, bid_hi - 1, 1]
+    ask_px = -book[1, ask_hi - 1, 0]
+    ask_sz = book[1, ask_hi - 1, 1]
     second_valid[k] = 1
     second_stats[0, k] = (bid_px + ask_px) / 2.0
     second_stats[1, k] = (bid_px * ask_sz + ask_px * bid_sz) / (bid_sz + ask_sz)
@@ -665,25 +667,25 @@ def _emit_sample(k, book_keys, book_sizes, state, params, second_valid, second_s
     if k % 60 != 59:
         return
     m = k // 60
-    _copy_top(book_keys, book_sizes, state, out_levels, minute_levels[m])
+    _copy_top(book, state, out_levels, minute_levels[m])
     for d in range(imbalance_depths.shape[0]):
         depth = imbalance_depths[d]
         bids = 0.0
         asks = 0.0
         for i in range(min(depth, bid_hi - bid_lo)):
-            bids += book_sizes[0, bid_hi - 1 - i]
+            bids += book[0, bid_hi - 1 - i, 1]
         for i in range(min(depth, ask_hi - ask_lo)):
-            asks += book_sizes[1, ask_hi - 1 - i]
+            asks += book[1, ask_hi - 1 - i, 1]
         minute_imbalance[m, d] = (bids - asks) / (bids + asks)
 
 
 @njit(cache=True, nogil=True)
-def emit_until(limit_second, book_keys, book_sizes, state, params, second_valid, second_stats,
+def emit_until(limit_second, book, state, params, second_valid, second_stats,
                minute_levels, minute_imbalance, captured, imbalance_depths):
     """Emits every sample k < limit_second not emitted yet."""
     k = state[S_NEXT_SECOND]
     while k < limit_second:
-        _emit_sample(k, book_keys, book_sizes, state, params, second_valid, second_stats,
+        _emit_sample(k, book, state, params, second_valid, second_stats,
                      minute_levels, minute_imbalance, captured, imbalance_depths)
         k += 1
     state[S_NEXT_SECOND] = k
@@ -764,7 +766,7 @@ def parse_batch(buf, p, n, final, pstate, symbol, header, msg_ts, msg_u, msg_kin
 
 @njit(cache=True, nogil=True)
 def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state, params, counts,
-                book_keys, book_sizes, second_valid, second_stats, minute_levels, minute_imbalance,
+                book, second_valid, second_stats, minute_levels, minute_imbalance,
                 minute_msgs, captured, imbalance_depths):
     """Replays a parsed batch in order: bucketing by ts, sequence checks, book, samples."""
     first = np.zeros(2, dtype=np.int64)
@@ -783,7 +785,7 @@ def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state
             counts[C_BEFORE_SNAPSHOT] += 1
         else:
             if ts >= day_start + 1000:
-                emit_until(min((ts - day_start) // 1000, 86400), book_keys, book_sizes, state,
+                emit_until(min((ts - day_start) // 1000, 86400), book, state,
                            params, second_valid, second_stats, minute_levels, minute_imbalance,
                            captured, imbalance_depths)
             if is_snapshot:
@@ -795,7 +797,7 @@ def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state
                     counts[C_SEQ_GAPS] += 1
             state[S_HAVE_U] = 1
             state[S_LAST_U] = msg_u[m]
-            _apply(book_keys, book_sizes, state, lv_px, lv_sz, first, n_levels, is_snapshot,
+            _apply(book, state, lv_px, lv_sz, first, n_levels, is_snapshot,
                    params[P_MAX_LEVELS], counts)
             state[S_LAST_TS] = ts
             if ts < day_start:

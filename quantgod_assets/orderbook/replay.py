@@ -183,9 +183,9 @@ class _Replayer:
         self.state = np.zeros(k.STATE_SIZE, dtype=np.int64)
         self.counts = np.zeros(len(k.COUNT_NAMES), dtype=np.int64)
         # twice the capacity: each side sits in the middle with room to grow at both ends
-        self.book_keys = np.zeros((2, 2 * config.book_capacity + 2), dtype=np.float64)
-        self.book_sizes = np.zeros((2, 2 * config.book_capacity + 2), dtype=np.float64)
-        k.clear_book(self.state, self.book_keys)
+        # rows of (price key, size); asks keyed by negated price so both sides sort ascending
+        self.book = np.zeros((2, 2 * config.book_capacity + 2, 2), dtype=np.float64)
+        k.clear_book(self.state, self.book)
         self.second_valid = np.zeros(SECONDS_PER_DAY, dtype=np.uint8)
         self.second_stats = np.full((3, SECONDS_PER_DAY), np.nan)
         self.minute_levels = np.full((MINUTES_PER_DAY, 4, levels), np.nan)
@@ -197,14 +197,14 @@ class _Replayer:
     def apply(self, batch: _Batch) -> None:
         k.apply_batch(
             batch.header, batch.msg_ts, batch.msg_u, batch.msg_kind, batch.msg_levels, batch.lv_px,
-            batch.lv_sz, self.state, self.params, self.counts, self.book_keys, self.book_sizes,
+            batch.lv_sz, self.state, self.params, self.counts, self.book,
             self.second_valid, self.second_stats, self.minute_levels, self.minute_imbalance,
             self.minute_msgs, self.captured, self.imbalance_depths,
         )
 
     def finish(self) -> None:
         k.emit_until(
-            SECONDS_PER_DAY, self.book_keys, self.book_sizes, self.state, self.params,
+            SECONDS_PER_DAY, self.book, self.state, self.params,
             self.second_valid, self.second_stats, self.minute_levels, self.minute_imbalance,
             self.captured, self.imbalance_depths,
         )
