@@ -100,10 +100,12 @@ MAX_DIGITS = 18  # keeps the int64 mantissa from overflowing
 
 @njit(cache=True, nogil=True, inline="always")
 def _is_space(c):
-    return c == 32 or c == 9 or c == 13 or c == 10
+    # JSON's blanks are space, tab, CR and LF; other control bytes are invalid JSON anyway, and
+    # one comparison instead of four matters at ~40 calls a line.
+    return c <= 32
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _skip_space(buf, p, end):
     while p < end and _is_space(buf[p]):
         p += 1
@@ -134,7 +136,7 @@ def _string_end(buf, p, end):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _parse_decimal(buf, p, end):
     """A decimal number as Python's float() reads it, bit for bit: (value, next, status).
 
@@ -281,8 +283,8 @@ def _skip_value(buf, p, end):
 
 
 @njit(cache=True, nogil=True)
-def _parse_levels(buf, p, end, out_px, out_sz):
-    """`[[px, sz], ...]` into the scratch arrays: (count, next, status)."""
+def _parse_levels(buf, p, end, out_px, out_sz, side, first, capacity):
+    """`[[px, sz], ...]` into out_*[side, first:first + capacity]: (count, next, status)."""
     p = _skip_space(buf, p, end)
     if p >= end or buf[p] != LBRACKET:
         return 0, p, E_LEVEL
@@ -309,10 +311,10 @@ def _parse_levels(buf, p, end, out_px, out_sz):
         p = _skip_space(buf, p, end)
         if p >= end or buf[p] != RBRACKET:
             return n, p, E_LEVEL
-        if n >= out_px.shape[0]:
+        if n >= capacity:
             return n, p, E_TOO_MANY_LEVELS
-        out_px[n] = px
-        out_sz[n] = sz
+        out_px[side, first + n] = px
+        out_sz[side, first + n] = sz
         n += 1
         p = _skip_space(buf, p + 1, end)
         if p < end and buf[p] == COMMA:
@@ -325,7 +327,7 @@ def _parse_levels(buf, p, end, out_px, out_sz):
 
 
 @njit(cache=True, nogil=True)
-def _parse_data(buf, p, end, bid_px, bid_sz, ask_px, ask_sz, counts2, state, symbol):
+def _parse_data(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, symbol):
     """The `data` object: levels into the bid and ask arrays; returns (u, next, status)."""
     p = _skip_space(buf, p, end)
     if p >= end or buf[p] != LBRACE:
@@ -349,12 +351,12 @@ def _parse_data(buf, p, end, bid_px, bid_sz, ask_px, ask_sz, counts2, state, sym
             return 0, p, E_CHAR
         p = _skip_space(buf, p + 1, end)
         if _equals(buf, key_start, key_end, KEY_B):
-            n, p, status = _parse_levels(buf, p, end, bid_px, bid_sz)
+            n, p, status = _parse_levels(buf, p, end, lv_px, lv_sz, 0, first[0], capacity)
             if status != OK:
                 return 0, p, status
             counts2[0] = n
         elif _equals(buf, key_start, key_end, KEY_A):
-            n, p, status = _parse_levels(buf, p, end, ask_px, ask_sz)
+            n, p, status = _parse_levels(buf, p, end, lv_px, lv_sz, 1, first[1], capacity)
             if status != OK:
                 return 0, p, status
             counts2[1] = n
@@ -405,7 +407,7 @@ def _topic_depth(buf, start, stop):
 
 
 @njit(cache=True, nogil=True)
-def parse_message(buf, p, end, bid_px, bid_sz, ask_px, ask_sz, counts2, state, symbol):
+def parse_message(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, symbol):
     """One line: returns (status, is_snapshot, ts, u, error_position)."""
     p = _skip_space(buf, p, end)
     if p >= end or buf[p] != LBRACE:
@@ -446,7 +448,7 @@ def parse_message(buf, p, end, bid_px, bid_sz, ask_px, ask_sz, counts2, state, s
                 return E_NUMBER, False, 0, 0, p
             have_ts = True
         elif _equals(buf, key_start, key_end, KEY_DATA):
-            u, p, status = _parse_data(buf, p, end, bid_px, bid_sz, ask_px, ask_sz, counts2, state, symbol)
+            u, p, status = _parse_data(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, symbol)
             if status != OK:
                 return status, False, 0, 0, p
             have_data = True
@@ -732,12 +734,8 @@ def parse_batch(buf, p, n, final, pstate, symbol, header, msg_ts, msg_u, msg_kin
             p = next_line
             continue
         header[B_LINES] += 1
-        b0 = header[B_LEVELS]
-        a0 = header[B_LEVELS + 1]
         status, is_snapshot, ts, u, where = parse_message(
-            buf, start, line_end,
-            lv_px[0, b0:b0 + message_capacity], lv_sz[0, b0:b0 + message_capacity],
-            lv_px[1, a0:a0 + message_capacity], lv_sz[1, a0:a0 + message_capacity],
+            buf, start, line_end, lv_px, lv_sz, header[B_LEVELS:B_LEVELS + 2], message_capacity,
             counts2, pstate, symbol,
         )
         if status != OK:
