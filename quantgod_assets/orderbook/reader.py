@@ -92,6 +92,10 @@ def prefetched(chunks: Iterator[bytes], depth: int = PREFETCH_CHUNKS) -> Iterato
             slots.put(_END)
         except BaseException as exc:  # handed to the consumer, raised there
             slots.put(exc)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:  # stops an upstream stage (and its thread) at once
+                close()
 
     worker = threading.Thread(target=produce, name="quantgod-reader", daemon=True)
     worker.start()

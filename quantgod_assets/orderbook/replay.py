@@ -223,8 +223,9 @@ def replay_stream(
     """
     parser = _Parser(config, source_name)
     replayer = _Replayer(day, config)
+    batches = prefetched(parser.batches(chunks), depth=2)
     try:
-        for batch in prefetched(parser.batches(chunks), depth=2):
+        for batch in batches:
             replayer.apply(batch)
             error = batch.error
             parser.free.put(batch)
@@ -232,6 +233,7 @@ def replay_stream(
                 raise error
     finally:
         parser.closed.set()
+        batches.close()  # stops the parsing and reading threads, also on an error
     if replayer.counts[k.C_MESSAGES] == 0:
         raise OrderBookInputError(f"{source_name}: no messages (empty file)")
     if replayer.counts[k.C_SNAPSHOTS] == 0:

@@ -156,3 +156,15 @@ def test_cli_etl_names_the_bad_file(tmp_path):
     done = run_cli("etl", str(source), "-o", str(tmp_path / "out.parquet"), "--date", "2025-03-14",
                    "--symbol", "BTCUSDT")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_failed_file_leaves_no_reader_or_parser_thread_behind(tmp_path):
+    import threading
+
+    lines = LINES[:10] + ["garbage"] + LINES[10:] * 50
+    source = write_zip(tmp_path, ("\r\n".join(lines) + "\r\n").encode())
+    before = threading.active_count()
+    for _ in range(3):
+        with pytest.raises(OrderBookInputError):
+            convert_day(source, tmp_path / "out.parquet")
+    assert threading.active_count() == before
