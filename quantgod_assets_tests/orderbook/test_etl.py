@@ -164,7 +164,9 @@ def test_a_failed_file_leaves_no_reader_or_parser_thread_behind(tmp_path):
     lines = LINES[:10] + ["garbage"] + LINES[10:] * 50
     source = write_zip(tmp_path, ("\r\n".join(lines) + "\r\n").encode())
     before = threading.active_count()
+    kept = []  # the errors keep their tracebacks, and so every frame, alive: no help from GC
     for _ in range(3):
-        with pytest.raises(OrderBookInputError):
+        with pytest.raises(OrderBookInputError) as caught:
             convert_day(source, tmp_path / "out.parquet")
+        kept.append(caught.value)
     assert threading.active_count() == before
