@@ -1,0 +1,329 @@
+"""The fast engine (`replay.py`, numba) against the reference replay (`reference.py`), exactly.
+
+Random message streams (hypothesis) and the two real slices: the captured top levels of every
+sample, the counts, the per-second validity and mid, and every cell of the 1440-row minute
+frame must be equal: bit for bit, NaN (reference) matching null or NaN (engine).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quantgod_assets.orderbook.reference import COUNT_KEYS, ReferenceResult, read_lines, reference_replay
+from quantgod_assets.orderbook.replay import DayReplay, ReplayConfig, replay_file, replay_stream
+from quantgod_assets.orderbook.sampling import minute_frame
+from quantgod_assets.orderbook.schema import STAT_COLUMNS, level_columns
+
+FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "bybit"
+XRP = FIXTURES / "2024-12-01_XRPUSDT_ob500.data.zip"
+SPOT = FIXTURES / "2026-04-22_BTCUSDT_spot_ob200_first300s.jsonl.gz"
+
+DAY = dt.date(2024, 3, 5)
+T0 = int(dt.datetime(2024, 3, 5, tzinfo=dt.timezone.utc).timestamp()) * 1000
+DAY_MS = 86_400_000
+
+
+# --- comparing one engine result with the reference's -------------------------------------------
+
+
+def _captured_array(ref: ReferenceResult, out_levels: int) -> np.ndarray:
+    out = np.full((len(ref.captured), 4, out_levels), np.nan)
+    for k, (bids, asks) in enumerate(ref.captured):
+        for i, (px, sz) in enumerate(bids):
+            out[k, 0, i] = px
+            out[k, 1, i] = sz
+        for i, (px, sz) in enumerate(asks):
+            out[k, 2, i] = px
+            out[k, 3, i] = sz
+    return out
+
+
+def _first_difference(expected: np.ndarray, got: np.ndarray) -> tuple[int, ...]:
+    same = (expected == got) | (np.isnan(expected) & np.isnan(got))
+    return tuple(int(i) for i in np.argwhere(~same)[0])
+
+
+def assert_engine_matches(ref: ReferenceResult, eng: DayReplay, out_levels: int, context: str = "") -> None:
+    counts = dict(eng.counts)
+    assert counts.pop("book_overflow_levels", 0) == 0, context
+    assert counts == ref.counts, f"counts differ {context}\nexpected {ref.counts}\ngot      {counts}"
+
+    if ref.captured:
+        expected = _captured_array(ref, out_levels)
+        got = eng.captured
+        assert got is not None and got.shape == expected.shape, context
+        if not np.array_equal(expected, got, equal_nan=True):
+            k, f, i = _first_difference(expected, got)
+            field = ("bid_px", "bid_sz", "ask_px", "ask_sz")[f]
+            raise AssertionError(
+                f"captured sample {k} {field}_{i}: expected {expected[k, f, i]!r}, got {got[k, f, i]!r} {context}"
+            )
+
+    valid = np.array(ref.second_valid, dtype=bool)
+    if not np.array_equal(valid, eng.second_valid):
+        k = int(np.argwhere(valid != eng.second_valid)[0][0])
+        raise AssertionError(f"second_valid[{k}]: expected {valid[k]}, got {eng.second_valid[k]} {context}")
+    mid = np.array(ref.second_mid, dtype=np.float64)
+    if not np.array_equal(mid, eng.second_mid, equal_nan=True):
+        (k,) = _first_difference(mid, eng.second_mid)
+        raise AssertionError(f"second_mid[{k}]: expected {mid[k]!r}, got {eng.second_mid[k]!r} {context}")
+
+    frame = minute_frame(eng)
+    columns = [*level_columns(out_levels), *STAT_COLUMNS, "n_msgs", "valid_seconds"]
+    assert frame.columns == ["ts", *columns], context
+    assert frame.height == 1440
+    got = frame.select(columns).to_numpy().astype(np.float64)  # null -> NaN
+    expected = np.array([[row[c] for c in columns] for row in ref.minute_rows], dtype=np.float64)
+    if not np.array_equal(expected, got, equal_nan=True):
+        m, c = _first_difference(expected, got)
+        raise AssertionError(
+            f"minute {m} {columns[c]}: expected {expected[m, c]!r}, got {got[m, c]!r} {context}"
+        )
+    # the frame holds null, never NaN
+    floats = frame.select(columns[:-2])
+    assert sum(floats.select([pl.col(c).is_nan().sum() for c in floats.columns]).row(0)) == 0
+
+
+def both(lines: list[str], *, out_levels: int, max_silence_s: float, capture_seconds: int):
+    ref = reference_replay(
+        lines, DAY, max_silence_s=max_silence_s, out_levels=out_levels, capture_seconds=capture_seconds
+    )
+    data = "".join(line + "\r\n" for line in lines).encode()
+    # cut the bytes anywhere: the engine must not care where chunks end
+    cuts = sorted({0, len(data), *random.Random(len(data)).sample(range(len(data)), min(5, len(data)))})
+    chunks = [data[a:b] for a, b in zip(cuts, cuts[1:])]
+    config = ReplayConfig(max_silence_s=max_silence_s, out_levels=out_levels, capture_seconds=capture_seconds)
+    eng = replay_stream(chunks, DAY, config)
+    return ref, eng
+
+
+# --- random streams -----------------------------------------------------------------------------
+
+
+def _fmt(value: Decimal, places: int, style: int) -> str:
+    """A decimal written as a spot file (no trailing zeros), a linear file (fixed places), or more."""
+    fixed = f"{value:.{places}f}"
+    if style == 0:
+        if "." in fixed:
+            fixed = fixed.rstrip("0").rstrip(".")
+        return fixed
+    if style == 1:
+        return fixed
+    return fixed + ("" if "." in fixed else ".") + "0" * style
+
+
+class _StreamMaker:
+    def __init__(self, rng: random.Random, tick_places: int, tick_units: int, base_ticks: int) -> None:
+        self.rng = rng
+        self.places = tick_places
+        self.tick = Decimal(tick_units).scaleb(-tick_places)
+        self.mid = base_ticks  # in ticks: bids below, asks above
+        self.bids: dict[int, str] = {}  # tick index -> size string (a model; may drift from the oracle)
+        self.asks: dict[int, str] = {}
+        self.u = rng.randint(1, 10**9)
+
+    def px(self, index: int) -> str:
+        style = self.rng.choice((0, 0, 1, 1, 2, 3))
+        return _fmt(index * self.tick, self.places, style)
+
+    def size(self) -> str:
+        rng = self.rng
+        places = rng.randint(0, 8)
+        value = Decimal(rng.randint(1, 10 ** rng.randint(1, 9))).scaleb(-places)
+        return _fmt(value, places, rng.choice((0, 1, 2)))
+
+    def zero(self) -> str:
+        return self.rng.choice(("0", "0", "0", "0.0", "0.000"))
+
+    def snapshot_levels(self) -> tuple[list, list]:
+        rng = self.rng
+        depth = rng.choice((0, 1, 3, 20, 150, 250, 300)) if rng.random() < 0.3 else rng.randint(1, 300)
+        gap = rng.randint(0, 3)
+        self.bids = {self.mid - 1 - gap - j * rng.randint(1, 2): self.size() for j in range(depth)}
+        self.asks = {self.mid + 1 + gap + j * rng.randint(1, 2): self.size() for j in range(depth)}
+        if rng.random() < 0.05:
+            self.asks = {}
+        elif rng.random() < 0.05:
+            self.bids = {}
+        b = [[self.px(i), s] for i, s in self.bids.items()]
+        a = [[self.px(i), s] for i, s in self.asks.items()]
+        if rng.random() < 0.3:
+            rng.shuffle(b)
+            rng.shuffle(a)
+        return b, a
+
+    def side_changes(self, side: dict[int, str], is_bid: bool) -> list:
+        rng = self.rng
+        out = []
+        for _ in range(rng.choice((0, 0, 1, 1, 2, 3, 5, 8))):
+            r = rng.random()
+            if r < 0.25 and side:  # update
+                i = rng.choice(list(side))
+                side[i] = self.size()
+                out.append([self.px(i), side[i]])
+            elif r < 0.5 and side:  # delete, often near the top, so deep levels move up
+                keys = sorted(side, reverse=is_bid)
+                i = keys[min(int(rng.random() ** 4 * len(keys)), len(keys) - 1)]
+                del side[i]
+                out.append([self.px(i), self.zero()])
+            elif r < 0.6:  # delete of an absent level
+                i = self.mid + rng.randint(-400, 400)
+                if i not in side:
+                    out.append([self.px(i), self.zero()])
+            elif r < 0.65:  # a crossing insert
+                i = self.mid + (rng.randint(0, 6) if is_bid else -rng.randint(0, 6))
+                side[i] = self.size()
+                out.append([self.px(i), side[i]])
+            else:  # insert near the touch
+                off = rng.randint(1, 12)
+                i = self.mid - off if is_bid else self.mid + off
+                side[i] = self.size()
+                out.append([self.px(i), side[i]])
+        if len(side) > 320:  # the exchange's window: the deepest levels leave as deletes
+            for i in sorted(side, reverse=not is_bid)[: len(side) - 300]:
+                del side[i]
+                out.append([self.px(i), "0"])
+        return out
+
+    def message(self, kind: str, ts: int, b: list, a: list) -> str:
+        return json.dumps({
+            "topic": "orderbook.200.TESTUSDT",
+            "type": kind,
+            "ts": ts,
+            "data": {"s": "TESTUSDT", "b": b, "a": a, "u": self.u, "seq": self.u * 3},
+            "cts": ts - 2,
+        })
+
+    def next_u(self, is_snapshot: bool) -> None:
+        rng = self.rng
+        if is_snapshot and rng.random() < 0.5:
+            self.u = 1 if rng.random() < 0.5 else self.u + rng.randint(-3, 3)
+        elif rng.random() < 0.04:
+            self.u += rng.choice((0, 2, 3, -1, 50))  # a gap
+        else:
+            self.u += 1
+
+    def stream(self, n_messages: int, start_ts: int, pre_deltas: int, after_day: int) -> list[str]:
+        rng = self.rng
+        lines = []
+        ts = start_ts
+        for _ in range(pre_deltas):
+            ts += rng.randint(0, 300)
+            self.next_u(False)
+            lines.append(self.message("delta", ts, self.side_changes({}, True), self.side_changes({}, False)))
+        for n in range(n_messages):
+            if n == 0 or rng.random() < 0.015:
+                self.next_u(True)
+                b, a = self.snapshot_levels()
+                lines.append(self.message("snapshot", ts, b, a))
+            else:
+                self.mid += rng.choice((-2, -1, 0, 0, 0, 1, 2))
+                self.next_u(False)
+                touch = rng.random()
+                b = self.side_changes(self.bids, True) if touch > 0.3 else []
+                a = self.side_changes(self.asks, False) if touch < 0.7 else []
+                lines.append(self.message("delta", ts, b, a))
+            gap = rng.random()
+            ts += 0 if gap < 0.1 else rng.randint(1, 1500) if gap < 0.97 else rng.randint(3_000, 20_000)
+        if after_day:
+            ts = max(ts, T0 + DAY_MS - rng.randint(0, 3000))
+            for _ in range(after_day):
+                self.next_u(False)
+                lines.append(self.message("delta", ts, self.side_changes(self.bids, True), []))
+                ts += rng.randint(0, 2000)
+        return lines
+
+
+def make_stream(seed: int, tick_places: int, tick_units: int, base_ticks: int, n_messages: int,
+                start_offset_ms: int, pre_deltas: int, after_day: int) -> list[str]:
+    # one seed drives the many small choices (drawing each through hypothesis is far slower),
+    # and a failure then prints as a few integers that rebuild the stream
+    maker = _StreamMaker(random.Random(seed), tick_places, tick_units, base_ticks)
+    return maker.stream(n_messages, T0 + start_offset_ms, pre_deltas, after_day)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    tick_places=st.sampled_from((0, 1, 2, 4, 8)),
+    tick_units=st.sampled_from((1, 5, 25)),
+    base_ticks=st.sampled_from((10_000, 123_457, 7_634_410, 19_147)),
+    n_messages=st.integers(1, 400),
+    start_offset_ms=st.integers(-5_000, 3_000),
+    pre_deltas=st.sampled_from((0, 0, 0, 2)),
+    after_day=st.sampled_from((0, 0, 0, 3)),
+    out_levels=st.sampled_from((1, 5, 5, 5, 200)),
+    max_silence_s=st.sampled_from((2.0, 5.0, 60.0)),
+)
+def test_engine_matches_reference_on_random_streams(
+    seed, tick_places, tick_units, base_ticks, n_messages, start_offset_ms, pre_deltas, after_day,
+    out_levels, max_silence_s,
+):
+    lines = make_stream(seed, tick_places, tick_units, base_ticks, n_messages, start_offset_ms,
+                        pre_deltas, after_day)
+    # capture the seconds the stream spans (not the jump to the day's end, when there is one)
+    last_early = max(ts for ts in (json.loads(x)["ts"] for x in lines) if ts < T0 + 3_600_000)
+    capture = max(0, (last_early - T0) // 1000 + 3)
+    ref, eng = both(lines, out_levels=out_levels, max_silence_s=max_silence_s, capture_seconds=capture)
+    assert_engine_matches(ref, eng, out_levels, f"(out_levels={out_levels}, max_silence_s={max_silence_s})")
+
+
+# --- the real slices, in full -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("out_levels", [200, 500, 7])
+def test_engine_matches_reference_on_xrp_ob500(out_levels):
+    if not XRP.is_file():
+        pytest.skip(f"fixture missing: {XRP}")
+    day = dt.date(2024, 12, 1)
+    ref = reference_replay(read_lines(XRP), day, out_levels=out_levels, capture_seconds=70)
+    eng = replay_file(XRP, day, ReplayConfig(out_levels=out_levels, capture_seconds=70))
+    assert eng.source_depth == 500 and eng.symbol == "XRPUSDT"
+    assert_engine_matches(ref, eng, out_levels, f"(XRP, out_levels={out_levels})")
+
+
+def test_engine_matches_reference_on_spot_2026():
+    if not SPOT.is_file():
+        pytest.skip(f"fixture missing: {SPOT}")
+    day = dt.date(2026, 4, 22)
+    ref = reference_replay(read_lines(SPOT), day, out_levels=200, capture_seconds=400)
+    eng = replay_file(SPOT, day, ReplayConfig(out_levels=200, capture_seconds=400))
+    assert eng.source_depth == 200 and eng.symbol == "BTCUSDT"
+    assert_engine_matches(ref, eng, 200, "(spot 2026)")
+
+
+def test_engine_skipping_bad_lines_matches_reference():
+    def msg(kind: str, ts: int, u: int, b: list, a: list) -> str:
+        return json.dumps({"topic": "orderbook.200.X", "type": kind, "ts": ts,
+                           "data": {"s": "X", "b": b, "a": a, "u": u, "seq": u}})
+
+    lines = [
+        msg("snapshot", T0 + 100, 1, [["100", "1"]], [["101", "1"]]),
+        "{not json",
+        msg("delta", T0 + 200, 2, [["99", "1"]], [])[:-20],  # cut short
+        '{"topic":"orderbook.200.X","type":"other","ts":5,"data":{}}',
+        "   ",
+        msg("delta", T0 + 1_300, 3, [["98", "1"]], []),
+        "[1,2]",
+        msg("delta", T0 + 1_400, 4, [["97", "x"]], []),
+    ]
+    ref = reference_replay(lines, DAY, out_levels=5, capture_seconds=3)
+    data = ("\r\n".join(lines) + "\r\n").encode()
+    eng = replay_stream([data], DAY, ReplayConfig(out_levels=5, capture_seconds=3, skip_bad_lines=True))
+    assert ref.counts["bad_lines"] == 5 and ref.counts["n_lines"] == 7
+    assert_engine_matches(ref, eng, 5, "(bad lines)")
