@@ -171,8 +171,11 @@ def _parse_decimal(buf, p, end):
 def _parse_decimal_general(buf, p, end):
     """A decimal number as Python's float() reads it, bit for bit: (value, next, status).
 
-    Accepts it bare or quoted. Exact for up to 15 significant digits after trailing zeros are
-    dropped (the fast path of Clinger's algorithm); more digits give E_DIGITS, never a guess.
+    Accepts it bare or quoted, any count of leading or trailing zeros. The value is
+    m · 10^e with m the significant digits; when m < 2^53 and |e| <= 22 both factors are
+    exact and one IEEE multiply or divide rounds correctly (the fast path of Clinger's
+    algorithm). Beyond that (17+ significant digits, never seen in Bybit files) it returns
+    E_DIGITS rather than a value that might be one bit off.
     """
     quoted = p < end and buf[p] == QUOTE
     if quoted:
@@ -182,21 +185,29 @@ def _parse_decimal_general(buf, p, end):
         negative = True
         p += 1
     mantissa = 0
+    exponent = 0
+    pending_zeros = 0  # zeros after the last nonzero digit: a factor of ten, not yet a digit
     digits = 0
-    frac_digits = 0
     seen_digit = False
     seen_dot = False
     while p < end:
         c = buf[p]
         if 48 <= c <= 57:
             seen_digit = True
-            if mantissa != 0 or c != 48:
+            if seen_dot:
+                exponent -= 1
+            if c == 48:
+                pending_zeros += 1
+            else:
+                if mantissa != 0:
+                    digits += pending_zeros
                 digits += 1
                 if digits > MAX_DIGITS:
                     return 0.0, p, E_DIGITS
-            mantissa = mantissa * 10 + (c - 48)
-            if seen_dot:
-                frac_digits += 1
+                for _ in range(pending_zeros if mantissa != 0 else 0):
+                    mantissa *= 10
+                mantissa = mantissa * 10 + (c - 48)
+                pending_zeros = 0
         elif c == DOT and not seen_dot:
             seen_dot = True
         else:
@@ -210,17 +221,17 @@ def _parse_decimal_general(buf, p, end):
         p += 1
     elif p < end and (buf[p] == 101 or buf[p] == 69):  # exponent notation: not in Bybit files
         return 0.0, p, E_NUMBER
-    while frac_digits > 0 and mantissa % 10 == 0 and mantissa != 0:
-        mantissa //= 10
-        frac_digits -= 1
+    exponent += pending_zeros  # trailing zeros scale the mantissa
     if mantissa == 0:
         value = 0.0
-    elif frac_digits == 0:
+    elif exponent == 0:
         value = float(mantissa)  # int64 -> float64 rounds to nearest, as float() does
-    elif mantissa <= EXACT_MANTISSA and frac_digits <= 22:
-        value = mantissa / POW10[frac_digits]
-    else:
+    elif mantissa > EXACT_MANTISSA or exponent > 22 or exponent < -22:
         return 0.0, p, E_DIGITS
+    elif exponent >= 0:
+        value = mantissa * POW10[exponent]
+    else:
+        value = mantissa / POW10[-exponent]
     return (-value if negative else value), p, OK
 
 

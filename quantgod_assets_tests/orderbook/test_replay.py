@@ -196,7 +196,7 @@ def test_parsed_numbers_equal_python_float_bit_for_bit(mantissa, frac_digits, tr
 
 
 def test_numbers_beyond_exact_parsing_fail_clearly():
-    line = msg("snapshot", T0 + 100, bids=[("100.12345678901234567", "1")], asks=[("101", "1")], u=1)
+    line = msg("snapshot", T0 + 100, bids=[("100.1234567890123456", "1")], asks=[("101", "1")], u=1)
     with pytest.raises(OrderBookInputError, match="line 1.*significant digits"):
         replay([line])
 
@@ -269,3 +269,12 @@ def test_a_sliding_window_recentres_the_side_arrays(rising):
     bids = book_at(replay(lines, levels=4, book_capacity=4), 0)[0]
     expected = sorted(((1000.0 + step * t, float(t)) for t in range(37, 40)), reverse=True)
     assert bids == expected
+
+
+@pytest.mark.parametrize("text", ["1.50000000000000000000", "100000000000000000000", "0.000000000000000000001",
+                                  "000123.4500", "0", "0.000", "-2.5", "9007199254740993"])
+def test_zeros_anywhere_parse_exactly(text):
+    buf = np.frombuffer(text.encode(), dtype=np.uint8)
+    value, end, status = _parse_decimal(buf, 0, buf.shape[0])
+    assert status == 0 and end == buf.shape[0]
+    assert value.hex() == float(text).hex()
