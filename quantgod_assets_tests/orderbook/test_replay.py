@@ -278,3 +278,31 @@ def test_zeros_anywhere_parse_exactly(text):
     value, end, status = _parse_decimal(buf, 0, buf.shape[0])
     assert status == 0 and end == buf.shape[0]
     assert value.hex() == float(text).hex()
+
+
+@given(st.integers(min_value=0, max_value=10**14 - 1), st.integers(min_value=0, max_value=9),
+       st.sampled_from(["", "0", "00"]), st.binary(min_size=24, max_size=24))
+@settings(max_examples=500, deadline=None)
+def test_bytes_after_a_number_do_not_change_it(mantissa, frac_digits, trailing, after):
+    """The number sits inside a longer buffer, as in a line: what follows must not matter."""
+    digits = str(mantissa).rjust(frac_digits + 1, "0")
+    text = digits[: len(digits) - frac_digits] + ("." + digits[len(digits) - frac_digits:] if frac_digits else "")
+    if frac_digits:
+        text += trailing
+    quoted = f'"{text}"'.encode()
+    buf = np.frombuffer(quoted + after, dtype=np.uint8)
+    value, end, status = _parse_decimal(buf, 0, len(quoted))
+    assert status == 0 and end == len(quoted)
+    assert value.hex() == float(text).hex(), text
+
+
+@pytest.mark.parametrize("text", ['"12a.5"', '"1.2.3"', '".5"', '"5."', '"123456789.5"', '"1.12345678"', '"7'])
+def test_odd_numbers_fall_back_or_fail_cleanly(text):
+    buf = np.frombuffer(text.encode() + b"\x00" * 24, dtype=np.uint8)
+    value, end, status = _parse_decimal(buf, 0, len(text))
+    try:
+        expected = float(json.loads(text))
+    except ValueError:
+        assert status != 0
+        return
+    assert status == 0 and value == expected and end == len(text)
