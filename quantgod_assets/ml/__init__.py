@@ -1,0 +1,1 @@
+"""Pure ML code: dataset, features, splits, baselines, metrics. No dagster; torch imported late."""
