@@ -1,0 +1,114 @@
+"""Materializing days through Dagster from plain Python (the `quantgod demo` command uses it).
+
+Runs the real CLI, `dagster asset materialize -m quantgod_assets.definitions --select ...
+--partition-range A...B`, in a subprocess against the persistent instance (`DAGSTER_HOME`,
+default `./.dagster_home`), so `dagster dev` afterwards shows the runs, materializations and checks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["dagster_home", "materialize_command", "materialize_range", "write_config_overrides"]
+
+DEFINITIONS_MODULE = "quantgod_assets.definitions"
+INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+"""
+
+
+def dagster_home(path: str | Path | None = None) -> Path:
+    """$DAGSTER_HOME, else ./.dagster_home; created with a minimal dagster.yaml when missing."""
+    home = Path(path or os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML, encoding="utf-8")
+    return home
+
+
+def _key(day: dt.date | str) -> str:
+    return day.isoformat() if isinstance(day, dt.date) else dt.date.fromisoformat(day).isoformat()
+
+
+def materialize_command(start: dt.date | str, end: dt.date | str | None = None,
+                        select: str = "preprocessed_book") -> list[str]:
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", DEFINITIONS_MODULE, "--select", select]
+    if end is None or _key(start) == _key(end):
+        return [*command, "--partition", _key(start)]
+    return [*command, "--partition-range", f"{_key(start)}...{_key(end)}"]
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_config_overrides(source: Path, target: Path, overrides: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Copies the YAML files of `source` to `target` with `{"etl.yaml": {"checks": {...}}}` merged in."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in Path(source).glob("*.yaml"):
+        shutil.copyfile(path, target / path.name)
+    for name, changes in overrides.items():
+        path = target / name
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+        path.write_text(yaml.safe_dump(_merge(data or {}, changes), sort_keys=False), encoding="utf-8")
+    return target
+
+
+def materialize_range(
+    start: dt.date | str,
+    end: dt.date | str | None = None,
+    *,
+    select: str = "preprocessed_book",
+    home: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    capture: bool = False,
+    timeout_s: float | None = None,
+    config_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> subprocess.CompletedProcess:
+    """One Dagster run materializing `select` for the days `start`..`end` (inclusive).
+
+    Returns the finished process; `returncode` is 0 when every day succeeded. The run's log goes
+    to this process's stdout/stderr unless `capture` is set. QUANTGOD_* variables pass through.
+    `config_overrides` runs on a temporary copy of the configs with those values changed, e.g.
+    `{"etl.yaml": {"checks": {"gap_fail_share": 1.0}}}` for generated days shorter than a day.
+    """
+    run_env = {**os.environ, **(env or {})}
+    default_home = Path(cwd) / ".dagster_home" if cwd is not None else None
+    run_env["DAGSTER_HOME"] = str(dagster_home(home or run_env.get("DAGSTER_HOME") or default_home))
+    with tempfile.TemporaryDirectory(prefix="quantgod_configs_") as temp:
+        if config_overrides:
+            from ..settings import REPO_CONFIGS
+
+            local = Path(cwd or ".") / "configs"
+            source = Path(run_env.get("QUANTGOD_CONFIG_DIR") or (local if (local / "etl.yaml").is_file() else REPO_CONFIGS))
+            if not source.is_absolute() and cwd is not None and "QUANTGOD_CONFIG_DIR" in run_env:
+                source = Path(cwd) / source
+            run_env["QUANTGOD_CONFIG_DIR"] = str(write_config_overrides(source, Path(temp), config_overrides))
+        return subprocess.run(
+            materialize_command(start, end, select),
+            env=run_env,
+            cwd=cwd,
+            capture_output=capture,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )

@@ -1,0 +1,12 @@
+"""Assembles the code location: assets, checks, resources, executor. Nothing else."""
+
+import dagster as dg
+
+from .assets.book import etl_assets
+from .resources import resources
+
+defs = dg.Definitions(
+    assets=etl_assets,
+    resources=resources(),
+    executor=dg.multiprocess_executor,
+)

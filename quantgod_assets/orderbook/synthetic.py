@@ -1,0 +1,793 @@
+"""A synthetic market shaped like Bybit's historical order-book archives.
+
+`generate_day` / `generate_days` write `{out}/{YYYY}/{YYYY-MM-DD}_{SYMBOL}_ob{depth}.data.zip`, a ZIP
+with one deflated member of CRLF JSON lines exactly like the real linear files (see
+`docs/bybit-format.md`): an opening snapshot a fraction of a second after midnight, a delta every
+`rate_ms`, and at the very end the next day's opening snapshot (same `u` as the last delta).
+
+The market:
+  * a price path (numpy, `_PathModel`): GBM with a per-minute volatility of about 0.07-0.095 %
+    (slowly varying), occasional jumps spread over tens of seconds, and a latent drift regime
+    (-0.9, -0.45, 0, +0.45 or +0.9 % an hour) that lasts 1-3 hours;
+  * the book (numba, `_fill`): tick 0.10, spread usually one tick, level sizes log-normal and
+    larger near the top; the drift regime skews the sizes (bids larger when the drift is up), so
+    the top-level imbalance leads the next hour's return: a learnable signal;
+  * the exchange window: after every message each side holds exactly `depth` levels; levels
+    that leave the window arrive as `"0"` deletes, new deep levels as inserts.
+
+Speed: the dynamics are numpy, the bytes are written by numba into a reused buffer that is
+streamed into the ZIP member while the next buffer is being filled (compression and generation
+overlap on two threads). A full 100 ms day is ~860,000 lines, ~830 MB unzipped at depth 200.
+
+Faults (`FAULTS`, each at most once a day, at fixed fractions of the day, see `fault_times`):
+restart (mid-day snapshot with u=1), gap (u jumps by 6), silence (no message for 5 minutes),
+crossed (one delta inserts a bid above the best ask; the next delta removes it), malformed (a
+truncated copy of one line follows it), truncated (the ZIP is cut to 70 % of its bytes).
+
+This module does not import dagster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "FAULTS",
+    "archive_name",
+    "archive_path",
+    "fault_times",
+    "generate_day",
+    "generate_days",
+    "price_path",
+]
+
+FAULTS = ("restart", "gap", "silence", "crossed", "malformed", "truncated")
+
+DAY_MS = 86_400_000
+TICKS_PER_UNIT = 10  # tick 0.10
+RING_BITS = 17
+RING = 1 << RING_BITS  # ticks a side held in the ring (13,107 USD): far wider than any window
+MASK = RING - 1
+BUFFER_BYTES = 32 << 20
+TRUNCATE_KEEP = 0.7
+
+# message kinds handed to the kernel
+K_DELTA, K_SNAPSHOT, K_RESTART, K_GAP, K_CROSSED, K_MALFORMED = 0, 1, 2, 3, 4, 5
+GAP_SKIP = 5  # u jumps by 1 + GAP_SKIP at a gap
+
+# --- the price path -----------------------------------------------------------------------
+REGIME_DRIFT = np.array([-0.009, -0.0045, 0.0, 0.0045, 0.009])  # log-return per hour
+REGIME_PROB = np.array([0.12, 0.20, 0.36, 0.20, 0.12])
+REGIME_HOURS = (1.0, 3.0)  # a regime lasts uniformly 1-3 h
+VOL_MIN_RANGE = (0.0007, 0.00095)  # per-minute volatility of a day
+VOL_BLOCK_MS = 300_000  # the volatility multiplier changes every 5 minutes
+VOL_TAU_MIN = 60.0
+VOL_SPREAD = 0.25  # std of the log multiplier
+JUMPS_PER_DAY = 1.5
+JUMP_SIZE = 0.0035
+JUMP_SECONDS = (10.0, 60.0)
+MOVE_PROB = 0.3  # share of 100 ms steps in which the price moves (the rest are size-only updates)
+EXTRA_SPREAD_PROB = 0.04
+SKEW_GAIN = 0.6   # size log-skew at the strongest drift
+SKEW_NOISE = 0.12
+SKEW_NOISE_TAU_MIN = 15.0
+START_PRICE_RANGE = (60_000.0, 110_000.0)
+
+# --- the book ------------------------------------------------------------------------------
+P_TOP, P_DEEP, P_DECAY = 0.95, 0.32, 12.0  # chance a tick d from the best holds a level
+SIZE_TOP, SIZE_DEEP, SIZE_DECAY, SIZE_SIGMA = 0.35, 0.06, 8.0, 0.9  # BTC, log-normal
+SIZE_MAX = 9_999_999  # thousandths
+RANDOM_UPDATES = 9.5  # Poisson mean of size updates a side a message
+RANDOM_MAX = 64
+NEAR_SHARE, NEAR_MEAN, FAR_MEAN = 0.6, 4.0, 60.0  # distance (ticks) of a size update
+DELETE_PROB = 0.25
+REFRESH_PROB = 0.5  # an update draws a fresh size (else it scales the old one)
+
+
+def archive_name(day: dt.date, symbol: str = "BTCUSDT", depth: int = 200) -> str:
+    return f"{day.isoformat()}_{symbol}_ob{depth}.data.zip"
+
+
+def archive_path(out_dir: Path, day: dt.date, symbol: str = "BTCUSDT", depth: int = 200) -> Path:
+    return Path(out_dir) / f"{day.year:04d}" / archive_name(day, symbol, depth)
+
+
+def fault_times(duration_s: int | None = None) -> dict[str, tuple[int, int]]:
+    """Where each fault goes: name -> (ms after midnight, length in ms). `truncated` has no time."""
+    limit = DAY_MS if duration_s is None else int(duration_s) * 1000
+    return {
+        "crossed": (int(limit * 0.30), 0),
+        "gap": (int(limit * 0.40), 0),
+        "malformed": (int(limit * 0.50), 0),
+        "silence": (int(limit * 0.55), min(300_000, limit // 10)),
+        "restart": (int(limit * 0.75), 0),
+    }
+
+
+def _day_start_ms(day: dt.date) -> int:
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()) * 1000
+
+
+# =============================================================================================
+# price path (numpy)
+# =============================================================================================
+
+
+class _PathModel:
+    """The latent market: log price, drift regime, volatility and size skew, carried across days."""
+
+    def __init__(self, rng: np.random.Generator, start_price: float):
+        self.rng = rng
+        self.log_price = math.log(start_price)
+        self.regime = int(rng.choice(len(REGIME_DRIFT), p=REGIME_PROB))
+        self.regime_left_ms = float(rng.uniform(*REGIME_HOURS) * 3_600_000 * rng.random())
+        self.vol_x = float(rng.normal(0.0, VOL_SPREAD))
+        self.noise_x = float(rng.normal(0.0, SKEW_NOISE))
+        self.sigma_min = float(rng.uniform(*VOL_MIN_RANGE))
+
+    def new_day(self) -> None:
+        self.sigma_min = float(self.rng.uniform(*VOL_MIN_RANGE))
+
+    def skew_now(self) -> float:
+        return SKEW_GAIN * REGIME_DRIFT[self.regime] / REGIME_DRIFT.max() + self.noise_x
+
+    def _ar_blocks(self, x0: float, n: int, phi: float, std: float) -> np.ndarray:
+        eps = self.rng.standard_normal(n) * std * math.sqrt(1 - phi * phi)
+        out = np.empty(n)
+        x = x0
+        for i in range(n):
+            x = phi * x + eps[i]
+            out[i] = x
+        return out
+
+    def advance(self, t_ms: np.ndarray, rate_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Steps to the message times `t_ms` (ms, increasing; the model stands at `t_ms[0] - dt`).
+
+        Returns the log price, the regime drift (per hour) and the size skew at each time.
+        """
+        rng = self.rng
+        n = len(t_ms)
+        if n == 0:
+            return np.empty(0), np.empty(0), np.empty(0)
+        dt_ms = np.empty(n, dtype=np.float64)
+        dt_ms[0] = rate_ms
+        dt_ms[1:] = np.diff(t_ms)
+        elapsed = np.cumsum(dt_ms)
+
+        # drift regimes
+        drift = np.empty(n)
+        start = 0
+        passed = 0.0
+        while start < n:
+            end_time = passed + self.regime_left_ms
+            stop = int(np.searchsorted(elapsed, end_time, side="left"))
+            drift[start:stop] = REGIME_DRIFT[self.regime]
+            if stop >= n:
+                self.regime_left_ms = end_time - elapsed[-1]
+                break
+            passed = end_time
+            self.regime = int(rng.choice(len(REGIME_DRIFT), p=REGIME_PROB))
+            self.regime_left_ms = float(rng.uniform(*REGIME_HOURS) * 3_600_000)
+            start = stop
+
+        # volatility multiplier and skew noise: AR(1) on 5-minute / 1-minute blocks
+        block = (elapsed // VOL_BLOCK_MS).astype(np.int64)
+        vol = self._ar_blocks(self.vol_x, int(block[-1]) + 1, math.exp(-5.0 / VOL_TAU_MIN), VOL_SPREAD)
+        self.vol_x = float(vol[-1])
+        vol_mult = np.exp(vol[block] - 0.5 * VOL_SPREAD**2)
+        minute = (elapsed // 60_000).astype(np.int64)
+        noise = self._ar_blocks(self.noise_x, int(minute[-1]) + 1, math.exp(-1.0 / SKEW_NOISE_TAU_MIN),
+                                SKEW_NOISE)
+        self.noise_x = float(noise[-1])
+        skew = SKEW_GAIN * drift / REGIME_DRIFT.max() + noise[minute]
+
+        # diffusion: at 100 ms the price moves in a share of the steps (bursts), same variance
+        dt_min = dt_ms / 60_000.0
+        sigma = self.sigma_min * vol_mult * np.sqrt(dt_min)
+        q = np.where(dt_ms <= 1.5 * rate_ms, min(1.0, MOVE_PROB * max(1.0, rate_ms / 100.0) ** 0.5), 1.0)
+        moving = rng.random(n) < q
+        incr = drift * dt_ms / 3_600_000.0 + moving * rng.standard_normal(n) * sigma / np.sqrt(q)
+
+        # jumps: a few a day, each spread over 10-60 s
+        n_jumps = rng.poisson(JUMPS_PER_DAY * elapsed[-1] / DAY_MS)
+        for _ in range(n_jumps):
+            at = int(rng.integers(0, n))
+            size = float(rng.normal(0.0, JUMP_SIZE))
+            length = max(1, int(rng.uniform(*JUMP_SECONDS) * 1000 / rate_ms))
+            stop = min(n, at + length)
+            incr[at:stop] += size / (stop - at)
+
+        log_price = self.log_price + np.cumsum(incr)
+        self.log_price = float(log_price[-1])
+        return log_price, drift, skew
+
+
+def price_path(days: int = 1, *, rate_ms: int = 1000, seed: int = 0, start_price: float | None = None,
+               start: dt.date = dt.date(2025, 1, 1)) -> np.ndarray:
+    """The mid price every `rate_ms` over `days` consecutive days, from the generator's model.
+
+    Cheap (no book, no text): for checking the price dynamics on many days.
+    """
+    path_rng, meta_rng = _streams(seed, start)
+    model = _PathModel(path_rng, _start_price(meta_rng, start_price))
+    out = []
+    per_day = DAY_MS // rate_ms
+    t = np.arange(1, per_day + 1, dtype=np.int64) * rate_ms
+    for _ in range(days):
+        model.new_day()
+        log_price, _, _ = model.advance(t, rate_ms)
+        out.append(np.exp(log_price))
+    return np.concatenate(out)
+
+
+def _streams(seed: int, day: dt.date) -> tuple[np.random.Generator, np.random.Generator]:
+    children = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, day.toordinal()]).spawn(2)
+    return np.random.default_rng(children[0]), np.random.default_rng(children[1])
+
+
+def _start_price(meta_rng: np.random.Generator, start_price: float | None) -> float:
+    if start_price is None:
+        return round(float(meta_rng.uniform(*START_PRICE_RANGE)), 1)
+    if not start_price > 1.0:
+        raise ValueError(f"start_price must be > 1, got {start_price}")
+    return float(start_price)
+
+
+# =============================================================================================
+# the book and the bytes (numba)
+# =============================================================================================
+
+# st (int64 state) slots; a side s is 0 (bids) or 1 (asks): best = st[s], deep = st[2+s], cnt = st[4+s]
+ST_U, ST_MSG, ST_PENDING, ST_CROSS_TICK, ST_DEEP_TICK = 6, 7, 8, 9, 10
+ST_SIZE = 12
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _next(rng):
+    x = rng[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    rng[0] = x
+    return x * np.uint64(2685821657736338717)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uniform(rng):
+    return (_next(rng) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, nogil=True)
+def _normal(rng):
+    u1 = _uniform(rng)
+    if u1 < 1e-300:
+        u1 = 1e-300
+    u2 = _uniform(rng)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(6.283185307179586 * u2)
+
+
+@njit(cache=True, nogil=True)
+def _poisson(rng, lam):
+    limit = math.exp(-lam)
+    k = 0
+    prod = _uniform(rng)
+    while prod > limit and k < RANDOM_MAX:
+        k += 1
+        prod *= _uniform(rng)
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _p_occupied(d):
+    return P_DEEP + (P_TOP - P_DEEP) * math.exp(-d / P_DECAY)
+
+
+@njit(cache=True, nogil=True)
+def _draw_size(rng, s, d, skew):
+    base = SIZE_DEEP + SIZE_TOP * math.exp(-d / SIZE_DECAY)
+    k = skew if s == 0 else -skew
+    q = int(base * math.exp(SIZE_SIGMA * _normal(rng) + k) * 1000.0 + 0.5)
+    if q < 1:
+        q = 1
+    if q > SIZE_MAX:
+        q = SIZE_MAX
+    return q
+
+
+@njit(cache=True, nogil=True)
+def _record(s, t, size, sz, stamp, pos, ent_t, ent_s, n_ent, msg):
+    j = t & MASK
+    sz[s, j] = size
+    if stamp[s, j] == msg:
+        ent_s[s, pos[s, j]] = size
+    else:
+        k = n_ent[s]
+        stamp[s, j] = msg
+        pos[s, j] = k
+        ent_t[s, k] = t
+        ent_s[s, k] = size
+        n_ent[s] = k + 1
+
+
+@njit(cache=True, nogil=True)
+def _insert(s, t, size, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg):
+    sgn = 1 if s == 0 else -1
+    _record(s, t, size, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+    st[4 + s] += 1
+    if st[4 + s] == 1 or sgn * (st[2 + s] - t) > 0:
+        st[2 + s] = t
+
+
+@njit(cache=True, nogil=True)
+def _delete(s, t, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg):
+    sgn = 1 if s == 0 else -1
+    _record(s, t, 0, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+    st[4 + s] -= 1
+    if st[4 + s] > 0 and t == st[2 + s]:
+        u = t + sgn
+        while sz[s, u & MASK] == 0:
+            u += sgn
+        st[2 + s] = u
+
+
+@njit(cache=True, nogil=True)
+def _move(s, new_best, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
+    """Moves side s's best level to `new_best`: inserts the ticks it improves over, deletes the
+    levels it falls below."""
+    sgn = 1 if s == 0 else -1
+    old = st[s]
+    if st[4 + s] == 0:
+        _insert(s, new_best, _draw_size(rng, s, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+    elif sgn * (new_best - old) > 0:
+        if sz[s, new_best & MASK] == 0:
+            _insert(s, new_best, _draw_size(rng, s, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+        t = new_best - sgn
+        k = 1
+        while sgn * (t - old) > 0 and k < depth:
+            d = sgn * (new_best - t)
+            if sz[s, t & MASK] == 0 and _uniform(rng) < _p_occupied(d):
+                _insert(s, t, _draw_size(rng, s, d, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+                k += 1
+            t -= sgn
+    elif sgn * (new_best - old) < 0:
+        t = old
+        while sgn * (t - new_best) > 0 and st[4 + s] > 0:
+            if sz[s, t & MASK] != 0:
+                _delete(s, t, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+            t -= sgn
+        if sz[s, new_best & MASK] == 0:
+            _insert(s, new_best, _draw_size(rng, s, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+    st[s] = new_best
+
+
+@njit(cache=True, nogil=True)
+def _random_updates(s, skew, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
+    sgn = 1 if s == 0 else -1
+    n = _poisson(rng, RANDOM_UPDATES)
+    for _ in range(n):
+        mean = NEAR_MEAN if _uniform(rng) < NEAR_SHARE else FAR_MEAN
+        d = int(-math.log(1.0 - _uniform(rng)) * mean)
+        t = st[s] - sgn * d
+        if sgn * (st[2 + s] - t) > 0:
+            continue  # beyond the window
+        old = sz[s, t & MASK]
+        if old != 0:
+            if d > 0 and _uniform(rng) < DELETE_PROB:
+                _delete(s, t, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+            else:
+                if _uniform(rng) < REFRESH_PROB:
+                    size = _draw_size(rng, s, d, skew)
+                else:
+                    size = int(old * math.exp(0.3 * _normal(rng)) + 0.5)
+                    size = min(max(size, 1), SIZE_MAX)
+                    if size == old:
+                        size = old + 1 if old < SIZE_MAX else old - 1
+                _record(s, t, size, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+        else:
+            _insert(s, t, _draw_size(rng, s, d, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+
+
+@njit(cache=True, nogil=True)
+def _fix_window(s, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
+    """Exactly `depth` levels: delete the deepest beyond it, insert deeper levels below it."""
+    sgn = 1 if s == 0 else -1
+    while st[4 + s] > depth:
+        _delete(s, st[2 + s], st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+    while st[4 + s] < depth:
+        t = st[2 + s] - sgn
+        while _uniform(rng) >= _p_occupied(sgn * (st[s] - t)):
+            t -= sgn
+        _insert(s, t, _draw_size(rng, s, sgn * (st[s] - t), skew), st, sz, stamp, pos, ent_t, ent_s,
+                n_ent, msg)
+
+
+@njit(cache=True, nogil=True)
+def _init_book(best_bid, best_ask, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, rng):
+    msg = st[ST_MSG]
+    for s in range(2):
+        st[4 + s] = 0
+        st[s] = best_bid if s == 0 else best_ask
+        _insert(s, st[s], _draw_size(rng, s, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+        _fix_window(s, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+    n_ent[0] = 0
+    n_ent[1] = 0
+
+
+@njit(cache=True, nogil=True)
+def _put(out, p, word):
+    n = word.shape[0]
+    out[p:p + n] = word
+    return p + n
+
+
+@njit(cache=True, nogil=True)
+def _put_uint(out, p, v):
+    if v == 0:
+        out[p] = 48
+        return p + 1
+    n = 0
+    x = v
+    while x > 0:
+        n += 1
+        x //= 10
+    q = p + n - 1
+    while v > 0:
+        out[q] = 48 + v % 10
+        v //= 10
+        q -= 1
+    return p + n
+
+
+@njit(cache=True, nogil=True)
+def _put_level(out, p, tick, size, first):
+    if not first:
+        out[p] = 44  # ,
+        p += 1
+    out[p] = 91  # [
+    out[p + 1] = 34  # "
+    p = _put_uint(out, p + 2, tick // 10)
+    out[p] = 46  # .
+    out[p + 1] = 48 + tick % 10
+    out[p + 2] = 48
+    out[p + 3] = 34
+    out[p + 4] = 44
+    out[p + 5] = 34
+    p += 6
+    if size == 0:
+        out[p] = 48
+        p += 1
+    else:
+        p = _put_uint(out, p, size // 1000)
+        r = size % 1000
+        out[p] = 46
+        out[p + 1] = 48 + r // 100
+        out[p + 2] = 48 + (r // 10) % 10
+        out[p + 3] = 48 + r % 10
+        p += 4
+    out[p] = 34
+    out[p + 1] = 93  # ]
+    return p + 2
+
+
+@njit(cache=True, nogil=True)
+def _sort_entries(ent_t, ent_s, s, n, descending):
+    for i in range(1, n):
+        t = ent_t[s, i]
+        z = ent_s[s, i]
+        j = i - 1
+        while j >= 0 and ((ent_t[s, j] < t) if descending else (ent_t[s, j] > t)):
+            ent_t[s, j + 1] = ent_t[s, j]
+            ent_s[s, j + 1] = ent_s[s, j]
+            j -= 1
+        ent_t[s, j + 1] = t
+        ent_s[s, j + 1] = z
+
+
+@njit(cache=True, nogil=True)
+def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent,
+          rng, w_topic, w_delta, w_snapshot, w_asks, w_u, w_seq, w_cts, w_end):
+    """Applies and writes messages i0.. into `out` until it is nearly full; returns (next i, bytes)."""
+    n = kinds.shape[0]
+    line_max = 2 * (2 * ent_t.shape[1] * 32 + 512)
+    p = 0
+    i = i0
+    while i < n and out.shape[0] - p >= line_max:
+        kind = kinds[i]
+        p0 = p
+        p = _put(out, p, w_topic)
+        p = _put_uint(out, p, ts[i])
+        if kind == K_SNAPSHOT or kind == K_RESTART:
+            st[ST_PENDING] = 0
+            if kind == K_RESTART:
+                st[ST_U] = 1
+            p = _put(out, p, w_snapshot)
+            for s in range(2):
+                if s == 1:
+                    p = _put(out, p, w_asks)
+                sgn = 1 if s == 0 else -1
+                t = st[s]
+                first = True
+                for _ in range(st[4 + s]):
+                    while sz[s, t & MASK] == 0:
+                        t -= sgn
+                    p = _put_level(out, p, t, sz[s, t & MASK], first)
+                    first = False
+                    t -= sgn
+        else:
+            msg = st[ST_MSG] + 1
+            st[ST_MSG] = msg
+            n_ent[0] = 0
+            n_ent[1] = 0
+            k = skew[i]
+            if st[ST_PENDING] != 0:  # undo last message's crossing bid, restore the deep bid
+                st[ST_PENDING] = 0
+                _record(0, st[ST_CROSS_TICK], 0, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+                d_tick = st[ST_DEEP_TICK]
+                _record(0, d_tick, sz[0, d_tick & MASK], sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+            _move(0, bb[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+            _move(1, bb[i] + 1 + ex[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+            for s in range(2):
+                _random_updates(s, k, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+            for s in range(2):
+                _fix_window(s, k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+            if kind == K_CROSSED:
+                # a bid one tick above the best ask; the deepest bid leaves so the count stays
+                # `depth`; the ask side is touched too. Undone by the next delta.
+                _record(1, st[1], _draw_size(rng, 1, 0, k), sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+                d_tick = st[2]
+                j = d_tick & MASK
+                if stamp[0, j] == msg:
+                    ent_s[0, pos[0, j]] = 0
+                else:
+                    stamp[0, j] = msg
+                    pos[0, j] = n_ent[0]
+                    ent_t[0, n_ent[0]] = d_tick
+                    ent_s[0, n_ent[0]] = 0
+                    n_ent[0] += 1
+                cross = st[1] + 1
+                j = cross & MASK
+                if stamp[0, j] == msg:
+                    ent_s[0, pos[0, j]] = _draw_size(rng, 0, 0, k)
+                else:
+                    stamp[0, j] = msg
+                    pos[0, j] = n_ent[0]
+                    ent_t[0, n_ent[0]] = cross
+                    ent_s[0, n_ent[0]] = _draw_size(rng, 0, 0, k)
+                    n_ent[0] += 1
+                st[ST_PENDING] = 1
+                st[ST_CROSS_TICK] = cross
+                st[ST_DEEP_TICK] = d_tick
+            st[ST_U] += 1 + (GAP_SKIP if kind == K_GAP else 0)
+            p = _put(out, p, w_delta)
+            for s in range(2):
+                if s == 1:
+                    p = _put(out, p, w_asks)
+                m = n_ent[s]
+                _sort_entries(ent_t, ent_s, s, m, s == 0)
+                for e in range(m):
+                    p = _put_level(out, p, ent_t[s, e], ent_s[s, e], e == 0)
+        p = _put(out, p, w_u)
+        p = _put_uint(out, p, st[ST_U])
+        p = _put(out, p, w_seq)
+        p = _put_uint(out, p, seq[i])
+        p = _put(out, p, w_cts)
+        p = _put_uint(out, p, cts[i])
+        p = _put(out, p, w_end)
+        if kind == K_MALFORMED:  # a copy of the line cut in the middle follows it
+            half = (p - 2 - p0) // 2
+            out[p:p + half] = out[p0:p0 + half]
+            p += half
+            out[p] = 13
+            out[p + 1] = 10
+            p += 2
+        i += 1
+    return i, p
+
+
+# =============================================================================================
+# the driver
+# =============================================================================================
+
+
+class _Market:
+    """Everything carried from one generated day to the next."""
+
+    def __init__(self, *, seed: int, first_day: dt.date, symbol: str, depth: int, rate_ms: int,
+                 start_price: float | None):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if rate_ms < 1:
+            raise ValueError(f"rate_ms must be >= 1, got {rate_ms}")
+        if not symbol or not symbol.isalnum():
+            raise ValueError(f"symbol must be alphanumeric, got {symbol!r}")
+        self.symbol, self.depth, self.rate_ms = symbol, depth, rate_ms
+        path_rng, self.meta = _streams(seed, first_day)
+        self.path = _PathModel(path_rng, _start_price(self.meta, start_price))
+        self.st = np.zeros(ST_SIZE, dtype=np.int64)
+        self.st[ST_U] = int(self.meta.integers(1_000_000, 60_000_000))
+        self.st[ST_MSG] = 0
+        self.seq = int(self.meta.integers(10**10, 2 * 10**11))
+        self.sz = np.zeros((2, RING), dtype=np.int64)
+        self.stamp = np.full((2, RING), -1, dtype=np.int64)
+        self.pos = np.zeros((2, RING), dtype=np.int64)
+        cap = 4 * depth + 4 * RANDOM_MAX + 64
+        self.ent_t = np.zeros((2, cap), dtype=np.int64)
+        self.ent_s = np.zeros((2, cap), dtype=np.int64)
+        self.n_ent = np.zeros(2, dtype=np.int64)
+        self.rng = np.array([self.meta.integers(1, 2**63 - 1)], dtype=np.uint64)
+        self.book_ready = False
+        self.carried_open: tuple[int, int, int] | None = None  # (ts, cts, seq) of the next-day snapshot
+        self.next_day: dt.date | None = None
+        self.words = self._words()
+
+    def _words(self) -> tuple[np.ndarray, ...]:
+        def w(text: str) -> np.ndarray:
+            return np.frombuffer(text.encode("ascii"), dtype=np.uint8).copy()
+
+        s = self.symbol
+        return (
+            w(f'{{"topic":"orderbook.{self.depth}.{s}","ts":'),
+            w(f',"type":"delta","data":{{"s":"{s}","b":['),
+            w(f',"type":"snapshot","data":{{"s":"{s}","b":['),
+            w('],"a":['),
+            w('],"u":'),
+            w(',"seq":'),
+            w('},"cts":'),
+            w('}\r\n'),
+        )
+
+    def _seqs(self, n: int) -> np.ndarray:
+        steps = self.meta.integers(1, 600, n)
+        out = self.seq + np.cumsum(steps)
+        self.seq = int(out[-1]) if n else self.seq
+        return out
+
+    def write_day(self, day: dt.date, out_dir: Path, faults: tuple[str, ...], duration_s: int | None) -> Path:
+        unknown = sorted(set(faults) - set(FAULTS))
+        if unknown:
+            raise ValueError(f"unknown fault(s) {unknown}; choose from {FAULTS}")
+        if duration_s is not None and not 1 <= duration_s <= 86_400:
+            raise ValueError(f"duration_s must be in 1..86400, got {duration_s}")
+        if self.next_day is not None and day != self.next_day:
+            raise ValueError(f"days must be consecutive: expected {self.next_day}, got {day}")
+        self.next_day = day + dt.timedelta(days=1)
+        meta, rate = self.meta, self.rate_ms
+        start_ms = _day_start_ms(day)
+        limit = DAY_MS if duration_s is None else duration_s * 1000
+        jitter_max = max(0, min(8, rate // 4))
+
+        # message times (ms after midnight): opening snapshot, deltas, maybe the next day's snapshot
+        if self.carried_open is not None:
+            open_ts, open_cts, open_seq = self.carried_open
+            offset = open_ts - start_ms
+        else:
+            offset = int(meta.integers(150, 950))
+            open_ts = start_ms + offset
+            open_cts = open_ts - int(meta.integers(1, 12))
+            open_seq = int(self._seqs(1)[0])
+        n_delta = max(0, (limit - offset - jitter_max - 1) // rate)
+        rel = offset + rate * np.arange(1, n_delta + 1, dtype=np.int64)
+        if jitter_max:
+            rel = rel + meta.integers(0, jitter_max + 1, n_delta)
+        kinds = np.zeros(n_delta, dtype=np.int8)
+        at = fault_times(duration_s)
+        if "silence" in faults and n_delta:
+            s0, length = at["silence"]
+            keep = (rel < s0) | (rel >= s0 + length)
+            rel, kinds = rel[keep], kinds[keep]
+        for name, kind in (("crossed", K_CROSSED), ("gap", K_GAP), ("malformed", K_MALFORMED),
+                           ("restart", K_RESTART)):
+            if name in faults and len(rel):
+                idx = min(int(np.searchsorted(rel, at[name][0])), len(rel) - 1)
+                kinds[idx] = kind
+        n_delta = len(rel)
+
+        self.path.new_day()
+        log_price, _, skew = self.path.advance(rel, rate)
+        price_ticks = np.exp(log_price) * TICKS_PER_UNIT
+        bb = np.floor(price_ticks).astype(np.int64)
+        if n_delta > 1 and int(np.abs(np.diff(bb)).max()) > RING // 4:
+            raise ValueError("the price moved too far within one message for the book ring")
+        ex = np.where(meta.random(n_delta) < EXTRA_SPREAD_PROB, meta.integers(1, 4, n_delta), 0).astype(np.int64)
+        ts = start_ms + rel
+        cts = ts - meta.integers(1, 12, n_delta)
+        seq = self._seqs(n_delta)
+
+        if not self.book_ready:
+            b0 = int(math.floor(math.exp(self.path.log_price if n_delta == 0 else log_price[0]) * TICKS_PER_UNIT))
+            _init_book(b0, b0 + 1, self.path.skew_now(), self.depth, self.st, self.sz, self.stamp, self.pos,
+                       self.ent_t, self.ent_s, self.n_ent, self.rng)
+            self.book_ready = True
+
+        all_kinds = [np.array([K_SNAPSHOT], dtype=np.int8), kinds]
+        all_ts = [np.array([open_ts]), ts]
+        all_cts = [np.array([open_cts]), cts]
+        all_seq = [np.array([open_seq]), seq]
+        if duration_s is None:
+            next_ts = start_ms + DAY_MS + int(meta.integers(150, 950))
+            next_cts = next_ts - int(meta.integers(1, 12))
+            next_seq = int(self._seqs(1)[0])
+            self.carried_open = (next_ts, next_cts, next_seq)
+            all_kinds.append(np.array([K_SNAPSHOT], dtype=np.int8))
+            all_ts.append(np.array([next_ts]))
+            all_cts.append(np.array([next_cts]))
+            all_seq.append(np.array([next_seq]))
+        else:
+            self.carried_open = None
+        pad = np.zeros(1, dtype=np.int64)
+        kinds = np.concatenate(all_kinds)
+        bb = np.concatenate([pad, bb, pad[: len(all_kinds) - 2]])
+        ex = np.concatenate([pad, ex, pad[: len(all_kinds) - 2]])
+        skew = np.concatenate([np.zeros(1), skew, np.zeros(len(all_kinds) - 2)])
+        ts = np.concatenate(all_ts).astype(np.int64)
+        cts = np.concatenate(all_cts).astype(np.int64)
+        seq = np.concatenate(all_seq).astype(np.int64)
+
+        path = archive_path(Path(out_dir), day, self.symbol, self.depth)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_zip(path, kinds, bb, ex, skew, ts, cts, seq)
+        if "truncated" in faults:
+            size = path.stat().st_size
+            os.truncate(path, int(size * TRUNCATE_KEEP))
+        return path
+
+    def _write_zip(self, path: Path, kinds, bb, ex, skew, ts, cts, seq) -> None:
+        member = path.name[: -len(".zip")]
+        tmp = path.with_name(path.name + ".part")
+        buffers = [np.empty(BUFFER_BYTES, dtype=np.uint8) for _ in range(2)]
+        n = len(kinds)
+
+        def fill(i0: int, buf: np.ndarray) -> tuple[int, int]:
+            return _fill(kinds, bb, ex, skew, ts, cts, seq, i0, buf, self.depth, self.st, self.sz, self.stamp,
+                         self.pos, self.ent_t, self.ent_s, self.n_ent, self.rng, *self.words)
+
+        try:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf, \
+                    zf.open(member, "w", force_zip64=True) as f, ThreadPoolExecutor(1) as pool:
+                which = 0
+                job = pool.submit(fill, 0, buffers[which])
+                while True:
+                    i, nbytes = job.result()
+                    full = buffers[which]
+                    if i < n:
+                        which ^= 1
+                        job = pool.submit(fill, i, buffers[which])
+                    f.write(memoryview(full)[:nbytes])
+                    if i >= n:
+                        break
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def generate_day(day: dt.date, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int = 200, rate_ms: int = 100,
+                 seed: int = 0, faults: tuple[str, ...] = (), start_price: float | None = None,
+                 duration_s: int | None = None) -> Path:
+    """Writes one synthetic day; returns the ZIP's path. Deterministic for (seed, day, arguments)."""
+    market = _Market(seed=seed, first_day=day, symbol=symbol, depth=depth, rate_ms=rate_ms,
+                     start_price=start_price)
+    return market.write_day(day, Path(out_dir), tuple(faults), duration_s)
+
+
+def generate_days(start: dt.date, days: int, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int = 200,
+                  rate_ms: int = 100, seed: int = 0, faults: tuple[str, ...] = (),
+                  duration_s: int | None = None) -> list[Path]:
+    """Writes `days` consecutive, continuous days (one market, one seed stream); returns the paths.
+
+    The first day is byte-identical to `generate_day(start, ..., seed=seed)`. With `duration_s`
+    each day holds only its first `duration_s` seconds and no next-day snapshot.
+    """
+    if days < 0:
+        raise ValueError(f"days must be >= 0, got {days}")
+    market = _Market(seed=seed, first_day=start, symbol=symbol, depth=depth, rate_ms=rate_ms, start_price=None)
+    return [market.write_day(start + dt.timedelta(days=i), Path(out_dir), tuple(faults), duration_s)
+            for i in range(days)]

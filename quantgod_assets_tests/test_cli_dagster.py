@@ -1,0 +1,88 @@
+"""The real Dagster CLI in a subprocess: what a user types, against a persistent instance."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import dagster as dg
+import polars as pl
+
+from quantgod_assets.assets.launch import materialize_range
+
+from .conftest import BAD_DAY, DAY1, DAY2, REPO
+
+BOOK = dg.AssetKey("preprocessed_book")
+
+
+def materializations(env) -> dict[str, list[str]]:
+    """partition -> run ids of its materializations, read from the instance the CLI wrote."""
+    with dg.DagsterInstance.from_config(str(env.dagster_home)) as instance:
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=BOOK), limit=100).records
+        out: dict[str, list[str]] = {}
+        for record in records:
+            out.setdefault(record.partition_key, []).append(record.run_id)
+        return out
+
+
+def run(env, start, end=None, **kwargs) -> subprocess.CompletedProcess:
+    return materialize_range(start, end, env=env.env(), cwd=env.root, capture=True, timeout_s=240, **kwargs)
+
+
+def test_definitions_validate():
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "quantgod_assets.definitions"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Validation successful" in done.stdout + done.stderr
+
+
+def test_cli_one_day(qg_env):
+    qg_env.set_etl(gap_warn_share=0.01, gap_fail_share=0.10)
+    # a ten-minute day would fail the 10 % gap limit: run on a copy of the configs with it relaxed
+    done = run(qg_env, DAY1, config_overrides={"etl.yaml": {"checks": {"gap_fail_share": 1.0}}})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert pl.read_parquet(qg_env.preprocessed(DAY1)).height == 1440
+    assert list(materializations(qg_env)) == ["2025-03-14"]
+    [log] = list((qg_env.logs_dir / "etl").glob("etl_*.log"))
+    text = log.read_text()
+    assert "[INFO]  Processing: 2025-03-14_BTCUSDT_ob200.data.zip" in text
+    assert "[INFO]  Rows after resample: 1440" in text
+    assert re.search(rf"\[INFO\]  Saved: {re.escape(qg_env.preprocessed(DAY1).as_posix())} \(\d+\.\d MB\)", text)
+    assert "[WARNING] Significant gaps" in text
+
+
+def test_cli_two_day_range_is_one_run(qg_env):
+    done = run(qg_env, DAY1, DAY2)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for day in (DAY1, DAY2):
+        assert pl.read_parquet(qg_env.preprocessed(day)).height == 1440
+    found = materializations(qg_env)
+    assert sorted(found) == ["2025-03-14", "2025-03-15"]
+    assert len({run_id for ids in found.values() for run_id in ids}) == 1  # one run, both partitions
+    assert "2 worker(s)" in done.stdout + done.stderr or "worker(s)" in done.stdout + done.stderr
+
+
+def test_cli_range_with_a_corrupt_day_finishes_the_others(qg_env):
+    done = run(qg_env, DAY1, BAD_DAY)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "1 of 3 day(s) failed" in output
+    assert "2025-03-16" in output and "corrupt or truncated ZIP" in output
+    assert qg_env.preprocessed(DAY1).is_file() and qg_env.preprocessed(DAY2).is_file()
+    assert not qg_env.preprocessed(BAD_DAY).exists()
+    assert sorted(materializations(qg_env)) == ["2025-03-14", "2025-03-15"]
+    text = next((qg_env.logs_dir / "etl").glob("etl_*.log")).read_text()
+    assert "[ERROR] Failed: 2025-03-16_BTCUSDT_ob200.data.zip" in text
+
+
+def test_cli_blocking_check_failure_ends_the_run_failed(qg_env):
+    # default limits: a ten-minute day is ~99 % gap, above the 10 % limit
+    qg_env.set_etl(gap_warn_share=0.01, gap_fail_share=0.10)
+    done = run(qg_env, DAY1, DAY2)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "2 of 2 day(s) failed" in output and "check gaps failed" in output
+    assert sorted(materializations(qg_env)) == ["2025-03-14", "2025-03-15"]  # written, and recorded
