@@ -110,11 +110,14 @@ class DownloadSettings:
     timeout_s: float = 60.0
 
 
+ENGINE_CORES = 2  # cores one day's replay keeps busy
+
+
 @dataclass(frozen=True)
 class EtlSettings:
     partitions_start: dt.date = DEFAULT_PARTITIONS_START
     depths: tuple[int, ...] = (200, 500)
-    workers: int | None = None  # None: all cores
+    workers: int | None = None  # None: all cores, two per day (see worker_count)
     max_silence_s: float = 60.0
     skip_bad_lines: bool = False
     gap_warn_share: float = 0.01
@@ -122,8 +125,11 @@ class EtlSettings:
     download: DownloadSettings = field(default_factory=DownloadSettings)
 
     def worker_count(self, days: int) -> int:
+        # One day's replay already keeps two cores busy (decompress, parse and replay threads
+        # overlap), so all cores means one day per two cores: one per core oversubscribes them
+        # (measured: two generated days on two cores took 18 s in parallel, 7 s one by one).
         cores = os.cpu_count() or 1
-        wanted = cores if self.workers is None else self.workers
+        wanted = max(1, cores // ENGINE_CORES) if self.workers is None else self.workers
         return max(1, min(wanted, days))
 
 
@@ -133,6 +139,14 @@ class LabellingSettings:
     threshold_short: float = -0.004
     threshold_long: float = 0.008
     price_column: str = "micro_price"
+    min_class_share: float = 0.02  # class_balance warns when a class holds less of a day's labelled rows
+
+    @property
+    def suffix(self) -> str:
+        """The labelled folder's name, e.g. `SELL_0004_BUY_0008_1h` (see `labelling.label_suffix`)."""
+        from .labelling import label_suffix
+
+        return label_suffix(self.lookahead, self.threshold_short, self.threshold_long)
 
 
 @dataclass(frozen=True)
@@ -279,6 +293,9 @@ def _labelling(data: Mapping[str, Any], source: str) -> LabellingSettings:
         threshold_short=_get(data, "threshold_short", d.threshold_short, float, source),
         threshold_long=_get(data, "threshold_long", d.threshold_long, float, source),
         price_column=_get(data, "price_column", d.price_column, str, source),
+        min_class_share=_share(
+            _get(data, "min_class_share", d.min_class_share, float, source), "min_class_share", source
+        ),
     )
 
 
