@@ -1,0 +1,356 @@
+"""MLflow helpers: one parent run per Optuna study with a nested run per trial, and the final
+model's run (params, per-epoch metrics, test metrics, confusion matrix image, the model itself,
+registered, with alias `champion` moved only when the test F1 macro beats the current one).
+
+The default store is a local SQLite file (`sqlite:///mlflow.db`) with artifacts in a folder
+beside it, so everything works offline; `mlflow ui --backend-store-uri sqlite:///mlflow.db`
+shows the runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_MODEL_NAME",
+    "DEFAULT_TRACKING_URI",
+    "FinalRun",
+    "StudyTracker",
+    "confusion_figure",
+    "current_champion",
+    "log_final_model",
+    "promote_if_better",
+    "setup_mlflow",
+]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "quantgod"
+DEFAULT_MODEL_NAME = "quantgod"
+CHAMPION = "champion"
+CHAMPION_METRIC = "test_f1_macro"
+CLASS_NAMES = ("SELL", "NEUTRAL", "BUY")
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            out[key] = value
+    return out
+
+
+def _param_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple, dict)):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def setup_mlflow(
+    tracking_uri: str = DEFAULT_TRACKING_URI,
+    experiment: str = DEFAULT_EXPERIMENT,
+    artifact_location: str | Path | None = None,
+) -> str:
+    """Points MLflow (tracking and registry) at `tracking_uri`, creates `experiment` when missing
+    (its artifacts under `artifact_location`, default: `mlartifacts/` beside a SQLite file) and
+    makes it the active one. Returns the experiment id."""
+    # no network calls from a local store (MLflow 3 sends usage telemetry unless told not to)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        if artifact_location is None and tracking_uri.startswith("sqlite:///"):
+            db_path = Path(tracking_uri.removeprefix("sqlite:///"))
+            artifact_location = db_path.resolve().parent / "mlartifacts"
+        location = None
+        if artifact_location is not None:
+            path = Path(artifact_location)
+            path.mkdir(parents=True, exist_ok=True)
+            location = path.resolve().as_uri()
+        try:
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:  # created meanwhile by a parallel worker
+            experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna studies
+
+
+class StudyTracker:
+    """The MLflow side of one study: `with tracker.study(params):` opens (or re-opens, when the
+    study resumes) the parent run; `with tracker.trial(number, params):` a nested run inside it;
+    `log_epoch` writes per-epoch metrics to the current trial run."""
+
+    def __init__(
+        self,
+        tracking_uri: str = DEFAULT_TRACKING_URI,
+        experiment: str = DEFAULT_EXPERIMENT,
+        study_name: str = "study",
+        artifact_location: str | Path | None = None,
+    ):
+        self.tracking_uri = tracking_uri
+        self.study_name = study_name
+        self.experiment_id = setup_mlflow(tracking_uri, experiment, artifact_location)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.parent_run_id: str | None = None
+        self.trial_run_id: str | None = None
+
+    def _existing_parent(self) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.optuna_study = '{self.study_name}' and tags.run_kind = 'study'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    @contextlib.contextmanager
+    def study(self, params: Mapping[str, Any] | None = None) -> Iterator[str]:
+        existing = self._existing_parent()
+        if existing:
+            run = mlflow.start_run(run_id=existing)
+        else:
+            run = mlflow.start_run(
+                run_name=f"study_{self.study_name}",
+                tags={"optuna_study": self.study_name, "run_kind": "study"},
+            )
+        self.parent_run_id = run.info.run_id
+        try:
+            if params and not existing:
+                mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+            yield self.parent_run_id
+            mlflow.end_run("FINISHED")
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+
+    @contextlib.contextmanager
+    def trial(self, number: int, params: Mapping[str, Any]) -> Iterator[str]:
+        run = mlflow.start_run(
+            run_name=f"trial_{number}",
+            nested=True,
+            parent_run_id=self.parent_run_id,
+            tags={"optuna_study": self.study_name, "run_kind": "trial", "optuna_trial": str(number)},
+        )
+        self.trial_run_id = run.info.run_id
+        status = "FINISHED"
+        try:
+            mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+            yield self.trial_run_id
+        except BaseException as exc:  # TrialPruned included: the run says how the trial ended
+            status = "KILLED" if type(exc).__name__ == "TrialPruned" else "FAILED"
+            mlflow.set_tag("optuna_state", "PRUNED" if status == "KILLED" else "FAIL")
+            raise
+        finally:
+            mlflow.end_run(status)
+            self.trial_run_id = None
+
+    def log_epoch(self, metrics: Mapping[str, Any], step: int) -> None:
+        mlflow.log_metrics(_finite(metrics), step=step)
+
+    def log_trial_value(self, value: float) -> None:
+        mlflow.set_tag("optuna_state", "COMPLETE")
+        mlflow.log_metric("objective_f1_macro", float(value))
+
+    def log_best(self, best_params: Mapping[str, Any], best_value: float, n_trials: int) -> None:
+        if self.parent_run_id is None:
+            return
+        self.client.log_metric(self.parent_run_id, "best_f1_macro", float(best_value))
+        self.client.log_metric(self.parent_run_id, "n_trials", float(n_trials))
+        self.client.log_dict(self.parent_run_id, dict(best_params), "best_params.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# The final model
+
+
+def confusion_figure(confusion: Any, class_names: Sequence[str] = CLASS_NAMES, title: str = "Test confusion matrix"):
+    """A matplotlib Figure (Agg backend, no display needed): counts and row-normalised shares."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(confusion, dtype=np.int64)
+    shares = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig = Figure(figsize=(4.8, 4.2), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(len(class_names)), labels=list(class_names))
+    ax.set_yticks(range(len(class_names)), labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]:,}\n{shares[i, j]:.0%}", ha="center", va="center",
+                    color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def current_champion(client: MlflowClient, name: str, alias: str = CHAMPION,
+                     metric: str = CHAMPION_METRIC) -> tuple[str | None, float | None]:
+    """(version, its `metric`) of the model version holding `alias`, or (None, None)."""
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None, None
+    value = version.tags.get(metric) if version.tags else None
+    if value is None and version.run_id:
+        value = client.get_run(version.run_id).data.metrics.get(metric)
+    return version.version, (float(value) if value is not None else None)
+
+
+def promote_if_better(
+    client: MlflowClient,
+    name: str,
+    version: str | int,
+    score: float,
+    alias: str = CHAMPION,
+    metric: str = CHAMPION_METRIC,
+) -> tuple[bool, float | None]:
+    """Moves `alias` to `version` when `score` beats the current holder's (or there is none).
+    Returns (promoted, previous score)."""
+    client.set_model_version_tag(name, str(version), metric, str(float(score)))
+    _holder, previous = current_champion(client, name, alias, metric)
+    if previous is None or score > previous:
+        client.set_registered_model_alias(name, alias, str(version))
+        return True, previous
+    return False, previous
+
+
+@dataclass
+class FinalRun:
+    run_id: str
+    model_uri: str | None
+    registered_version: str | None
+    promoted: bool
+    previous_champion_score: float | None
+
+
+def _history_dicts(history: Sequence[Any]) -> list[dict[str, float]]:
+    out = []
+    for item in history:
+        if hasattr(item, "as_mlflow"):
+            row = item.as_mlflow()
+            row["epoch"] = item.epoch
+        else:
+            row = dict(item)
+        out.append(row)
+    return out
+
+
+def _log_pytorch_model(model: Any, name: str, input_example: np.ndarray, registered_model_name: str | None):
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    from .models import plain_copy
+
+    export = plain_copy(model).to("cpu") if hasattr(model, "spec") else model.to("cpu").eval()
+    example = np.asarray(input_example, dtype=np.float32)
+    if example.shape[0] < 2:
+        # with one row, torch.export specialises the batch dimension to 1
+        example = np.concatenate([example, example], axis=0)
+    with torch.no_grad():
+        output = export(torch.from_numpy(example)).numpy()
+    signature = infer_signature(example, output)
+    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+    with warnings.catch_warnings():
+        # torch.export notes that nn.LSTM's flat weight list is not a registered buffer: harmless
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights")
+        return _log_with_fallback(export, name, signature, example, registered_model_name, requirements)
+
+
+def _log_with_fallback(export, name, signature, example, registered_model_name, requirements):
+    import mlflow.pytorch
+
+    try:
+        return mlflow.pytorch.log_model(
+            export, name=name, signature=signature, input_example=example,
+            registered_model_name=registered_model_name, pip_requirements=requirements,
+        )
+    except Exception:  # noqa: BLE001 - torch.export cannot trace every model; pickle can
+        return mlflow.pytorch.log_model(
+            export, name=name, signature=signature, input_example=example,
+            registered_model_name=registered_model_name, pip_requirements=requirements,
+            serialization_format="pickle",
+        )
+
+
+def log_final_model(
+    model: Any,
+    *,
+    params: Mapping[str, Any],
+    history: Sequence[Any],
+    test_metrics: Mapping[str, Any],
+    confusion: Any,
+    input_example: np.ndarray,
+    tracking_uri: str = DEFAULT_TRACKING_URI,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str = "final_model",
+    registered_model_name: str | None = DEFAULT_MODEL_NAME,
+    alias: str = CHAMPION,
+    artifact_location: str | Path | None = None,
+    artifacts: Sequence[str | Path] = (),
+    extra_metrics: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> FinalRun:
+    """One run for the final model: params, per-epoch metrics (`EpochMetrics` or dicts with an
+    "epoch"), test metrics (logged as `test_<key>`), `extra_metrics` as given (baselines,
+    backtest), the confusion matrix image, `artifacts` (e.g. the .pth bundle), the model with
+    signature and input example, registered as `registered_model_name`; `alias` moves to the new
+    version only when its test F1 macro beats the current holder's."""
+    setup_mlflow(tracking_uri, experiment, artifact_location)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run_tags = {"run_kind": "final_model", **{k: str(v) for k, v in (tags or {}).items()}}
+    with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
+        mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+        for row in _history_dicts(history):
+            step = int(row.pop("epoch", 0))
+            mlflow.log_metrics(_finite(row), step=step)
+        test = {k if k.startswith("test_") else f"test_{k}": v for k, v in test_metrics.items()}
+        mlflow.log_metrics(_finite(test))
+        if extra_metrics:
+            mlflow.log_metrics(_finite(extra_metrics))
+        fig = confusion_figure(confusion)
+        mlflow.log_figure(fig, "confusion_matrix.png")
+        mlflow.log_dict({"confusion": np.asarray(confusion).tolist(), "classes": list(CLASS_NAMES)},
+                        "confusion_matrix.json")
+        for path in artifacts:
+            mlflow.log_artifact(str(path))
+        info = _log_pytorch_model(model, "model", input_example, registered_model_name)
+        version = getattr(info, "registered_model_version", None)
+        promoted, previous = False, None
+        if registered_model_name and version is not None:
+            score = float(test[CHAMPION_METRIC])
+            promoted, previous = promote_if_better(client, registered_model_name, version, score, alias)
+            mlflow.set_tag("champion", str(promoted).lower())
+        return FinalRun(run.info.run_id, info.model_uri, str(version) if version is not None else None,
+                        promoted, previous)

@@ -1,0 +1,466 @@
+"""Training loop, evaluation and the one-file model bundle.
+
+`train_model` is the loop the `model` asset and every Optuna trial share: class-weighted
+cross-entropy, AdamW + CosineAnnealingLR (stepped per epoch), early stopping on validation
+F1 macro, the best weights kept (and checkpointed) whenever it improves, and the log lines the
+team reads. `save_model` / `load_model` write and read ONE .pth holding everything needed to
+predict: weights, architecture spec, feature names, scaling statistics, label settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .device import autocast, configure_device, make_batches, pick_device
+from .metrics import confusion_matrix, per_class_f1
+from .models import build_from_spec, count_parameters
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "EpochMetrics",
+    "TrainConfig",
+    "TrainResult",
+    "classification_summary",
+    "evaluate",
+    "load_model",
+    "predict_logits",
+    "save_model",
+    "train_model",
+]
+
+BUNDLE_FORMAT = "quantgod-model/1"
+SHORT_NAMES = ("S", "N", "B")
+LONG_NAMES = ("sell", "neutral", "buy")
+
+LogFn = Callable[[str], Any]
+
+
+def as_log(log: logging.Logger | LogFn | None) -> LogFn:
+    """A `str -> None` from a Logger (its .info), a callable, or None (drop the lines)."""
+    if log is None:
+        return lambda _msg: None
+    if isinstance(log, logging.Logger) or hasattr(log, "info"):
+        return log.info
+    return log
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and results
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    min_lr: float = 1e-6  # CosineAnnealingLR's eta_min
+    class_weights: tuple[float, ...] = (2.0, 1.0, 2.0)
+    patience: int = 5  # epochs without a better val F1 macro before stopping
+    grad_clip: float | None = 1.0
+    log_every: int = 200  # batches between progress lines
+    seed: int = 42
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    eval_batch_size: int | None = None  # default: 2 × batch_size
+    max_batches_per_epoch: int | None = None  # cap for smoke runs and benchmarks
+    checkpoint_path: str | None = None  # state_dict written on each improvement
+    num_workers: int = 0  # DataLoader workers, for datasets that are not window datasets
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> TrainConfig:
+        """From a settings / best_params dict; unknown keys are ignored."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if "class_weights" in kwargs and kwargs["class_weights"] is not None:
+            kwargs["class_weights"] = tuple(float(w) for w in kwargs["class_weights"])
+        return cls(**kwargs)
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    f1_macro: float
+    f1_weighted: float
+    f1_per_class: list[float]
+    lr: float
+    samples_per_s: float
+    seconds: float
+
+    def as_mlflow(self) -> dict[str, float]:
+        out = {
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_f1_macro": self.f1_macro,
+            "val_f1_weighted": self.f1_weighted,
+            "lr": self.lr,
+            "samples_per_s": self.samples_per_s,
+        }
+        for name, value in zip(LONG_NAMES, self.f1_per_class):
+            out[f"val_f1_{name}"] = value
+        return {k: float(v) for k, v in out.items() if math.isfinite(float(v))}
+
+
+@dataclass
+class TrainResult:
+    best_f1_macro: float
+    best_epoch: int
+    history: list[EpochMetrics]
+    stopped_early: bool
+    device: str
+    n_parameters: int
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def best_metrics(self) -> EpochMetrics | None:
+        for m in self.history:
+            if m.epoch == self.best_epoch:
+                return m
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "best_f1_macro": self.best_f1_macro,
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history),
+            "stopped_early": self.stopped_early,
+            "device": self.device,
+            "n_parameters": self.n_parameters,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+def classification_summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """f1_macro, f1_weighted, f1_{sell,neutral,buy}, accuracy, confusion (rows true, cols pred)."""
+    cm = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), 3)
+    f1 = per_class_f1(cm)
+    support = cm.sum(axis=1)
+    n = int(cm.sum())
+    out: dict[str, Any] = {
+        "f1_macro": float(f1.mean()),
+        "f1_weighted": float((f1 * support).sum() / n) if n else 0.0,
+        "accuracy": float(np.trace(cm) / n) if n else 0.0,
+        "confusion": cm.tolist(),
+        "n": n,
+    }
+    for name, value in zip(LONG_NAMES, f1):
+        out[f"f1_{name}"] = float(value)
+    return out
+
+
+def _f1_triplet(summary: Mapping[str, Any]) -> list[float]:
+    return [float(summary[f"f1_{name}"]) for name in LONG_NAMES]
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and prediction
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    device: torch.device | str | None = None,
+    batch_size: int = 512,
+    loss_fn: nn.Module | None = None,
+    amp: bool = True,
+    batches: Any = None,
+) -> dict[str, Any]:
+    """Mean loss (when `loss_fn`), logits, y_true, y_pred and `classification_summary` scores."""
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    was_training = model.training
+    model.eval()
+    source = batches if batches is not None else make_batches(dataset, batch_size, False, device)
+    total_loss, count = 0.0, 0
+    logits_parts, y_parts = [], []
+    for x, y in source:
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        if loss_fn is not None:
+            total_loss += float(loss_fn(logits, y)) * y.shape[0]
+        count += y.shape[0]
+        logits_parts.append(logits.cpu())
+        y_parts.append(y.cpu())
+    model.train(was_training)
+    logits = torch.cat(logits_parts).numpy() if logits_parts else np.zeros((0, 3), np.float32)
+    y_true = torch.cat(y_parts).numpy() if y_parts else np.zeros(0, np.int64)
+    y_pred = logits.argmax(axis=1) if len(logits) else np.zeros(0, np.int64)
+    out = classification_summary(y_true, y_pred)
+    out.update(loss=total_loss / count if count and loss_fn is not None else float("nan"),
+               logits=logits, y_true=y_true, y_pred=y_pred)
+    return out
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    data: Any,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    amp: bool = False,
+) -> np.ndarray:
+    """float32 logits [N, 3] for a Dataset of (x, y), or an array / tensor x [N, seq_len, F].
+
+    Runs where the model's parameters are unless `device` is given; `amp=False` by default so
+    the logits are reproducible float32.
+    """
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = pick_device(device)
+    model = model.to(device)
+    was_training = model.training
+    model.eval()
+    parts = []
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        x_all = torch.as_tensor(data, dtype=torch.float32)
+        for start in range(0, x_all.shape[0], batch_size):
+            with autocast(device, amp):
+                parts.append(model(x_all[start : start + batch_size].to(device)).float().cpu())
+    else:
+        for x, _y in make_batches(data, batch_size, False, device):
+            with autocast(device, amp):
+                parts.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(parts).numpy() if parts else np.zeros((0, 3), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train_model(
+    model: nn.Module,
+    train_ds: Any,
+    val_ds: Any,
+    cfg: TrainConfig | Mapping[str, Any] | None = None,
+    log: logging.Logger | LogFn | None = None,
+    on_epoch: Callable[[EpochMetrics], Any] | None = None,
+    checkpoint_fn: Callable[[nn.Module, EpochMetrics], Any] | None = None,
+) -> TrainResult:
+    """Trains `model` in place and leaves it holding the best-validation-F1-macro weights.
+
+    `on_epoch(metrics)` is called after each epoch (Optuna reports and prunes from there; an
+    exception it raises stops training and propagates). `checkpoint_fn(model, metrics)` is
+    called on each improvement (the `model` asset saves the full bundle there); otherwise
+    `cfg.checkpoint_path`, when set, receives the state_dict.
+    """
+    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
+    say = as_log(log)
+    device = pick_device(cfg.device)
+    configure_device(device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    n_params = count_parameters(model)
+    say(f"Device: {device.type} | Parameters: {n_params:,}")
+
+    train_batches = make_batches(train_ds, cfg.batch_size, True, device, seed=cfg.seed, num_workers=cfg.num_workers)
+    val_batches = make_batches(val_ds, cfg.eval_batch_size or 2 * cfg.batch_size, False, device,
+                               num_workers=cfg.num_workers)
+    say(
+        f"Train samples: {train_batches.n_samples:,} | Val samples: {val_batches.n_samples:,} | "
+        f"Batch size: {cfg.batch_size} | Data: {train_batches.placement}"
+    )
+    if train_batches.n_samples == 0 or val_batches.n_samples == 0:
+        raise ValueError("the training and validation sets must both hold at least one window")
+
+    weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1), eta_min=cfg.min_lr)
+
+    history: list[EpochMetrics] = []
+    best_f1, best_epoch, best_state = -1.0, 0, None
+    epochs_without_gain = 0
+    stopped_early = False
+    n_batches = len(train_batches)
+    if cfg.max_batches_per_epoch:
+        n_batches = min(n_batches, cfg.max_batches_per_epoch)
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        window_started, window_samples = started, 0
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        lr_now = optimizer.param_groups[0]["lr"]
+        for batch_no, (x, y) in enumerate(train_batches, start=1):
+            if batch_no > n_batches:
+                break
+            with autocast(device, cfg.amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            # accumulate on the device: no host sync per batch
+            loss_sum += loss.detach() * y.shape[0]
+            seen += y.shape[0]
+            window_samples += y.shape[0]
+            if cfg.log_every and batch_no % cfg.log_every == 0:
+                now = time.perf_counter()
+                say(
+                    f"  Epoch {epoch} | Batch {batch_no}/{n_batches} | Loss: {loss.item():.4f} | "
+                    f"{window_samples / max(now - window_started, 1e-9):,.0f} samples/s"
+                )
+                window_started, window_samples = now, 0
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - started
+        train_loss = float(loss_sum) / max(seen, 1)
+        scheduler.step()
+
+        val = evaluate(model, None, device, loss_fn=loss_fn, amp=cfg.amp, batches=val_batches)
+        metrics = EpochMetrics(
+            epoch=epoch,
+            epochs=cfg.epochs,
+            train_loss=train_loss,
+            val_loss=float(val["loss"]),
+            f1_macro=float(val["f1_macro"]),
+            f1_weighted=float(val["f1_weighted"]),
+            f1_per_class=_f1_triplet(val),
+            lr=lr_now,
+            samples_per_s=seen / max(train_seconds, 1e-9),
+            seconds=time.perf_counter() - started,
+        )
+        history.append(metrics)
+        s, n, b = metrics.f1_per_class
+        say(
+            f"Epoch {epoch}/{cfg.epochs} | Train Loss: {metrics.train_loss:.4f} | Val Loss: {metrics.val_loss:.4f} | "
+            f"F1 Macro: {metrics.f1_macro:.4f} | F1 Weighted: {metrics.f1_weighted:.4f} | "
+            f"F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}] | LR: {metrics.lr:.6f} | "
+            f"{metrics.samples_per_s:,.0f} samples/s | {metrics.seconds:.1f}s"
+        )
+
+        if metrics.f1_macro > best_f1:
+            best_f1, best_epoch = metrics.f1_macro, epoch
+            best_state = _state_on_cpu(model)
+            epochs_without_gain = 0
+            if checkpoint_fn is not None:
+                checkpoint_fn(model, metrics)
+            elif cfg.checkpoint_path:
+                _atomic_torch_save({"state_dict": best_state, "epoch": epoch, "f1_macro": best_f1}, cfg.checkpoint_path)
+            say(f"✅ Best model saved (F1 Macro: {best_f1:.4f})")
+        else:
+            epochs_without_gain += 1
+
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+        if cfg.patience and epochs_without_gain >= cfg.patience and epoch < cfg.epochs:
+            say(f"⏹ Early stopping at epoch {epoch}: no F1 Macro gain for {cfg.patience} epochs "
+                f"(best {best_f1:.4f} at epoch {best_epoch})")
+            stopped_early = True
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(best_f1, best_epoch, history, stopped_early, device.type, n_params, best_state)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model bundle
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like Python values only (numpy scalars / arrays, tuples, Paths converted), so the
+    bundle loads with `torch.load(weights_only=True)`."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (Path, dt.date, dt.datetime)):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
+
+
+def _atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    spec: Mapping[str, Any] | None = None,
+    feature_names: Sequence[str] | None = None,
+    scaler_dict: Mapping[str, Any] | None = None,
+    label_settings: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Writes ONE .pth (atomically: temp file, then rename) with the CPU weights, the
+    architecture spec (`model.spec` when not given), features, scaling and label settings."""
+    spec = spec if spec is not None else getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError("a spec is needed (build the model with build_model, or pass spec=)")
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "state_dict": _state_on_cpu(model),
+        "spec": _plain(spec),
+        "feature_names": _plain(list(feature_names or [])),
+        "scaler": _plain(scaler_dict) if scaler_dict is not None else None,
+        "label_settings": _plain(label_settings or {}),
+        "metrics": _plain(metrics or {}),
+        "extra": _plain(extra or {}),
+        "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": str(torch.__version__),
+    }
+    if bundle["feature_names"] and len(bundle["feature_names"]) != int(bundle["spec"]["n_features"]):
+        raise ValueError(
+            f"{len(bundle['feature_names'])} feature names for a model of {bundle['spec']['n_features']} features"
+        )
+    return _atomic_torch_save(bundle, path)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode on `device`, bundle) from a `save_model` file; no config needed."""
+    bundle = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{path} is not a {BUNDLE_FORMAT} bundle")
+    model = build_from_spec(bundle["spec"])
+    model.load_state_dict(bundle["state_dict"])
+    model.spec = copy.deepcopy(bundle["spec"])  # type: ignore[attr-defined]
+    model.to(pick_device(device)).eval()
+    return model, bundle
+
+
+def epoch_history_dicts(result: TrainResult) -> list[dict[str, Any]]:
+    return [asdict(m) for m in result.history]

@@ -1,0 +1,159 @@
+"""The Optuna study: persisted trials, resume, pruning on an injected CUDA OOM, best_params.json."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+
+from quantgod_assets.ml import tune
+from quantgod_assets.ml.tune import format_trial_start, load_best_params, run_study, suggest_params
+from quantgod_assets_tests.ml.test_train import planted_signal, split_windows
+
+SPACE = {
+    "arch": {"type": "categorical", "choices": ["tcn_lstm", "transformer"]},
+    "tcn_channels": {"type": "categorical", "choices": [8, 16], "when": {"arch": "tcn_lstm"}},
+    "lstm_hidden": {"type": "categorical", "choices": [8, 16], "when": {"arch": "tcn_lstm"}},
+    "d_model": {"type": "categorical", "choices": [8, 16], "when": {"arch": "transformer"}},
+    "n_heads": {"type": "categorical", "choices": [2], "when": {"arch": "transformer"}},
+    "n_layers": {"type": "int", "low": 1, "high": 2, "when": {"arch": "transformer"}},
+    "seq_len": {"type": "categorical", "choices": [8, 16]},
+    "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.2},
+    "batch_size": {"type": "fixed", "value": 128},
+}
+
+
+def make_datasets(params):
+    x, y = planted_signal(n_rows=900, seq_len=params["seq_len"])
+    train, val, _test = split_windows(x, y, params["seq_len"])
+    return train, val, x.shape[1]
+
+
+def run(tmp_path, lines, n_trials=2, **kwargs):
+    return run_study(
+        make_datasets,
+        SPACE,
+        n_trials=n_trials,
+        storage_url=f"sqlite:///{tmp_path / 'optuna_study.db'}",
+        study_name="labels_h15_t8",
+        seed=7,
+        n_startup_trials=5,  # no pruning among these few trials (the pruner has its own test)
+        n_warmup_steps=0,
+        epochs=2,
+        log=lines.append,
+        best_params_path=tmp_path / "optimization" / "best_params.json",
+        train_defaults={"device": "cpu"},
+        **kwargs,
+    )
+
+
+def load(tmp_path):
+    return optuna.load_study(study_name="labels_h15_t8", storage=f"sqlite:///{tmp_path / 'optuna_study.db'}")
+
+
+def test_study_file_holds_the_trials_and_resumes(tmp_path):
+    lines: list[str] = []
+    best = run(tmp_path, lines)
+    study = load(tmp_path)
+    assert len(study.trials) == 2
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # each trial reported its validation F1 macro once per epoch
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)
+    assert best["batch_size"] == 128 and best["arch"] in ("tcn_lstm", "transformer")
+    saved = json.loads((tmp_path / "optimization" / "best_params.json").read_text())
+    assert saved["best_value"] == pytest.approx(study.best_value)
+    assert load_best_params(tmp_path / "optimization" / "best_params.json") == best
+
+    text = "\n".join(lines)
+    assert "Trial 0 START | " in text and "Trial 1 START | " in text
+    assert "Trial 0, Epoch 2/2 | F1 Macro: " in text and "| F1 [S/N/B]: [" in text
+    assert "Best trial " in text
+
+    # the same budget again: nothing to run; a larger one: only the missing trials
+    lines2: list[str] = []
+    run(tmp_path, lines2)
+    assert len(load(tmp_path).trials) == 2
+    assert any("Resuming study 'labels_h15_t8'" in line and "0 to run" in line for line in lines2)
+    run(tmp_path, lines2, n_trials=3)
+    assert len(load(tmp_path).trials) == 3
+    assert any("Trial 2 START" in line for line in lines2)
+
+
+def test_cuda_oom_prunes_the_trial_and_frees_memory(tmp_path, monkeypatch):
+    freed = []
+    monkeypatch.setattr(tune, "_free_accelerator_memory", lambda: freed.append(True))
+    real_train = tune.train_model
+    calls = {"n": 0}
+
+    def train_or_oom(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(tune, "train_model", train_or_oom)
+    lines: list[str] = []
+    run(tmp_path, lines)
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
+    assert "Trial 0 — CUDA OOM! Clearing cache and pruning..." in lines
+    assert freed == [True]
+
+
+def test_free_memory_empties_the_cuda_cache(monkeypatch):
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    tune._free_accelerator_memory()
+    assert emptied == [True]
+
+
+def test_a_study_with_only_pruned_trials_fails_clearly(tmp_path, monkeypatch):
+    def always_oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(tune, "train_model", always_oom)
+    with pytest.raises(RuntimeError, match="no completed trial"):
+        run(tmp_path, [])
+
+
+def test_median_pruner_prunes_a_bad_trial(tmp_path):
+    """A trial far below the median of earlier ones at the same epoch is stopped there."""
+    study = tune.make_study(f"sqlite:///{tmp_path / 's.db'}", "p", seed=0, n_startup_trials=1, n_warmup_steps=0)
+    for value in (0.6, 0.62):
+        trial = study.ask()
+        for step in (1, 2):
+            trial.report(value, step)
+        study.tell(trial, value)
+    trial = study.ask()
+    trial.report(0.1, 1)
+    assert trial.should_prune()
+
+
+def test_suggest_params_conditions_fixed_and_types():
+    trial = optuna.trial.FixedTrial({"arch": "transformer", "d_model": 16, "n_heads": 2, "n_layers": 2,
+                                     "seq_len": 8, "lr": 0.002, "dropout": 0.1})
+    params = suggest_params(trial, SPACE)
+    assert "tcn_channels" not in params and params["d_model"] == 16 and params["batch_size"] == 128
+    with pytest.raises(ValueError, match="unknown type"):
+        suggest_params(trial, {"x": {"type": "nope"}})
+
+
+def test_trial_start_line_matches_the_team_format():
+    line = format_trial_start(3, {"tcn_channels": 64, "lstm_hidden": 256, "seq_len": 720, "lr": 0.000312,
+                                  "arch": "tcn_lstm"})
+    assert line.startswith("Trial 3 START | tcn=64, lstm=256, seq=720, lr=0.000312")
+
+
+def test_invalid_head_count_is_pruned_not_fatal(tmp_path):
+    space = {"arch": {"type": "fixed", "value": "transformer"},
+             "d_model": {"type": "categorical", "choices": [10]}, "n_heads": {"type": "categorical", "choices": [4]},
+             "n_layers": 1, "seq_len": 8, "batch_size": 128}
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="no completed trial"):
+        run_study(make_datasets, space, n_trials=1, storage_url=f"sqlite:///{tmp_path / 'o.db'}",
+                  study_name="bad", epochs=1, log=lines.append, train_defaults={"device": "cpu"})
+    assert any("invalid parameters" in line for line in lines)
