@@ -2,6 +2,7 @@
 
     logs/etl/etl_20260218_103201.log
     logs/labelling/labelling_SELL_0004_BUY_0008_1h_20260218_103201.log
+    logs/labelling/labelling_processing.log      (cumulative: every labelling run appends to it)
 
     2026-02-18 10:32:01 [INFO]  Processing: 2025-03-14_BTCUSDT_ob200.data.zip
     2026-02-18 10:32:03 [WARNING] Significant gaps: 12.5 % of seconds invalid ...
@@ -34,6 +35,7 @@ __all__ = [
     "LogFormatter",
     "log_file_name",
     "open_log",
+    "processing_log_name",
     "prune_logs",
     "run_log",
 ]
@@ -83,6 +85,11 @@ def log_file_name(module: str, config_suffix: str | None = None, when: dt.dateti
     return "_".join(parts) + ".log"
 
 
+def processing_log_name(module: str) -> str:
+    """`labelling_processing.log`: the cumulative log every run of the module appends to."""
+    return f"{module}_processing.log"
+
+
 def _stamp(path: Path) -> str:
     match = STAMP.search(path.name)
     return match.group(1) if match else dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y%m%d_%H%M%S")
@@ -99,7 +106,8 @@ def prune_logs(folder: str | Path, module: str, keep: int | None = None) -> list
     if keep is None:
         return []
     folder = Path(folder)
-    logs = [p for p in folder.glob(f"{module}_*.log") if p.is_file()]
+    # the cumulative log is the module's history, never pruned (it rotates by size instead)
+    logs = [p for p in folder.glob(f"{module}_*.log") if p.is_file() and p.name != processing_log_name(module)]
     logs.sort(key=lambda p: (_stamp(p), p.stat().st_mtime, p.name), reverse=True)
     deleted: list[Path] = []
     for path in logs[keep:]:
@@ -119,9 +127,11 @@ def open_log(
     *,
     when: dt.datetime | None = None,
     forward_to: logging.Logger | logging.LoggerAdapter | None = None,
+    cumulative: bool = False,
 ) -> logging.Logger:
     """A logger writing to `{logs_dir}/{module}/{name}` (rotating), optionally forwarding each line.
 
+    `cumulative` also appends every line to `{logs_dir}/{module}/{module}_processing.log`.
     Old logs are pruned first, by the module's retention. Close it with `close_log`.
     """
     folder = Path(logs_dir) / module
@@ -135,6 +145,12 @@ def open_log(
     handler.setFormatter(LogFormatter())
     handler.setLevel(logging.DEBUG)  # tracebacks go to the file only (DEBUG); the run log gets INFO and up
     logger.addHandler(handler)
+    if cumulative:
+        history = RotatingFileHandler(folder / processing_log_name(module), mode="a", maxBytes=MAX_BYTES,
+                                      backupCount=BACKUP_COUNT, encoding="utf-8")
+        history.setFormatter(LogFormatter())
+        history.setLevel(logging.DEBUG)
+        logger.addHandler(history)
     if forward_to is not None:
         forward = ForwardingHandler(forward_to)
         forward.setLevel(logging.INFO)
@@ -157,8 +173,11 @@ def run_log(
     config_suffix: str | None = None,
     *,
     forward_to: logging.Logger | logging.LoggerAdapter | None = None,
+    cumulative: bool = False,
+    when: dt.datetime | None = None,
 ) -> Iterator[logging.Logger]:
-    logger = open_log(module, logs_dir, config_suffix, forward_to=forward_to)
+    """`when` names the file: steps of one run pass the run's start and so share one file."""
+    logger = open_log(module, logs_dir, config_suffix, when=when, forward_to=forward_to, cumulative=cumulative)
     try:
         yield logger
     finally:

@@ -187,6 +187,12 @@ def _write_lines(log, outcome: DayOutcome) -> None:
         log.log(level, line)
 
 
+def run_started(context: dg.AssetExecutionContext) -> dt.datetime | None:
+    """The run's start in local time: every step of one run then writes one log file."""
+    record = context.instance.get_run_record_by_id(context.run_id)
+    return record.create_timestamp.astimezone().replace(tzinfo=None) if record else None
+
+
 def _days(context: dg.AssetExecutionContext) -> list[dt.date]:
     return [dt.date.fromisoformat(key) for key in context.partition_keys]
 
@@ -217,7 +223,7 @@ def raw_zip(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> It
     days = _days(context)
     found: dict[dt.date, dict[str, Any]] = {}
     failed: dict[dt.date, str] = {}
-    with run_log("etl", settings.paths.logs_dir, forward_to=context.log) as log:
+    with run_log("etl", settings.paths.logs_dir, forward_to=context.log, when=run_started(context)) as log:
         _preflight(settings, log)
         for day in days:
             try:
@@ -278,7 +284,7 @@ def preprocessed_book(context: dg.AssetExecutionContext, quantgod: QuantGodSetti
     materialize = BOOK in context.selected_asset_keys
     selected = {key.name for key in context.selected_asset_check_keys if key.asset_key == BOOK}
     started = time.perf_counter()
-    with run_log("etl", settings.paths.logs_dir, forward_to=context.log) as log:
+    with run_log("etl", settings.paths.logs_dir, forward_to=context.log, when=run_started(context)) as log:
         span = f"{days[0]}" if len(days) == 1 else f"{days[0]}...{days[-1]}"
         log.info(f"ETL {span}: {len(days)} day(s), {settings.symbol}, {workers_note(settings, len(days))}")
         if materialize:
