@@ -3,10 +3,11 @@
 import dagster as dg
 
 from .assets.book import etl_assets
+from .assets.labels import label_assets
 from .resources import resources
 
 defs = dg.Definitions(
-    assets=etl_assets,
+    assets=[*etl_assets, *label_assets],
     resources=resources(),
     executor=dg.multiprocess_executor,
 )

@@ -10,6 +10,10 @@ Environment overrides:
     QUANTGOD_DATA_DIR     outputs (default data)
     QUANTGOD_LOGS_DIR     file logs (default logs)
     QUANTGOD_SYMBOL       the symbol (default BTCUSDT)
+    QUANTGOD_ML_PROFILE   a `profiles:` entry of optimization.yaml / training.yaml merged over them
+                          (`small`: the CPU demo's 2 trials x 2 epochs, seq_len 30, 10 levels)
+    QUANTGOD_OPTUNA_STORAGE  the Optuna storage URL (optimization.yaml `storage`)
+    QUANTGOD_MLFLOW_URI   the MLflow tracking URI (training.yaml `mlflow.tracking_uri`)
 
 This module does not import dagster.
 """
@@ -45,11 +49,17 @@ ENV_RAW_ROOT = "QUANTGOD_RAW_ROOT"
 ENV_DATA_DIR = "QUANTGOD_DATA_DIR"
 ENV_LOGS_DIR = "QUANTGOD_LOGS_DIR"
 ENV_SYMBOL = "QUANTGOD_SYMBOL"
+ENV_ML_PROFILE = "QUANTGOD_ML_PROFILE"
+ENV_OPTUNA_STORAGE = "QUANTGOD_OPTUNA_STORAGE"
+ENV_MLFLOW_URI = "QUANTGOD_MLFLOW_URI"
 
 DEFAULT_RAW_ROOT = "data/L2/raw"
 DEFAULT_DATA_DIR = "data"
 DEFAULT_LOGS_DIR = "logs"
 DEFAULT_SYMBOL = "BTCUSDT"
+MODEL_FILE = "quantgod_cloud_model.pth"
+DEFAULT_OPTUNA_STORAGE = "sqlite:///optuna_study.db"
+DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
 DEFAULT_PARTITIONS_START = dt.date(2023, 1, 18)  # the first BTCUSDT day of Bybit's linear archive
 DEFAULT_BASE_URL = "https://quote-saver.bycsi.com/orderbook/linear"
 
@@ -86,6 +96,25 @@ class Paths:
     def preprocessed_path(self, day: dt.date | str) -> Path:
         day = dt.date.fromisoformat(day) if isinstance(day, str) else day
         return self.preprocessed_dir / f"{day.isoformat()}.parquet"
+
+    @property
+    def optimization_dir(self) -> Path:
+        return self.data_dir / "optimization"
+
+    @property
+    def best_params_path(self) -> Path:
+        return self.optimization_dir / "best_params.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def model_path(self) -> Path:
+        return self.models_dir / MODEL_FILE
+
+    def labelled_suffix_dir(self, suffix: str) -> Path:
+        return self.labelled_dir / suffix
 
     def preprocessed_glob(self) -> str:
         return (self.preprocessed_dir / "*.parquet").as_posix()
@@ -151,16 +180,30 @@ class LabellingSettings:
 
 @dataclass(frozen=True)
 class OptimizationSettings:
-    study_name: str = "quantgod"
-    storage: str = "sqlite:///optuna_study.db"
+    study_name: str | None = None  # None: the label suffix
+    storage: str = DEFAULT_OPTUNA_STORAGE
     n_trials: int = 50
     timeout_s: float | None = None
     metric: str = "val_f1_macro"
     direction: str = "maximize"
     seed: int = 42
+    sampler_startup_trials: int = 10
+    pruner_startup_trials: int = 5
+    pruner_warmup_steps: int = 2
     epochs_per_trial: int = 10
+    max_batches_per_epoch: int | None = None
+    mlflow_experiment: str = "quantgod-optimization"
     search_space: Mapping[str, Any] = field(default_factory=dict)
+    profile: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def study_for(self, label_suffix: str) -> str:
+        return self.study_name or label_suffix
+
+
+# the training.yaml keys that describe the model (the rest configure the loop, data, tracking)
+MODEL_KEYS = ("arch", "seq_len", "n_levels", "tcn_channels", "lstm_hidden", "kernel_size", "lstm_layers",
+              "d_model", "n_heads", "n_layers", "ff_mult", "dropout")
 
 
 @dataclass(frozen=True)
@@ -169,10 +212,36 @@ class TrainingSettings:
     batch_size: int = 256
     lr: float = 1e-3
     class_weights: tuple[float, ...] = (2.0, 1.0, 2.0)
-    model_type: str = "tcn_lstm"
+    arch: str = "tcn_lstm"
     seq_len: int = 60
     n_levels: int = 20
+    max_batches_per_epoch: int | None = None
+    data_start: dt.date | None = None  # None: the first labelled day present
+    data_end: dt.date | None = None  # None: the last labelled day present
+    split: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    fee: float = 0.00055  # per side, for the backtest
+    mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI
+    mlflow_experiment: str = "quantgod"
+    registered_model: str = "quantgod"
+    profile: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the whole file, for TrainConfig.from_dict
+
+    @property
+    def model_type(self) -> str:  # the older name of `arch`
+        return self.arch
+
+    def model_params(self) -> dict[str, Any]:
+        """The model's parameters from the file (arch, seq_len, n_levels, sizes, dropout)."""
+        params = {k: self.raw[k] for k in MODEL_KEYS if self.raw.get(k) is not None}
+        params.update(arch=self.arch, seq_len=self.seq_len, n_levels=self.n_levels)
+        return params
+
+    def loop_config(self) -> dict[str, Any]:
+        """The training loop's settings (for `ml.train.TrainConfig.from_dict`)."""
+        loop = {k: v for k, v in self.raw.items() if k not in MODEL_KEYS and not isinstance(v, Mapping)}
+        loop.update(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                    class_weights=list(self.class_weights), max_batches_per_epoch=self.max_batches_per_epoch)
+        return loop
 
 
 @dataclass(frozen=True)
@@ -299,38 +368,113 @@ def _labelling(data: Mapping[str, Any], source: str) -> LabellingSettings:
     )
 
 
+def _merge(base: Mapping[str, Any], changes: Mapping[str, Any], replace: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if key not in replace and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _with_profile(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], str | None]:
+    """The file's settings with the `profiles:` entry named by QUANTGOD_ML_PROFILE merged over them."""
+    profiles = data.get("profiles") or {}
+    base = {k: v for k, v in data.items() if k != "profiles"}
+    name = os.environ.get(ENV_ML_PROFILE) or None
+    if name is None:
+        return base, None
+    if name not in profiles:
+        if not data:  # an absent file: defaults, nothing to name
+            return base, None
+        raise ConfigError(f"{source}: {ENV_ML_PROFILE}={name} but profiles: has only {sorted(profiles) or 'none'}")
+    return _merge(base, profiles[name] or {}, replace=("search_space",)), name
+
+
+def _optional(data: Mapping[str, Any], key: str, kind: type, source: str) -> Any:
+    return None if data.get(key) is None else _get(data, key, None, kind, source)
+
+
 def _optimization(data: Mapping[str, Any], source: str) -> OptimizationSettings:
+    data, profile = _with_profile(data, source)
     d = OptimizationSettings()
-    timeout = data.get("timeout_s")
+    pruner = data.get("pruner")
+    pruner = pruner if isinstance(pruner, Mapping) else {}
+    space = data.get("search_space") or {}
+    if not isinstance(space, Mapping):
+        raise ConfigError(f"{source}: search_space must be a mapping of parameter -> spec")
+    # `model_type` is the older name of `arch`
+    space = {("arch" if k == "model_type" else k): v for k, v in space.items()}
     return OptimizationSettings(
-        study_name=_get(data, "study_name", d.study_name, str, source),
-        storage=_get(data, "storage", d.storage, str, source),
+        study_name=_optional(data, "study_name", str, source),
+        storage=os.environ.get(ENV_OPTUNA_STORAGE) or _get(data, "storage", d.storage, str, source),
         n_trials=_get(data, "n_trials", d.n_trials, int, source),
-        timeout_s=None if timeout is None else _get(data, "timeout_s", None, float, source),
+        timeout_s=_optional(data, "timeout_s", float, source),
         metric=_get(data, "metric", d.metric, str, source),
         direction=_get(data, "direction", d.direction, str, source),
         seed=_get(data, "seed", d.seed, int, source),
+        sampler_startup_trials=_get(data, "sampler_startup_trials", d.sampler_startup_trials, int, source),
+        pruner_startup_trials=_get(pruner, "n_startup_trials", d.pruner_startup_trials, int, source + " pruner"),
+        pruner_warmup_steps=_get(pruner, "n_warmup_steps", d.pruner_warmup_steps, int, source + " pruner"),
         epochs_per_trial=_get(data, "epochs_per_trial", d.epochs_per_trial, int, source),
-        search_space=dict(data.get("search_space") or {}),
+        max_batches_per_epoch=_optional(data, "max_batches_per_epoch", int, source),
+        mlflow_experiment=_get(data, "mlflow_experiment", d.mlflow_experiment, str, source),
+        search_space=space,
+        profile=profile,
         raw=dict(data),
     )
 
 
 def _training(data: Mapping[str, Any], source: str) -> TrainingSettings:
+    data, profile = _with_profile(data, source)
     d = TrainingSettings()
     weights = data.get("class_weights") or d.class_weights
     try:
         weights = tuple(float(w) for w in weights)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: class_weights={weights!r} must be a list of numbers") from exc
+    if len(weights) != 3:
+        raise ConfigError(f"{source}: class_weights={list(weights)} must hold 3 numbers (SELL, NEUTRAL, BUY)")
+    if "arch" not in data and "model_type" in data:
+        data = {**data, "arch": data["model_type"]}
+    data.pop("model_type", None)
+    arch = _get(data, "arch", d.arch, str, source)
+    if arch not in ("tcn_lstm", "transformer"):
+        raise ConfigError(f"{source}: arch={arch!r} must be tcn_lstm or transformer")
+    window = data.get("data") or {}
+    split = data.get("split") or {}
+    try:
+        fractions = tuple(float(split.get(k, v)) for k, v in zip(("train", "val", "test"), d.split))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: split={split!r} must hold numbers") from exc
+    if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"{source}: split train/val/test={list(fractions)} must be shares summing to 1")
+    start = _optional(window, "start", dt.date, source + " data")
+    end = _optional(window, "end", dt.date, source + " data")
+    if start and end and end < start:
+        raise ConfigError(f"{source}: data.end={end} is before data.start={start}")
+    backtest = data.get("backtest") or {}
+    mlflow = data.get("mlflow") or {}
+    tracking = os.environ.get(ENV_MLFLOW_URI) or _get(mlflow, "tracking_uri", d.mlflow_tracking_uri, str,
+                                                       source + " mlflow")
     return TrainingSettings(
         epochs=_get(data, "epochs", d.epochs, int, source),
         batch_size=_get(data, "batch_size", d.batch_size, int, source),
         lr=_get(data, "lr", d.lr, float, source),
         class_weights=weights,
-        model_type=_get(data, "model_type", d.model_type, str, source),
+        arch=arch,
         seq_len=_get(data, "seq_len", d.seq_len, int, source),
         n_levels=_get(data, "n_levels", d.n_levels, int, source),
+        max_batches_per_epoch=_optional(data, "max_batches_per_epoch", int, source),
+        data_start=start,
+        data_end=end,
+        split=fractions,  # type: ignore[arg-type]
+        fee=_get(backtest, "fee", d.fee, float, source + " backtest"),
+        mlflow_tracking_uri=tracking,
+        mlflow_experiment=_get(mlflow, "experiment", d.mlflow_experiment, str, source + " mlflow"),
+        registered_model=_get(mlflow, "registered_model", d.registered_model, str, source + " mlflow"),
+        profile=profile,
         raw=dict(data),
     )
 
