@@ -26,6 +26,18 @@ def materializations(env) -> dict[str, list[str]]:
         return out
 
 
+def check_partitions(env) -> set[tuple[str, str]]:
+    """(check name, partition) of every check evaluation the CLI recorded."""
+    with dg.DagsterInstance.from_config(str(env.dagster_home)) as instance:
+        found = set()
+        for record in instance.get_run_records():
+            for entry in instance.all_logs(record.dagster_run.run_id,
+                                           of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+                data = entry.dagster_event.event_specific_data
+                found.add((data.check_name, data.partition))
+        return found
+
+
 def run(env, start, end=None, **kwargs) -> subprocess.CompletedProcess:
     return materialize_range(start, end, env=env.env(), cwd=env.root, capture=True, timeout_s=240, **kwargs)
 
@@ -74,6 +86,9 @@ def test_cli_range_with_a_corrupt_day_finishes_the_others(qg_env):
     assert qg_env.preprocessed(DAY1).is_file() and qg_env.preprocessed(DAY2).is_file()
     assert not qg_env.preprocessed(BAD_DAY).exists()
     assert sorted(materializations(qg_env)) == ["2025-03-14", "2025-03-15"]
+    checked = check_partitions(qg_env)  # the good days keep their check results in a failed run
+    assert {("schema", "2025-03-14"), ("schema", "2025-03-15")} <= checked
+    assert not any(partition == "2025-03-16" for _, partition in checked)
     text = next((qg_env.logs_dir / "etl").glob("etl_*.log")).read_text()
     assert "[ERROR] Failed: 2025-03-16_BTCUSDT_ob200.data.zip" in text
 
