@@ -6,9 +6,9 @@ with one deflated member of CRLF JSON lines exactly like the real linear files (
 `rate_ms`, and at the very end the next day's opening snapshot (same `u` as the last delta).
 
 The market:
-  * a price path (numpy, `_PathModel`): GBM with a per-minute volatility of about 0.07-0.095 %
+  * a price path (numpy, `_PathModel`): GBM with a per-minute volatility of about 0.075-0.085 %
     (slowly varying), occasional jumps spread over tens of seconds, and a latent drift regime
-    (-0.9, -0.45, 0, +0.45 or +0.9 % an hour) that lasts 1-3 hours;
+    (-1.0, -0.5, 0, +0.5 or +1.2 % an hour) that lasts 1-3 hours and leans against long moves;
   * the book (numba, `_fill`): tick 0.10, spread usually one tick, level sizes log-normal and
     larger near the top; the drift regime skews the sizes (bids larger when the drift is up), so
     the top-level imbalance leads the next hour's return: a learnable signal;
@@ -64,10 +64,10 @@ K_DELTA, K_SNAPSHOT, K_RESTART, K_GAP, K_CROSSED, K_MALFORMED = 0, 1, 2, 3, 4, 5
 GAP_SKIP = 5  # u jumps by 1 + GAP_SKIP at a gap
 
 # --- the price path -----------------------------------------------------------------------
-REGIME_DRIFT = np.array([-0.009, -0.0045, 0.0, 0.0045, 0.009])  # log-return per hour
-REGIME_PROB = np.array([0.12, 0.20, 0.36, 0.20, 0.12])
+REGIME_DRIFT = np.array([-0.010, -0.005, 0.0, 0.005, 0.012])  # log-return per hour
+REGIME_PROB = np.array([0.12, 0.20, 0.38, 0.20, 0.10])  # mean drift 0
 REGIME_HOURS = (1.0, 3.0)  # a regime lasts uniformly 1-3 h
-VOL_MIN_RANGE = (0.0007, 0.00095)  # per-minute volatility of a day
+VOL_MIN_RANGE = (0.00065, 0.00085)  # per-minute volatility of a day
 VOL_BLOCK_MS = 300_000  # the volatility multiplier changes every 5 minutes
 VOL_TAU_MIN = 60.0
 VOL_SPREAD = 0.25  # std of the log multiplier
@@ -76,9 +76,13 @@ JUMP_SIZE = 0.0035
 JUMP_SECONDS = (10.0, 60.0)
 MOVE_PROB = 0.3  # share of 100 ms steps in which the price moves (the rest are size-only updates)
 EXTRA_SPREAD_PROB = 0.04
-SKEW_GAIN = 0.6   # size log-skew at the strongest drift
+SKEW_GAIN = 0.75  # size log-skew at a drift of DRIFT_SCALE
+DRIFT_SCALE = 0.01
 SKEW_NOISE = 0.12
 SKEW_NOISE_TAU_MIN = 15.0
+REVERT_SCALE = 0.03  # a 3 % distance from the anchor tilts the next regime fully
+REVERT_GAIN = 1.5
+ANCHOR_TAU_MS = 12 * 3_600_000.0
 START_PRICE_RANGE = (60_000.0, 110_000.0)
 
 # --- the book ------------------------------------------------------------------------------
@@ -132,12 +136,13 @@ class _PathModel:
         self.vol_x = float(rng.normal(0.0, VOL_SPREAD))
         self.noise_x = float(rng.normal(0.0, SKEW_NOISE))
         self.sigma_min = float(rng.uniform(*VOL_MIN_RANGE))
+        self.anchor = self.log_price
 
     def new_day(self) -> None:
         self.sigma_min = float(self.rng.uniform(*VOL_MIN_RANGE))
 
     def skew_now(self) -> float:
-        return SKEW_GAIN * REGIME_DRIFT[self.regime] / REGIME_DRIFT.max() + self.noise_x
+        return SKEW_GAIN * REGIME_DRIFT[self.regime] / DRIFT_SCALE + self.noise_x
 
     def _ar_blocks(self, x0: float, n: int, phi: float, std: float) -> np.ndarray:
         eps = self.rng.standard_normal(n) * std * math.sqrt(1 - phi * phi)
@@ -148,10 +153,16 @@ class _PathModel:
             out[i] = x
         return out
 
+    def _next_regime(self, dev: float) -> int:
+        """Draws the next regime, tilted against the price's distance from its slow anchor."""
+        tilt = max(-1.0, min(1.0, dev / REVERT_SCALE))
+        w = REGIME_PROB * np.exp(-REVERT_GAIN * tilt * np.sign(REGIME_DRIFT))
+        return int(self.rng.choice(len(REGIME_DRIFT), p=w / w.sum()))
+
     def advance(self, t_ms: np.ndarray, rate_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Steps to the message times `t_ms` (ms, increasing; the model stands at `t_ms[0] - dt`).
 
-        Returns the log price, the regime drift (per hour) and the size skew at each time.
+        Returns the log price, the regime drift (log-return per hour) and the size skew at each time.
         """
         rng = self.rng
         n = len(t_ms)
@@ -162,39 +173,17 @@ class _PathModel:
         dt_ms[1:] = np.diff(t_ms)
         elapsed = np.cumsum(dt_ms)
 
-        # drift regimes
-        drift = np.empty(n)
-        start = 0
-        passed = 0.0
-        while start < n:
-            end_time = passed + self.regime_left_ms
-            stop = int(np.searchsorted(elapsed, end_time, side="left"))
-            drift[start:stop] = REGIME_DRIFT[self.regime]
-            if stop >= n:
-                self.regime_left_ms = end_time - elapsed[-1]
-                break
-            passed = end_time
-            self.regime = int(rng.choice(len(REGIME_DRIFT), p=REGIME_PROB))
-            self.regime_left_ms = float(rng.uniform(*REGIME_HOURS) * 3_600_000)
-            start = stop
-
-        # volatility multiplier and skew noise: AR(1) on 5-minute / 1-minute blocks
+        # volatility multiplier: AR(1) on 5-minute blocks
         block = (elapsed // VOL_BLOCK_MS).astype(np.int64)
         vol = self._ar_blocks(self.vol_x, int(block[-1]) + 1, math.exp(-5.0 / VOL_TAU_MIN), VOL_SPREAD)
         self.vol_x = float(vol[-1])
         vol_mult = np.exp(vol[block] - 0.5 * VOL_SPREAD**2)
-        minute = (elapsed // 60_000).astype(np.int64)
-        noise = self._ar_blocks(self.noise_x, int(minute[-1]) + 1, math.exp(-1.0 / SKEW_NOISE_TAU_MIN),
-                                SKEW_NOISE)
-        self.noise_x = float(noise[-1])
-        skew = SKEW_GAIN * drift / REGIME_DRIFT.max() + noise[minute]
 
         # diffusion: at 100 ms the price moves in a share of the steps (bursts), same variance
-        dt_min = dt_ms / 60_000.0
-        sigma = self.sigma_min * vol_mult * np.sqrt(dt_min)
+        sigma = self.sigma_min * vol_mult * np.sqrt(dt_ms / 60_000.0)
         q = np.where(dt_ms <= 1.5 * rate_ms, min(1.0, MOVE_PROB * max(1.0, rate_ms / 100.0) ** 0.5), 1.0)
         moving = rng.random(n) < q
-        incr = drift * dt_ms / 3_600_000.0 + moving * rng.standard_normal(n) * sigma / np.sqrt(q)
+        incr = moving * rng.standard_normal(n) * sigma / np.sqrt(q)
 
         # jumps: a few a day, each spread over 10-60 s
         n_jumps = rng.poisson(JUMPS_PER_DAY * elapsed[-1] / DAY_MS)
@@ -204,8 +193,39 @@ class _PathModel:
             length = max(1, int(rng.uniform(*JUMP_SECONDS) * 1000 / rate_ms))
             stop = min(n, at + length)
             incr[at:stop] += size / (stop - at)
+        noise_path = np.cumsum(incr)
 
-        log_price = self.log_price + np.cumsum(incr)
+        # drift regimes, 1-3 h each; the next one leans against the move away from the anchor
+        drift = np.empty(n)
+        start = 0
+        passed = 0.0
+        drift_sum = 0.0
+        while start < n:
+            end_time = passed + self.regime_left_ms
+            stop = int(np.searchsorted(elapsed, end_time, side="left"))
+            mu = REGIME_DRIFT[self.regime]
+            drift[start:stop] = mu
+            if stop >= n:
+                self.regime_left_ms = end_time - elapsed[-1]
+                break
+            seg_ms = elapsed[stop - 1] - (elapsed[start - 1] if start > 0 else 0.0)
+            drift_sum += mu * seg_ms / 3_600_000.0
+            now = self.log_price + (noise_path[stop - 1] if stop > 0 else 0.0) + drift_sum
+            held_ms = end_time - passed
+            self.anchor += (now - self.anchor) * (1.0 - math.exp(-held_ms / ANCHOR_TAU_MS))
+            self.regime = self._next_regime(now - self.anchor)
+            self.regime_left_ms = float(rng.uniform(*REGIME_HOURS) * 3_600_000)
+            passed = end_time
+            start = stop
+
+        # size skew: the drift plus a slow noise (1-minute AR(1) blocks)
+        minute = (elapsed // 60_000).astype(np.int64)
+        noise = self._ar_blocks(self.noise_x, int(minute[-1]) + 1, math.exp(-1.0 / SKEW_NOISE_TAU_MIN),
+                                SKEW_NOISE)
+        self.noise_x = float(noise[-1])
+        skew = SKEW_GAIN * drift / DRIFT_SCALE + noise[minute]
+
+        log_price = self.log_price + noise_path + np.cumsum(drift * dt_ms / 3_600_000.0)
         self.log_price = float(log_price[-1])
         return log_price, drift, skew
 
