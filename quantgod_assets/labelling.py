@@ -12,14 +12,14 @@ Pure polars (DuckDB only inside `labelled_distribution`); no Dagster. The asset 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+
+from .storage import write_parquet_atomic
 
 __all__ = [
     "BUY",
@@ -176,22 +176,6 @@ def labelled_day_path(out_dir: str | Path, suffix: str, day: dt.date | str) -> P
     return Path(out_dir) / suffix / f"{_as_date(day).isoformat()}.parquet"
 
 
-def _write_atomic(frame: pl.DataFrame, output: Path, metadata: Mapping[str, str]) -> None:
-    import pyarrow.parquet as pq
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    table = frame.to_arrow()
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    fd, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, temp_name, compression="zstd")
-        os.replace(temp_name, output)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def label_day_files(
     pre_dir: str | Path,
     out_dir: str | Path,
@@ -227,7 +211,7 @@ def label_day_files(
         )
     labelled = label_day(frame, next_frame, lookahead, threshold_short, threshold_long, price_column)
     output = labelled_day_path(out_dir, suffix, day)
-    _write_atomic(
+    write_parquet_atomic(
         labelled,
         output,
         {

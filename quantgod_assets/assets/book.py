@@ -27,6 +27,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ..logs import run_log
+from .check_events import partition_evaluation
 from ..partitions import daily_partitions
 from ..resources import BOOK_VIEW, QuantGodSettings, book_view_sql
 from ..settings import RawRootMissingError, Settings
@@ -132,39 +133,9 @@ def check_result(check) -> dg.AssetCheckResult:
     )
 
 
-def _target_materialization(context: dg.AssetExecutionContext, partition: str):
-    """The materialization a per-partition check evaluation refers to (None if not found)."""
-    try:
-        from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-            AssetCheckEvaluationTargetMaterializationData,
-        )
-
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=BOOK, asset_partitions=[partition]), limit=1
-        ).records
-        if not records:
-            return None
-        record = records[0]
-        return AssetCheckEvaluationTargetMaterializationData(
-            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
-        )
-    except Exception:  # the link is a nicety; the evaluation stands without it
-        return None
-
-
 def check_evaluation(context: dg.AssetExecutionContext, check, partition: str) -> dg.AssetCheckEvaluation:
-    result = check_result(check)
-    return dg.AssetCheckEvaluation(
-        asset_key=BOOK,
-        check_name=check.name,
-        passed=result.passed,
-        metadata=result.metadata,
-        target_materialization_data=_target_materialization(context, partition),
-        severity=result.severity,
-        description=result.description,
-        blocking=SPEC_BY_NAME[check.name].blocking,
-        partition=partition,
-    )
+    return partition_evaluation(context, check_result(check), partition,
+                                blocking=SPEC_BY_NAME[check.name].blocking)
 
 
 def _failure(outcomes: Sequence[DayOutcome]) -> dg.Failure:

@@ -42,6 +42,7 @@ from ..labelling import (
     labelled_day_path,
 )
 from ..logs import run_log
+from .check_events import partition_evaluation
 from ..partitions import daily_partitions
 from ..resources import QuantGodSettings
 from ..settings import LabellingSettings, Settings
@@ -288,39 +289,7 @@ def check_result(outcome: LabelOutcome, min_share: float) -> dg.AssetCheckResult
 
 
 def check_evaluation(context: dg.AssetExecutionContext, outcome: LabelOutcome, min_share: float) -> dg.AssetCheckEvaluation:
-    result = check_result(outcome, min_share)
-    partition = outcome.day.isoformat()
-    return dg.AssetCheckEvaluation(
-        asset_key=LABELS,
-        check_name=CLASS_BALANCE,
-        passed=result.passed,
-        metadata=result.metadata,
-        target_materialization_data=_target_materialization(context, partition),
-        severity=result.severity,
-        description=result.description,
-        blocking=True,
-        partition=partition,
-    )
-
-
-def _target_materialization(context: dg.AssetExecutionContext, partition: str):
-    """The materialization a per-partition check evaluation refers to (None if not found)."""
-    try:
-        from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-            AssetCheckEvaluationTargetMaterializationData,
-        )
-
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=LABELS, asset_partitions=[partition]), limit=1
-        ).records
-        if not records:
-            return None
-        record = records[0]
-        return AssetCheckEvaluationTargetMaterializationData(
-            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
-        )
-    except Exception:  # the link is a nicety; the evaluation stands without it
-        return None
+    return partition_evaluation(context, check_result(outcome, min_share), outcome.day.isoformat(), blocking=True)
 
 
 def _failure(outcomes: Sequence[LabelOutcome]) -> dg.Failure:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
+from ..storage import write_parquet_atomic
 from .reader import OrderBookInputError
 from .replay import DayReplay, ReplayConfig, replay_file
 from .sampling import minute_frame
@@ -25,7 +23,6 @@ __all__ = [
     "convert_day",
     "gap_intervals",
     "parse_archive_name",
-    "write_parquet_atomic",
 ]
 
 ARCHIVE_NAME = re.compile(
@@ -89,22 +86,6 @@ class EtlSummary:
             f"{c['seq_gaps']} gaps, {c['crossed_messages']} crossed, {c['bad_lines']} bad lines | "
             f"valid {self.valid_share:.1%} | {self.seconds:.2f} s, {self.mb_per_s:.0f} MB/s"
         )
-
-
-def write_parquet_atomic(frame: pl.DataFrame, output: Path, metadata: dict[str, str]) -> int:
-    """Writes next to `output` under a temporary name, then renames: never a half-written day."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    table = frame.to_arrow()
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    fd, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, temp_name, compression="zstd")
-        os.replace(temp_name, output)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return output.stat().st_size
 
 
 def parquet_metadata(replay: DayReplay, symbol: str, source: Path) -> dict[str, str]:
