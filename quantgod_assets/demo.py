@@ -8,6 +8,7 @@ instance in `.dagster_home/`, so `dagster dev` afterwards shows every run, check
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import time
 
@@ -15,7 +16,18 @@ from .assets.launch import dagster_home, materialize_range
 from .settings import load_settings
 
 # The stages the demo materializes, in order: (asset selection, what it shows).
-STAGES = (("preprocessed_book", "order-book replay + checks"),)
+STAGES = (
+    ("preprocessed_book", "order-book replay + checks"),
+    ("labelled_frame", "SELL/NEUTRAL/BUY labels + class balance"),
+    ("optimization", "Optuna search, small settings"),
+    ("model", "final model, test split vs baselines, MLflow"),
+)
+# Not partitioned: one run over every labelled day, no partition flag.
+UNPARTITIONED = {"optimization", "model"}
+# The ML stages run with the small profile of configs/optimization.yaml and training.yaml
+# (2 trials x 2 epochs, seq_len 30, 10 levels, a batch cap) so the demo stays minutes on a CPU;
+# a QUANTGOD_ML_PROFILE already set wins.
+DEMO_ML_PROFILE = "small"
 
 
 def _say(text: str) -> None:
@@ -39,15 +51,24 @@ def run_demo(days: int = 3, start: dt.date = dt.date(2025, 3, 10), seed: int = 7
     # Generated days shorter than a day are mostly gaps: let the gap check warn, not block.
     overrides = {"etl.yaml": {"checks": {"gap_warn_share": 1.0, "gap_fail_share": 1.0}}} if duration_s else None
     home = dagster_home()
+    ml_env = {"QUANTGOD_ML_PROFILE": os.environ.get("QUANTGOD_ML_PROFILE") or DEMO_ML_PROFILE}
     for select, what in STAGES:
-        _say(f"materializing {select} ({what}) for {start}..{end} through Dagster")
-        done = materialize_range(start, end, select=select, home=home, config_overrides=overrides)
+        if select in UNPARTITIONED:
+            _say(f"materializing {select} ({what}, profile {ml_env['QUANTGOD_ML_PROFILE']}) through Dagster")
+            done = materialize_range(None, select=select, home=home, config_overrides=overrides, env=ml_env)
+        else:
+            _say(f"materializing {select} ({what}) for {start}..{end} through Dagster")
+            done = materialize_range(start, end, select=select, home=home, config_overrides=overrides)
         if done.returncode != 0:
             _say(f"{select} failed (exit {done.returncode}); see the lines above and logs/")
             return done.returncode
     _say(f"done in {time.perf_counter() - started:.0f} s. Where to look:")
     _say(f"  data:  {settings.paths.preprocessed_dir}/  (one Parquet of 1440 minutes per day)")
-    _say(f"  logs:  {settings.paths.logs_dir}/etl/")
+    _say(f"         {settings.paths.labelled_dir}/{settings.labelling.suffix}/  (the labelled days)")
+    _say(f"  model: {settings.paths.model_path}  (best params: {settings.paths.best_params_path})")
+    _say(f"  logs:  {settings.paths.logs_dir}/{{etl,labelling,optimization,training}}/")
+    _say(f"  MLflow: mlflow ui --backend-store-uri {settings.training.mlflow_tracking_uri}")
+    _say(f"  Optuna: optuna-dashboard {settings.optimization.storage}")
     _say(f"  UI:    DAGSTER_HOME={home} dagster dev -w workspace.yaml  (then open http://127.0.0.1:3000)")
     return 0
 

@@ -1,7 +1,8 @@
 """Materializing days through Dagster from plain Python (the `quantgod demo` command uses it).
 
 Runs the real CLI, `dagster asset materialize -m quantgod_assets.definitions --select ...
---partition-range A...B`, in a subprocess against the persistent instance (`DAGSTER_HOME`,
+--partition-range A...B` (no partition flag for the assets that are not partitioned, start=None:
+`optimization`, `model`), in a subprocess against the persistent instance (`DAGSTER_HOME`,
 default `./.dagster_home`), so `dagster dev` afterwards shows the runs, materializations and checks.
 """
 
@@ -42,9 +43,12 @@ def _key(day: dt.date | str) -> str:
     return day.isoformat() if isinstance(day, dt.date) else dt.date.fromisoformat(day).isoformat()
 
 
-def materialize_command(start: dt.date | str, end: dt.date | str | None = None,
+def materialize_command(start: dt.date | str | None, end: dt.date | str | None = None,
                         select: str = "preprocessed_book") -> list[str]:
+    """The CLI line; `start=None` selects assets that are not partitioned (no partition flag)."""
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", DEFINITIONS_MODULE, "--select", select]
+    if start is None:
+        return command
     if end is None or _key(start) == _key(end):
         return [*command, "--partition", _key(start)]
     return [*command, "--partition-range", f"{_key(start)}...{_key(end)}"]
@@ -73,7 +77,7 @@ def write_config_overrides(source: Path, target: Path, overrides: Mapping[str, M
 
 
 def materialize_range(
-    start: dt.date | str,
+    start: dt.date | str | None,
     end: dt.date | str | None = None,
     *,
     select: str = "preprocessed_book",
@@ -84,7 +88,8 @@ def materialize_range(
     timeout_s: float | None = None,
     config_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> subprocess.CompletedProcess:
-    """One Dagster run materializing `select` for the days `start`..`end` (inclusive).
+    """One Dagster run materializing `select` for the days `start`..`end` (inclusive); with
+    `start=None`, `select` names assets that are not partitioned.
 
     Returns the finished process; `returncode` is 0 when every day succeeded. The run's log goes
     to this process's stdout/stderr unless `capture` is set. QUANTGOD_* variables pass through.

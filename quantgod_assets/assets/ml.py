@@ -1,0 +1,157 @@
+"""labelled_frame -> optimization -> model: the thin Dagster layer over `ml.pipeline`.
+
+Both assets are not partitioned: they read the labelled days of one range (training.yaml `data`,
+null = every labelled day present) of the current label suffix, and fail naming the days missing
+in it. `dagster asset materialize -m quantgod_assets.definitions --select optimization` (or
+`model`) runs them; `QUANTGOD_ML_PROFILE=small` gives the CPU demo's small settings.
+
+- `optimization`: the Optuna study (named after the label suffix, resumed) → best_params.json;
+  log `logs/optimization/optimization_{suffix}_{YYYYMMDD_HHMMSS}.log`; MLflow parent + nested runs.
+- `model`: the final model → `{DATA_DIR}/models/quantgod_cloud_model.pth`, scored once on the
+  test split next to the baselines, backtested; log `logs/training/training_{YYYYMMDD_HHMMSS}.log`;
+  one MLflow run, the model registered (alias `champion` when it is the best so far).
+
+torch, optuna and mlflow are imported when an asset runs, not when the definitions load.
+"""
+
+
+from typing import Any
+
+import dagster as dg
+
+from ..logs import run_log
+from ..resources import QuantGodSettings
+from .book import run_started
+from .day_pipeline import png_markdown
+
+LABELS = dg.AssetKey("labelled_frame")
+OPTIMIZATION = dg.AssetKey("optimization")
+MODEL = dg.AssetKey("model")
+GROUP = "ml"
+
+
+def _data_failure(exc: Exception, log) -> dg.Failure:
+    """A missing-days (or no-days) error as a Dagster failure that names the days."""
+    from ..ml.dataset import MissingDaysError
+
+    log.error(str(exc))
+    metadata: dict[str, Any] = {}
+    if isinstance(exc, MissingDaysError):
+        metadata["missing_days"] = dg.MetadataValue.json([d.isoformat() for d in exc.days])
+        metadata["labelled_dir"] = dg.MetadataValue.path(str(exc.label_dir))
+    return dg.Failure(description=str(exc), metadata=metadata)
+
+
+def _data_errors() -> tuple[type[Exception], ...]:
+    from ..ml.dataset import MissingDaysError
+    from ..ml.pipeline import NoLabelledDaysError
+
+    return (MissingDaysError, NoLabelledDaysError)
+
+
+@dg.asset(
+    key=OPTIMIZATION,
+    deps=[LABELS],
+    group_name=GROUP,
+    kinds={"optuna", "pytorch", "mlflow"},
+    description="Optuna search (TPE with a seed, MedianPruner, validation F1 macro) over "
+    "configs/optimization.yaml's search space on the labelled days of training.yaml `data`; the study "
+    "(named after the label suffix) persists at optimization.storage and resumes. Writes "
+    "{DATA_DIR}/optimization/best_params.json.",
+)
+def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.MaterializeResult:
+    from ..ml.pipeline import run_optimization
+
+    settings = quantgod.load()
+    suffix = settings.labelling.suffix
+    with run_log("optimization", settings.paths.logs_dir, suffix, forward_to=context.log,
+                 when=run_started(context)) as log:
+        try:
+            outcome = run_optimization(settings, log=log)
+        except _data_errors() as exc:
+            raise _data_failure(exc, log) from exc
+        log_path = str(log.log_path)  # type: ignore[attr-defined]
+    metadata: dict[str, Any] = {
+        "study_name": outcome.study_name,
+        "storage": outcome.storage,
+        "best_f1_macro": round(outcome.best_value, 4),
+        "best_trial": outcome.best_trial,
+        "best_params": dg.MetadataValue.json(outcome.best_params),
+        "best_params_path": dg.MetadataValue.path(str(outcome.best_params_path.resolve())),
+        "trials_complete": outcome.n_complete,
+        "trials_pruned": outcome.n_pruned,
+        "trials_failed": outcome.n_failed,
+        "trials": dg.MetadataValue.md(outcome.trials_markdown()),
+        "days": len(outcome.days),
+        "first_day": str(outcome.days[0]),
+        "last_day": str(outcome.days[-1]),
+        "seconds": round(outcome.seconds, 1),
+        "log_file": dg.MetadataValue.path(log_path),
+        "dashboard": dg.MetadataValue.md(f"`optuna-dashboard {outcome.storage}`"),
+    }
+    if outcome.mlflow_parent_run_id:
+        metadata["mlflow_parent_run_id"] = outcome.mlflow_parent_run_id
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    key=MODEL,
+    deps=[LABELS, OPTIMIZATION],
+    group_name=GROUP,
+    kinds={"pytorch", "mlflow"},
+    description="The final model: best_params.json when present (else training.yaml), trained with "
+    "class-weighted cross-entropy, AdamW + cosine LR, early stopping; saved as one file "
+    "{DATA_DIR}/models/quantgod_cloud_model.pth (weights, architecture, features, scaler, label "
+    "settings); scored once on the test split next to the baselines, backtested with fees; logged "
+    "and registered in MLflow.",
+)
+def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.MaterializeResult:
+    from ..ml.pipeline import train_final_model
+
+    settings = quantgod.load()
+    with run_log("training", settings.paths.logs_dir, forward_to=context.log, when=run_started(context)) as log:
+        try:
+            final = train_final_model(settings, log=log, run_tags={"dagster_run_id": context.run.run_id})
+        except _data_errors() as exc:
+            raise _data_failure(exc, log) from exc
+        log_path = str(log.log_path)  # type: ignore[attr-defined]
+    test = final.test
+    metadata: dict[str, Any] = {
+        "test_f1_macro": round(test["f1_macro"], 4),
+        "test_f1_weighted": round(test["f1_weighted"], 4),
+        "test_vs_baselines": dg.MetadataValue.md(final.comparison_markdown()),
+        "confusion_matrix": dg.MetadataValue.md(png_markdown(final.confusion_png, "confusion matrix")),
+        "training_curve": dg.MetadataValue.md(png_markdown(final.curve_png, "training curve")),
+        "backtest": dg.MetadataValue.md(final.backtest_markdown()),
+        "backtest_net_return": float(final.backtests["model"]["net_return"]),
+        "backtest_trades": int(final.backtests["model"]["n_trades"]),
+        "model_path": dg.MetadataValue.path(str(final.model_path.resolve())),
+        "arch": str(final.params.get("arch")),
+        "params_source": final.params_source,
+        "params": dg.MetadataValue.json({k: v for k, v in final.params.items() if _jsonable(v)}),
+        "parameters": final.n_parameters,
+        "device": final.device,
+        "best_epoch": final.best_epoch,
+        "best_val_f1_macro": round(final.best_val_f1_macro, 4),
+        "windows": dg.MetadataValue.json(final.sizes),
+        "days": len(final.days),
+        "first_day": str(final.days[0]),
+        "last_day": str(final.days[-1]),
+        "seconds": round(final.seconds, 1),
+        "log_file": dg.MetadataValue.path(log_path),
+    }
+    for name, base in final.baselines.items():
+        metadata[f"baseline_{name}_f1_macro"] = round(base["f1_macro"], 4)
+    if final.mlflow_run_id:
+        metadata["mlflow_run_id"] = final.mlflow_run_id
+        metadata["mlflow_tracking_uri"] = settings.training.mlflow_tracking_uri
+        metadata["registered_version"] = str(final.registered_version)
+        metadata["champion"] = bool(final.promoted)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list, tuple, dict))
+
+
+ml_assets = [optimization, model]

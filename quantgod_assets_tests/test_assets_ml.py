@@ -1,0 +1,280 @@
+"""The ML assets: `optimization` and `model` in-process on a few labelled days, and `model` through
+the real CLI. Small settings (QUANTGOD_ML_PROFILE=small: 2 trials x 2 epochs, seq_len 30, 10
+levels), a lighter model and a batch cap so the whole file runs in about a minute on a CPU.
+
+Labelled days: preprocessed frames from `make_day_frame` (a random walk on 10 filled levels)
+labelled by `labelling.label_day_files` with the default labels (H = 60 min, -0.4 % / +0.8 %).
+"""
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+import yaml
+
+from quantgod_assets.assets.ml import model, optimization
+from quantgod_assets.labelling import label_day_files
+from quantgod_assets.resources import resources
+
+from .conftest import QuantGodEnv, make_env
+from .ml import write_pre_days
+
+SUFFIX = "SELL_0004_BUY_0008_1h"
+START = dt.date(2025, 3, 10)
+DAYS = [START + dt.timedelta(days=k) for k in range(3)]
+OPT_LOG = re.compile(rf"^optimization_{SUFFIX}_\d{{8}}_\d{{6}}\.log$")
+TRAIN_LOG = re.compile(r"^training_\d{8}_\d{6}\.log$")
+
+
+def _label_days(env: QuantGodEnv, days) -> None:
+    pre = env.data_dir / "L2" / "pre_processed"
+    write_pre_days(pre, days)
+    for day in days:
+        label_day_files(pre, env.data_dir / "L2" / "labelled", day)
+
+
+def _small_overrides(env: QuantGodEnv, *, absolute_stores: bool = True) -> None:
+    """The small profile made lighter still for tests: fewer batches, tiny channels."""
+    for name, changes in {
+        "optimization.yaml": {"profiles": {"small": {"max_batches_per_epoch": 6}}},
+        "training.yaml": {"profiles": {"small": {"max_batches_per_epoch": 8, "tcn_channels": 8,
+                                                 "lstm_hidden": 8}}},
+    }.items():
+        path = env.config_dir / name
+        data = yaml.safe_load(path.read_text())
+        for section, values in changes["profiles"].items():
+            data["profiles"][section].update(values)
+        if absolute_stores and name == "optimization.yaml":
+            data["storage"] = f"sqlite:///{env.root / 'optuna_study.db'}"
+        if absolute_stores and name == "training.yaml":
+            data["mlflow"]["tracking_uri"] = f"sqlite:///{env.root / 'mlflow.db'}"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture
+def ml_env(tmp_path, monkeypatch) -> QuantGodEnv:
+    env = make_env(tmp_path, {})
+    for key, value in env.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("QUANTGOD_ML_PROFILE", "small")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    _small_overrides(env)
+    _label_days(env, DAYS)
+    yield env
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def _materialize(assets, instance) -> dg.ExecuteInProcessResult:
+    return dg.materialize(assets, resources=resources(), instance=instance, raise_on_error=False)
+
+
+def _metadata(instance: dg.DagsterInstance, key: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    return event.asset_materialization.metadata
+
+
+def _failure_text(result: dg.ExecuteInProcessResult) -> str:
+    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    return "\n".join(str(e.step_failure_data.error) + str(e.step_failure_data.user_failure_data) for e in failures)
+
+
+def test_optimization_then_model_in_process(ml_env):
+    import optuna
+    import torch
+    from mlflow import MlflowClient
+
+    from quantgod_assets.ml.train import load_model, predict_logits
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize([optimization], instance)
+    assert result.success, _failure_text(result)
+
+    # the study file holds the 2 trials, under the label suffix's name
+    study = optuna.load_study(study_name=SUFFIX, storage=f"sqlite:///{ml_env.root / 'optuna_study.db'}")
+    assert len(study.trials) == 2
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials if t.state.name == "COMPLETE")
+    best_path = ml_env.data_dir / "optimization" / "best_params.json"
+    best = json.loads(best_path.read_text())
+    assert best["study_name"] == SUFFIX and best["best_params"]["seq_len"] == 30
+    assert best["best_params"]["n_levels"] == 10 and best["best_params"]["arch"] == "tcn_lstm"
+
+    logs = list((ml_env.logs_dir / "optimization").iterdir())
+    assert len(logs) == 1 and OPT_LOG.match(logs[0].name), logs
+    text = logs[0].read_text()
+    assert "Trial 0 START | tcn=" in text and "Trial 1, Epoch 2/2 | F1 Macro: " in text
+    assert "| F1 [S/N/B]: [" in text and "Best trial " in text
+
+    meta = _metadata(instance, "optimization")
+    assert meta["study_name"].value == SUFFIX and meta["trials_complete"].value + meta["trials_pruned"].value == 2
+    assert "| trial | state |" in meta["trials"].value
+
+    # MLflow: one parent run per study and a nested run per trial
+    uri = f"sqlite:///{ml_env.root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("quantgod-optimization")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
+    trials = [r for r in runs if r.data.tags.get("run_kind") == "trial"]
+    assert len(parents) == 1 and len(trials) == 2
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
+    assert meta["mlflow_parent_run_id"].value == parents[0].info.run_id
+
+    # the model: best params used, bundle written, test metrics in MLflow and in the metadata
+    result = _materialize([model], instance)
+    assert result.success, _failure_text(result)
+    meta = _metadata(instance, "model")
+    assert meta["params_source"].value == str(best_path)
+    for key in ("test_vs_baselines", "confusion_matrix", "training_curve", "backtest"):
+        assert key in meta
+    table = meta["test_vs_baselines"].value
+    assert "**model**" in table and "majority" in table and "persistence" in table and "logistic" in table
+    assert meta["confusion_matrix"].value.startswith("![confusion matrix](data:image/png;base64,")
+    assert meta["training_curve"].value.startswith("![training curve](data:image/png;base64,")
+    assert "annualized Sharpe" in meta["backtest"].value
+
+    logs = list((ml_env.logs_dir / "training").iterdir())
+    assert len(logs) == 1 and TRAIN_LOG.match(logs[0].name), logs
+    text = logs[0].read_text()
+    assert re.search(r"Device: cpu \| Parameters: \d{1,3}(,\d{3})*\n", text)
+    assert "Epoch 2/2 | Train Loss: " in text and "✅ Best model saved (F1 Macro: " in text
+    assert "Baseline majority" in text and "Backtest (fee 0.055 %/side" in text
+
+    run = MlflowClient(tracking_uri=uri).get_run(meta["mlflow_run_id"].value)
+    assert {"test_f1_macro", "test_f1_weighted", "baseline_majority_f1_macro", "backtest_n_trades"} <= set(run.data.metrics)
+    assert run.data.params["label_suffix"] == SUFFIX
+    assert meta["champion"].value is True and meta["registered_version"].value == "1"
+
+    # the bundle reloads without any config and gives the logits of the model the run logged
+    path = ml_env.data_dir / "models" / "quantgod_cloud_model.pth"
+    assert Path(meta["model_path"].value) == path.resolve()
+    loaded, bundle = load_model(path)
+    assert bundle["label_settings"]["suffix"] == SUFFIX and len(bundle["feature_names"]) == 47
+    assert bundle["spec"]["arch"] == "tcn_lstm" and len(bundle["scaler"]["mean"]) == 47
+    assert bundle["metrics"]["test_f1_macro"] == pytest.approx(meta["test_f1_macro"].value, abs=1e-4)
+    x = np.random.default_rng(0).standard_normal((5, 30, 47)).astype(np.float32)
+    logits = predict_logits(loaded, x)
+    np.testing.assert_array_equal(logits, predict_logits(load_model(path)[0], x))
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(uri)
+    logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    with torch.no_grad():
+        np.testing.assert_allclose(logged(torch.from_numpy(x)).numpy(), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_labelled_days_fail_naming_them(ml_env):
+    cfg = ml_env.config_dir / "training.yaml"
+    data = yaml.safe_load(cfg.read_text())
+    data["data"] = {"start": "2025-03-08", "end": "2025-03-13"}
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    instance = dg.DagsterInstance.ephemeral()
+    for asset in (optimization, model):
+        result = _materialize([asset], instance)
+        assert not result.success
+        text = _failure_text(result)
+        assert "2025-03-08..2025-03-09" in text and "2025-03-13" in text and "missing" in text, text
+    assert not (ml_env.data_dir / "models" / "quantgod_cloud_model.pth").exists()
+
+
+def test_no_labelled_days_at_all_fails_clearly(tmp_path, monkeypatch):
+    env = make_env(tmp_path, {})
+    for key, value in env.env().items():
+        monkeypatch.setenv(key, value)
+    result = _materialize([optimization], dg.DagsterInstance.ephemeral())
+    assert not result.success
+    assert "no labelled days in" in _failure_text(result) and "labelled_frame" in _failure_text(result)
+
+
+def test_model_through_the_cli_with_default_stores(tmp_path):
+    """The README's command in a fresh folder: relative sqlite stores land in the working directory."""
+    env = make_env(tmp_path / "qg", {})
+    _small_overrides(env, absolute_stores=False)
+    _label_days(env, DAYS)
+    run_env = {**os.environ, **env.env(), "QUANTGOD_ML_PROFILE": "small", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "quantgod_assets.definitions",
+         "--select", "model"],
+        cwd=env.root, env=run_env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert (env.data_dir / "models" / "quantgod_cloud_model.pth").is_file()
+    assert (env.root / "mlflow.db").is_file()  # the default tracking store, relative to the cwd
+    assert not (env.data_dir / "optimization" / "best_params.json").exists()
+    logs = list((env.logs_dir / "training").iterdir())
+    assert len(logs) == 1 and "params from training config" in logs[0].read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and launching
+
+
+def test_ml_settings_defaults_profile_and_overrides(tmp_path, monkeypatch):
+    from quantgod_assets.settings import ConfigError, load_settings
+
+    env = make_env(tmp_path, {})
+    for key in ("QUANTGOD_ML_PROFILE", "QUANTGOD_OPTUNA_STORAGE", "QUANTGOD_MLFLOW_URI"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("QUANTGOD_CONFIG_DIR", str(env.config_dir))
+    monkeypatch.setenv("QUANTGOD_DATA_DIR", str(env.data_dir))
+    s = load_settings()
+    assert s.optimization.storage == "sqlite:///optuna_study.db" and s.optimization.study_name is None
+    assert s.optimization.study_for(SUFFIX) == SUFFIX
+    assert (s.optimization.pruner_startup_trials, s.optimization.pruner_warmup_steps) == (5, 2)
+    assert s.optimization.search_space["arch"]["choices"] == ["tcn_lstm", "transformer"]
+    assert s.training.mlflow_tracking_uri == "sqlite:///mlflow.db" and s.training.arch == "tcn_lstm"
+    assert (s.training.data_start, s.training.data_end) == (None, None)
+    assert s.training.split == (0.70, 0.15, 0.15) and s.training.fee == 0.00055
+    assert s.paths.model_path == env.data_dir / "models" / "quantgod_cloud_model.pth"
+    assert s.paths.best_params_path == env.data_dir / "optimization" / "best_params.json"
+
+    monkeypatch.setenv("QUANTGOD_ML_PROFILE", "small")
+    monkeypatch.setenv("QUANTGOD_OPTUNA_STORAGE", "postgresql://u:p@db/optuna")
+    monkeypatch.setenv("QUANTGOD_MLFLOW_URI", "http://mlflow:5000")
+    s = load_settings()
+    assert (s.optimization.n_trials, s.optimization.epochs_per_trial) == (2, 2)
+    assert "n_heads" not in s.optimization.search_space  # a profile's search space replaces the whole space
+    assert s.optimization.storage == "postgresql://u:p@db/optuna"
+    assert s.training.mlflow_tracking_uri == "http://mlflow:5000"
+    assert s.training.model_params()["seq_len"] == 30 and s.training.model_params()["n_levels"] == 10
+    assert s.training.epochs == 2 and s.training.lr == 0.001  # the rest stays
+
+    monkeypatch.setenv("QUANTGOD_ML_PROFILE", "huge")
+    with pytest.raises(ConfigError, match="QUANTGOD_ML_PROFILE=huge"):
+        load_settings()
+    monkeypatch.delenv("QUANTGOD_ML_PROFILE")
+    (env.config_dir / "training.yaml").write_text("arch: lstm\n")
+    with pytest.raises(ConfigError, match="arch='lstm'"):
+        load_settings()
+    (env.config_dir / "training.yaml").write_text("model_type: transformer\nsplit: {train: 0.8, val: 0.1, test: 0.2}\n")
+    with pytest.raises(ConfigError, match="summing to 1"):
+        load_settings()
+    (env.config_dir / "training.yaml").write_text("model_type: transformer\ndata: {start: 2025-03-10}\n")
+    s = load_settings()
+    assert s.training.arch == "transformer" and s.training.data_start == dt.date(2025, 3, 10)
+
+
+def test_unpartitioned_materialize_command():
+    from quantgod_assets.assets.launch import materialize_command
+
+    command = materialize_command(None, select="model")
+    assert command[-2:] == ["--select", "model"] and "--partition" not in " ".join(command)
+
+
+def test_ml_assets_in_the_definitions():
+    from quantgod_assets.definitions import defs
+
+    graph = defs.get_repository_def().asset_graph
+    assert {"optimization", "model"} <= {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert defs.resolve_assets_def("model").partitions_def is None
+    deps = {k.to_user_string() for k in graph.get(dg.AssetKey("model")).parent_keys}
+    assert deps == {"labelled_frame", "optimization"}
