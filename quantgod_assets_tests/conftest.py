@@ -78,7 +78,7 @@ def make_env(base: Path, archives: dict[dt.date, Path], *, lenient_gaps: bool = 
         shutil.copyfile(path, target)
     shutil.copytree(REPO / "configs", env.config_dir)
     env.dagster_home.mkdir()
-    shutil.copyfile(REPO / ".dagster_home" / "dagster.yaml", env.dagster_home / "dagster.yaml")
+    shutil.copyfile(REPO / "configs" / "dagster.yaml", env.dagster_home / "dagster.yaml")
     if lenient_gaps:
         # a short generated day is ~99 % gap: let it pass so the other behaviour can be seen
         env.set_etl(gap_warn_share=0.995, gap_fail_share=1.0)

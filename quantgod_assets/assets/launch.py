@@ -35,7 +35,11 @@ def dagster_home(path: str | Path | None = None) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(INSTANCE_YAML, encoding="utf-8")
+        from ..settings import REPO_CONFIGS
+
+        template = REPO_CONFIGS / "dagster.yaml"
+        config.write_text(template.read_text(encoding="utf-8") if template.is_file() else INSTANCE_YAML,
+                          encoding="utf-8")
     return home
 
 
