@@ -160,7 +160,8 @@ def label_day(
 # Files
 
 
-def _as_date(day: dt.date | str) -> dt.date:
+def as_date(day: dt.date | str) -> dt.date:
+    """A date from a date, a datetime or an ISO string."""
     if isinstance(day, dt.datetime):
         return day.date()
     if isinstance(day, dt.date):
@@ -169,11 +170,11 @@ def _as_date(day: dt.date | str) -> dt.date:
 
 
 def preprocessed_day_path(pre_dir: str | Path, day: dt.date | str) -> Path:
-    return Path(pre_dir) / f"{_as_date(day).isoformat()}.parquet"
+    return Path(pre_dir) / f"{as_date(day).isoformat()}.parquet"
 
 
 def labelled_day_path(out_dir: str | Path, suffix: str, day: dt.date | str) -> Path:
-    return Path(out_dir) / suffix / f"{_as_date(day).isoformat()}.parquet"
+    return Path(out_dir) / suffix / f"{as_date(day).isoformat()}.parquet"
 
 
 def label_day_files(
@@ -191,7 +192,7 @@ def label_day_files(
     D+1 arrives fills it. The Parquet metadata says whether the next day was there
     (`quantgod.label.next_day` = `present` / `absent`).
     """
-    day = _as_date(day)
+    day = as_date(day)
     suffix = label_suffix(lookahead, threshold_short, threshold_long)
     source = preprocessed_day_path(pre_dir, day)
     if not source.exists():
@@ -241,7 +242,7 @@ def label_days(
     workers: int | None = None,
 ) -> list[Path]:
     """`label_day_files` for many days; in a process pool when `workers` > 1. Paths in day order."""
-    jobs = [(pre_dir, out_dir, _as_date(d), lookahead, threshold_short, threshold_long, price_column)
+    jobs = [(pre_dir, out_dir, as_date(d), lookahead, threshold_short, threshold_long, price_column)
             for d in days]
     if not workers or workers <= 1 or len(jobs) <= 1:
         return [label_day_files(*job) for job in jobs]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from ..labelling import as_date
 from .features import frame_features, n_features, required_columns
 
 __all__ = [
@@ -64,14 +65,6 @@ def _day_runs(days: Sequence[dt.date]) -> str:
         else:
             runs.append([day, day])
     return ", ".join(a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in runs)
-
-
-def _as_date(day: dt.date | str) -> dt.date:
-    if isinstance(day, dt.datetime):
-        return day.date()
-    if isinstance(day, dt.date):
-        return day
-    return dt.date.fromisoformat(str(day))
 
 
 @dataclass
@@ -141,7 +134,7 @@ def load_labelled_range(
     Nothing is read yet: `.scan()` is a lazy polars frame of only the needed columns,
     `.iter_days()` reads one day at a time. Call `.raise_if_missing()` to refuse gaps.
     """
-    start, end = _as_date(start), _as_date(end)
+    start, end = as_date(start), as_date(end)
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
     label_dir = Path(label_dir)
