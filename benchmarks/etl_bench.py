@@ -8,7 +8,7 @@ Prints b/a, c/b, MB/s and the engine's peak RSS. Targets: b/a <= 3, c/b >= 10, R
 
     python benchmarks/etl_bench.py                 # both depths, full days
     python benchmarks/etl_bench.py --depth 200 --skip-python
-    python benchmarks/etl_bench.py --ob500-rate-ms 40   # an ob500 day of > 2 GB unzipped
+    python benchmarks/etl_bench.py --ob500-rate-ms 30   # an ob500 day of > 2 GB unzipped
 """
 
 from __future__ import annotations
