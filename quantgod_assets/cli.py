@@ -1,4 +1,4 @@
-"""`quantgod etl | generate | demo`: the command line over the plain modules."""
+"""`quantgod etl | generate | demo | plots`: the command line over the plain modules."""
 
 from __future__ import annotations
 
@@ -33,25 +33,23 @@ def cmd_etl(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .orderbook.synthetic import FAULTS, generate_days
+    from .orderbook.synthetic import FAULTS
 
     unknown = sorted(set(args.faults) - set(FAULTS))
     if unknown:
         print(f"error: unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    from .orderbook.synthetic import generate_days
+    from .progress import Progress
+
     started = time.perf_counter()
-    paths = generate_days(
-        args.start,
-        args.days,
-        args.out,
-        symbol=args.symbol,
-        depth=args.depth,
-        rate_ms=args.rate_ms,
-        seed=args.seed,
-        faults=tuple(args.faults),
-        duration_s=args.duration_s,
-    )
+    with Progress(args.days, "generate") as progress:
+        paths = generate_days(
+            args.start, args.days, args.out, symbol=args.symbol, depth=args.depth,
+            rate_ms=args.rate_ms, seed=args.seed, faults=tuple(args.faults), duration_s=args.duration_s,
+            on_day=lambda path: progress.update(note=f"{path.name} ({path.stat().st_size / 1e6:.1f} MB)"),
+        )
     for path in paths:
         print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"generated {len(paths)} day(s) in {time.perf_counter() - started:.1f} s")
@@ -62,6 +60,80 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(days=args.days, start=args.start, seed=args.seed, duration_s=args.duration_s)
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    from .settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+        levels = args.levels or settings.training.n_levels
+        out = args.out or settings.paths.logs_dir / "debug_plots"
+        written = write_day_plots(args.date, settings, out, levels)
+    except (DayNotPreprocessedError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for path, note in written:
+        print(f"{path}" + (f" ({note})" if note else ""))
+    return 0
+
+
+class DayNotPreprocessedError(FileNotFoundError):
+    """The day asked for has no preprocessed file."""
+
+
+def write_day_plots(day: dt.date, settings, out: Path, n_levels: int) -> list[tuple[Path | str, str]]:
+    """The day's diagnostics as PNGs in `out`: `{day}_micro_price.png`, `{day}_labels_by_hour.png`
+    (when the day is labelled with the current settings), `{day}_feature_histograms.png` (raw and
+    scaled with the day's own mean / std) and `{day}_feature_correlation.png`. Returns
+    (path or what was skipped, a note) pairs."""
+    import polars as pl
+
+    from . import plots
+    from .labelling import labelled_day_path
+    from .ml.features import frame_features
+
+    source = settings.paths.preprocessed_path(day)
+    if not source.is_file():
+        raise DayNotPreprocessedError(
+            f"{day} is not preprocessed: {source} does not exist "
+            f"(run `quantgod etl` on its archive or materialize preprocessed_book for {day})"
+        )
+    frame = pl.read_parquet(source)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[Path | str, str]] = []
+
+    def save(name: str, png: bytes, note: str = "") -> None:
+        path = out / f"{day.isoformat()}_{name}.png"
+        path.write_bytes(png)
+        written.append((path, note))
+
+    png = plots.micro_price_png(frame, day, settings.symbol)
+    if png is None:
+        written.append(("micro_price skipped", "no finite micro_price in the day"))
+    else:
+        save("micro_price", png)
+
+    suffix = settings.labelling.suffix
+    labelled = labelled_day_path(settings.paths.labelled_dir, suffix, day)
+    if labelled.is_file():
+        labels = pl.read_parquet(labelled, columns=["ts", "target"])
+        periods = plots.label_periods(plots.frame_label_rows(labels), "hour")
+        picture = plots.label_periods_png(periods, f"{settings.symbol} labels {day} ({suffix}) by hour", "hour")
+        save("labels_by_hour", picture.png, f"{sum(picture.data['labelled']):,} labelled minutes")
+    else:
+        written.append(("labels skipped", f"not labelled: {labelled} does not exist"))
+
+    block = frame_features(frame, n_levels)
+    try:
+        hist = plots.feature_histograms_png(block.values, block.names,
+                                            title=f"{day}: features, raw and scaled (the day's mean / std)")
+        save("feature_histograms", hist.png, f"{len(hist.data['names'])} features")
+        corr = plots.correlation_png(block.values, block.names, title=f"{day}: feature correlation")
+        save("feature_correlation", corr.png, f"{len(corr.data['names'])} features, {corr.data['rows']:,} rows")
+    except ValueError as exc:  # no finite row: say so, the other pictures stand
+        written.append(("features skipped", str(exc)))
+    return written
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration-s", type=int, default=None,
                       help="shorter generated days, for a quick look")
     demo.set_defaults(func=cmd_demo)
+
+    plot = sub.add_parser("plots", help="write one day's diagnostic pictures (PNG) to logs/debug_plots/")
+    plot.add_argument("--date", type=_date, required=True, help="the preprocessed day (YYYY-MM-DD)")
+    plot.add_argument("--out", type=Path, default=None,
+                      help="the folder to write to (default: {logs_dir}/debug_plots)")
+    plot.add_argument("--levels", type=int, default=None,
+                      help="book levels for the features (default: training.yaml n_levels)")
+    plot.set_defaults(func=cmd_plots)
     return parser
 
 

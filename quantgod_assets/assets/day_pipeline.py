@@ -11,9 +11,7 @@ This module does not import dagster (it is pickled into workers).
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import io
 import logging
 import multiprocessing
 import os
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..archive import ArchiveNotFoundError, DownloadError, DownloadResult, download_archive, find_archive
+from ..plots import micro_price_png, png_markdown  # noqa: F401 - png_markdown: imported from here by the assets
 from ..settings import RawRootMissingError, Settings
 
 __all__ = ["DayOutcome", "describe_failures", "locate_archive", "preflight", "process_day", "process_days"]
@@ -92,39 +91,6 @@ def locate_archive(day: dt.date, settings: Settings, *, download: bool = True) -
         )
     result = download_archive(day, settings.symbol, root, dl.base_url, depths=depths, timeout_s=dl.timeout_s)
     return result.path, result
-
-
-def micro_price_png(frame, day: dt.date, symbol: str) -> bytes | None:
-    """A small PNG of the day's micro_price (Agg backend; about 10-20 kB)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    price = frame["micro_price"].cast(float).fill_null(float("nan")).to_numpy()
-    if not np.isfinite(price).any():
-        return None
-    hours = np.arange(len(price)) / 60.0
-    fig, ax = plt.subplots(figsize=(6, 1.8), dpi=72)
-    try:
-        ax.plot(hours, price, linewidth=0.8, color="#1f6fb2")
-        ax.set_xlim(0, 24)
-        ax.set_xticks(range(0, 25, 3))
-        ax.set_xlabel("hour (UTC)", fontsize=7)
-        ax.set_title(f"{symbol} micro_price {day}", fontsize=8)
-        ax.tick_params(labelsize=6)
-        ax.grid(alpha=0.3, linewidth=0.5)
-        fig.tight_layout(pad=0.3)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-    finally:
-        plt.close(fig)
-    return buffer.getvalue()
-
-
-def png_markdown(png: bytes, alt: str = "micro_price") -> str:
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
 def _check_lines(outcome: DayOutcome) -> None:

@@ -15,7 +15,8 @@ classes). Same shape as `book.py`:
 - Logs: `logs/labelling/labelling_{suffix}_{YYYYMMDD_HHMMSS}.log` for the run and
   `logs/labelling/labelling_processing.log` (cumulative), the same lines in the Dagster run log.
 - `label_distribution` (not partitioned): the class distribution over every labelled day of the
-  current suffix, by a DuckDB query over the Parquet files, with a table per month and a chart.
+  current suffix, by a DuckDB query over the Parquet files, with a table per month, a chart and
+  one by day (by week past 62 days, by month past two years).
 """
 
 
@@ -44,6 +45,7 @@ from ..labelling import (
 from ..logs import run_log
 from .check_events import partition_evaluation
 from ..partitions import daily_partitions
+from ..plots import distribution_png, label_periods, label_periods_png
 from ..resources import QuantGodSettings
 from ..settings import LabellingSettings, Settings
 from .day_pipeline import ERROR, INFO, WARNING, _pool_context, png_markdown, short_reason, workers_note
@@ -433,35 +435,6 @@ def month_table(rows: Sequence[tuple[str, Any, int]]) -> tuple[str, dict[str, di
     return "\n".join(lines), out
 
 
-def distribution_png(dist: dict[str, Any], title: str) -> bytes:
-    """A small bar chart of the class shares (Agg backend; a few kB)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shares = [100 * dist["shares"][name] for name in CLASS_NAMES]
-    fig, ax = plt.subplots(figsize=(4, 2.2), dpi=72)
-    try:
-        bars = ax.bar(CLASS_NAMES, shares, color=["#c0392b", "#7f8c8d", "#27ae60"])
-        for bar, name, share in zip(bars, CLASS_NAMES, shares):
-            ax.annotate(f"{share:.1f}%\n{dist['counts'][name]:,}", (bar.get_x() + bar.get_width() / 2, share),
-                        ha="center", va="bottom", fontsize=6)
-        ax.set_ylim(0, max(shares + [1.0]) * 1.3)
-        ax.set_ylabel("% of labelled minutes", fontsize=7)
-        ax.set_title(title, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(axis="y", alpha=0.3, linewidth=0.5)
-        fig.tight_layout(pad=0.3)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-    finally:
-        plt.close(fig)
-    return buffer.getvalue()
-
-
 @dg.asset(
     key=DISTRIBUTION,
     deps=[LABELS],
@@ -469,7 +442,7 @@ def distribution_png(dist: dict[str, Any], title: str) -> bytes:
     kinds={"duckdb"},
     description="The class distribution over every labelled day of the current labelling settings "
     "(one suffix folder), by a DuckDB query over the Parquet files: counts and shares per class, "
-    "a table per month and a bar chart.",
+    "a table per month, a bar chart and stacked bars by day (week, month for longer spans).",
 )
 def label_distribution(
     context: dg.AssetExecutionContext, quantgod: QuantGodSettings, duckdb: DuckDBResource
@@ -515,6 +488,10 @@ def label_distribution(
     try:
         png = distribution_png(dist, f"{settings.symbol} labels {suffix}, {len(days)} day(s)")
         metadata["chart"] = dg.MetadataValue.md(png_markdown(png, alt="label distribution"))
+        period = "day" if len(days) <= 62 else "week" if len(days) <= 730 else "month"
+        by_period = label_periods_png(label_periods(rows, period), f"{settings.symbol} labels {suffix} by {period}",
+                                      period)
+        metadata[f"chart_by_{period}"] = dg.MetadataValue.md(png_markdown(by_period.png, alt=f"labels by {period}"))
     except Exception as exc:  # a picture is never worth failing the summary
         context.log.warning(f"label distribution chart skipped: {type(exc).__name__}: {exc}")
     return dg.MaterializeResult(metadata=metadata)

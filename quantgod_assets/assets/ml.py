@@ -140,6 +140,10 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
         "seconds": round(final.seconds, 1),
         "log_file": dg.MetadataValue.path(log_path),
     }
+    if final.features_png:
+        metadata["feature_histograms"] = dg.MetadataValue.md(png_markdown(final.features_png, "feature histograms"))
+    if final.correlation_png:
+        metadata["feature_correlation"] = dg.MetadataValue.md(png_markdown(final.correlation_png, "feature correlation"))
     for name, base in final.baselines.items():
         metadata[f"baseline_{name}_f1_macro"] = round(base["f1_macro"], 4)
     if final.mlflow_run_id:

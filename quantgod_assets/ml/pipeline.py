@@ -17,7 +17,6 @@ inside the functions.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..plots import fig_png as _png, training_curve_figure  # noqa: F401 - training_curve_figure: importable from here
 from .dataset import (
     LabelledRange,
     MissingDaysError,  # noqa: F401 - raised by labelled_range; importable from here
@@ -386,6 +386,8 @@ class FinalModel:
     days: list[dt.date]
     confusion_png: bytes
     curve_png: bytes
+    features_png: bytes | None = None  # feature histograms, raw and scaled, on the training rows
+    correlation_png: bytes | None = None  # the feature correlation matrix on the training rows
     mlflow_run_id: str | None = None
     mlflow_model_uri: str | None = None
     registered_version: str | None = None
@@ -433,42 +435,6 @@ def _num(value: Any) -> str:
     if value is None or not math.isfinite(float(value)):
         return "–"
     return f"{float(value):.2f}"
-
-
-def _png(fig: Any) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def training_curve_figure(history: Sequence[Any], title: str = "Training curve"):
-    """Train / val loss and val F1 macro per epoch (matplotlib Figure, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    epochs = [m.epoch for m in history]
-    fig = Figure(figsize=(7.5, 3.4), dpi=100)
-    ax_loss = fig.add_subplot(1, 2, 1)
-    ax_loss.plot(epochs, [m.train_loss for m in history], marker="o", label="train loss")
-    ax_loss.plot(epochs, [m.val_loss for m in history], marker="o", label="val loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_title("loss")
-    ax_loss.legend()
-    ax_f1 = fig.add_subplot(1, 2, 2)
-    ax_f1.plot(epochs, [m.f1_macro for m in history], marker="o", color="tab:green", label="val F1 macro")
-    for k, name in enumerate(("sell", "neutral", "buy")):
-        ax_f1.plot(epochs, [m.f1_per_class[k] for m in history], linestyle="--", linewidth=1, label=f"F1 {name}")
-    ax_f1.set_xlabel("epoch")
-    ax_f1.set_ylim(0, 1)
-    ax_f1.set_title("validation F1")
-    ax_f1.legend(fontsize=7)
-    for ax in (ax_loss, ax_f1):
-        ax.set_xticks(epochs)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def _baseline_scores(result: Any) -> dict[str, Any]:
@@ -551,8 +517,12 @@ def train_final_model(
                    label_settings=label_settings, metrics={"best_val_f1_macro": metrics.f1_macro,
                                                            "best_epoch": metrics.epoch}, extra=extra)
 
-    result = train_model(model, data.dataset("train"), data.dataset("val"), cfg, log=log, on_epoch=None,
-                         checkpoint_fn=checkpoint)
+    from ..progress import Progress
+
+    with Progress(cfg.epochs, "training") as progress:  # a bar in a terminal, plain lines in logs
+        result = train_model(model, data.dataset("train"), data.dataset("val"), cfg, log=log,
+                             on_epoch=lambda m: progress.update(note=f"val F1 macro {m.f1_macro:.4f}"),
+                             checkpoint_fn=checkpoint)
 
     # the test split, once
     device = next(model.parameters()).device
@@ -589,12 +559,14 @@ def train_final_model(
 
     confusion_png = _png(confusion_figure(test["confusion"], title=f"Test confusion matrix ({arch})"))
     curve_png = _png(training_curve_figure(result.history, title=f"{arch}: training curve"))
+    features_png, correlation_png = feature_pictures(data, log)
     final = FinalModel(
         model_path=path, params=params, params_source=source, history=result.history,
         best_epoch=result.best_epoch, best_val_f1_macro=result.best_f1_macro,
         n_parameters=result.n_parameters, device=result.device, test=test, baselines=baselines,
         backtests=backtests, sizes=data.sizes(), days=list(data.labelled.days),
         confusion_png=confusion_png, curve_png=curve_png,
+        features_png=features_png, correlation_png=correlation_png,
     )
 
     if mlflow:
@@ -605,6 +577,23 @@ def train_final_model(
                + (f" (holds test F1 macro {final.previous_champion:.4f})" if final.previous_champion is not None else "")))
     final.seconds = time.perf_counter() - started
     return final
+
+
+def feature_pictures(data: PreparedData, log: LogLike = None) -> tuple[bytes | None, bytes | None]:
+    """(feature histograms raw and scaled with the model's scaler, correlation matrix), both over
+    the training rows; (None, None) with a warning when they cannot be drawn."""
+    from ..plots import correlation_png, feature_histograms_png
+
+    try:
+        rows = rows_covered(data.split.train, data.seq_len, data.arrays.n_rows)
+        names = data.arrays.feature_names
+        hist = feature_histograms_png(data.features, names, data.scaler, rows=rows,
+                                      title="Training rows: features raw and scaled (the model's scaler)")
+        corr = correlation_png(data.features, names, rows=rows, title="Training rows: feature correlation")
+        return hist.png, corr.png
+    except Exception as exc:  # noqa: BLE001 - a picture is never worth failing the model
+        _warn(log)(f"feature pictures skipped: {type(exc).__name__}: {exc}")
+        return None, None
 
 
 def _log_to_mlflow(settings: Any, final: FinalModel, model: Any, data: PreparedData,
@@ -632,11 +621,17 @@ def _log_to_mlflow(settings: Any, final: FinalModel, model: Any, data: PreparedD
     with tempfile.TemporaryDirectory(prefix="quantgod_final_") as temp:
         curve = Path(temp) / "training_curve.png"
         curve.write_bytes(final.curve_png)
+        pictures = [curve]
+        for name, png in (("feature_histograms.png", final.features_png),
+                          ("feature_correlation.png", final.correlation_png)):
+            if png:
+                (Path(temp) / name).write_bytes(png)
+                pictures.append(Path(temp) / name)
         run = log_final_model(
             model, params=params, history=final.history, test_metrics=test, confusion=final.test["confusion"],
             input_example=example, tracking_uri=tr.mlflow_tracking_uri, experiment=tr.mlflow_experiment,
             run_name=f"final_{settings.labelling.suffix}", registered_model_name=tr.registered_model,
-            artifacts=[final.model_path, curve], extra_metrics=extra_metrics,
+            artifacts=[final.model_path, *pictures], extra_metrics=extra_metrics,
             tags={"label_suffix": settings.labelling.suffix, **(run_tags or {})},
         )
     final.mlflow_run_id = run.run_id

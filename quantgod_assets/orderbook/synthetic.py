@@ -30,6 +30,7 @@ This module does not import dagster.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 import math
 import os
 import zipfile
@@ -800,14 +801,20 @@ def generate_day(day: dt.date, out_dir: Path, *, symbol: str = "BTCUSDT", depth:
 
 def generate_days(start: dt.date, days: int, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int = 200,
                   rate_ms: int = 100, seed: int = 0, faults: tuple[str, ...] = (),
-                  duration_s: int | None = None) -> list[Path]:
+                  duration_s: int | None = None,
+                  on_day: Callable[[Path], None] | None = None) -> list[Path]:
     """Writes `days` consecutive, continuous days (one market, one seed stream); returns the paths.
 
     The first day is byte-identical to `generate_day(start, ..., seed=seed)`. With `duration_s`
-    each day holds only its first `duration_s` seconds and no next-day snapshot.
+    each day holds only its first `duration_s` seconds and no next-day snapshot. `on_day` is
+    called with each day's path as soon as it is written (progress reports).
     """
     if days < 0:
         raise ValueError(f"days must be >= 0, got {days}")
     market = _Market(seed=seed, first_day=start, symbol=symbol, depth=depth, rate_ms=rate_ms, start_price=None)
-    return [market.write_day(start + dt.timedelta(days=i), Path(out_dir), tuple(faults), duration_s)
-            for i in range(days)]
+    paths = []
+    for i in range(days):
+        paths.append(market.write_day(start + dt.timedelta(days=i), Path(out_dir), tuple(faults), duration_s))
+        if on_day is not None:
+            on_day(paths[-1])
+    return paths
