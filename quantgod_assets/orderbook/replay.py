@@ -123,35 +123,44 @@ class _Parser:
         )
 
     def batches(self, chunks: Iterable[bytes]) -> Iterator[_Batch]:
-        buf = np.empty(0, dtype=np.uint8)
-        carried = 0
+        """One batch (or more, when one fills) per chunk.
+
+        Chunks are parsed where they lie (no copy of the day's bytes): only the line cut by a
+        chunk boundary is stitched together, from the previous chunk's tail and this one's head.
+        """
+        carry = b""
         for chunk in chunks_then_end(chunks):
-            final = chunk is None
-            if not final:
-                self.bytes_read += len(chunk)
-                needed = carried + len(chunk)
-                if needed > buf.shape[0]:
-                    grown = np.empty(max(needed, 2 * buf.shape[0]), dtype=np.uint8)
-                    grown[:carried] = buf[:carried]
-                    buf = grown
-                buf[carried:needed] = np.frombuffer(chunk, dtype=np.uint8)
+            if chunk is None:
+                segments = [(carry, 0, True)]
             else:
-                needed = carried
-            offset = 0
-            while True:
-                batch = self._take()
-                if batch is None:
-                    return
-                offset, stop = self._parse(buf, offset, needed, final, batch)
-                if stop == k.STOP_ERROR:
-                    batch.error = self._error()
-                yield batch
-                if stop != k.STOP_FULL:
-                    break
-            if batch.error is not None:
+                self.bytes_read += len(chunk)
+                newline = chunk.find(b"\n") if carry else -1
+                if carry and newline < 0:  # a line longer than a chunk
+                    carry += chunk
+                    continue
+                if carry:
+                    segments = [(carry + chunk[: newline + 1], 0, False), (chunk, newline + 1, False)]
+                else:
+                    segments = [(chunk, 0, False)]
+            batch = self._take()
+            if batch is None:
                 return
-            carried = needed - offset
-            buf[:carried] = buf[offset:needed]  # numpy copies overlapping slices safely
+            for data, offset, final in segments:
+                buf = np.frombuffer(data, dtype=np.uint8)
+                while True:
+                    offset, stop = self._parse(buf, offset, buf.shape[0], final, batch)
+                    if stop == k.STOP_ERROR:
+                        batch.error = self._error()
+                        yield batch
+                        return
+                    if stop != k.STOP_FULL:
+                        break
+                    yield batch
+                    batch = self._take()
+                    if batch is None:
+                        return
+            carry = data[offset:]
+            yield batch
 
     def _error(self) -> OrderBookInputError:
         code = int(self.state[k.S_ERROR_CODE])
