@@ -160,7 +160,7 @@ def _write_lines(log, outcome: DayOutcome) -> None:
 
 def run_started(context: dg.AssetExecutionContext) -> dt.datetime | None:
     """The run's start in local time: every step of one run then writes one log file."""
-    record = context.instance.get_run_record_by_id(context.run_id)
+    record = context.instance.get_run_record_by_id(context.run.run_id)
     return record.create_timestamp.astimezone().replace(tzinfo=None) if record else None
 
 
