@@ -27,7 +27,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ..logs import run_log
-from .check_events import partition_evaluation
+from .check_events import days_failure, partition_evaluation
 from ..partitions import daily_partitions
 from ..resources import BOOK_VIEW, QuantGodSettings, book_view_sql
 from ..settings import RawRootMissingError, Settings
@@ -138,21 +138,6 @@ def check_evaluation(context: dg.AssetExecutionContext, check, partition: str) -
                                 blocking=SPEC_BY_NAME[check.name].blocking)
 
 
-def _failure(outcomes: Sequence[DayOutcome]) -> dg.Failure:
-    failed = [o for o in outcomes if o.reason]
-    table = "| day | reason |\n|---|---|\n" + "\n".join(
-        f"| {o.day} | {o.reason.replace('|', '/')} |" for o in failed  # type: ignore[union-attr]
-    )
-    return dg.Failure(
-        description=describe_failures(outcomes),
-        metadata={
-            "failed_days": dg.MetadataValue.json([o.day.isoformat() for o in failed]),
-            "succeeded_days": dg.MetadataValue.json([o.day.isoformat() for o in outcomes if not o.reason]),
-            "reasons": dg.MetadataValue.md(table),
-        },
-    )
-
-
 def _write_lines(log, outcome: DayOutcome) -> None:
     for level, line in outcome.lines:
         log.log(level, line)
@@ -222,7 +207,7 @@ def raw_zip(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> It
     if failed:
         for day, metadata in found.items():
             yield dg.AssetMaterialization(asset_key=RAW, partition=day.isoformat(), metadata=metadata)
-        raise _failure(outcomes)
+        raise days_failure(outcomes, describe_failures(outcomes))
     if len(days) == 1:
         yield dg.MaterializeResult(asset_key=RAW, metadata=found[days[0]])
         return
@@ -300,7 +285,7 @@ def preprocessed_book(context: dg.AssetExecutionContext, quantgod: QuantGodSetti
                 # so a Failure raised below would drop the good days' check results
                 yield check_evaluation(context, check, o.day.isoformat())
     if failed:
-        raise _failure(outcomes)
+        raise days_failure(outcomes, describe_failures(outcomes))
 
 
 @dg.asset(

@@ -6,6 +6,9 @@ In a single run over many days, each day's check result is reported as its own
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import dagster as dg
 
 
@@ -47,4 +50,23 @@ def partition_evaluation(
         description=result.description,
         blocking=blocking,
         partition=partition,
+    )
+
+
+def days_failure(outcomes: Sequence[Any], description: str) -> dg.Failure:
+    """The failure of a range run: which days failed and why, which succeeded (written, recorded).
+
+    `outcomes` carry `.day` and `.reason` (None when the day succeeded).
+    """
+    failed = [o for o in outcomes if o.reason]
+    table = "| day | reason |\n|---|---|\n" + "\n".join(
+        f"| {o.day} | {o.reason.replace('|', '/')} |" for o in failed
+    )
+    return dg.Failure(
+        description=description,
+        metadata={
+            "failed_days": dg.MetadataValue.json([o.day.isoformat() for o in failed]),
+            "succeeded_days": dg.MetadataValue.json([o.day.isoformat() for o in outcomes if not o.reason]),
+            "reasons": dg.MetadataValue.md(table),
+        },
     )

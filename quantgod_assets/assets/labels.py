@@ -43,7 +43,7 @@ from ..labelling import (
     labelled_day_path,
 )
 from ..logs import run_log
-from .check_events import partition_evaluation
+from .check_events import days_failure, partition_evaluation
 from ..partitions import daily_partitions
 from ..plots import distribution_png, label_periods, label_periods_png
 from ..resources import QuantGodSettings
@@ -294,21 +294,6 @@ def check_evaluation(context: dg.AssetExecutionContext, outcome: LabelOutcome, m
     return partition_evaluation(context, check_result(outcome, min_share), outcome.day.isoformat(), blocking=True)
 
 
-def _failure(outcomes: Sequence[LabelOutcome]) -> dg.Failure:
-    failed = [o for o in outcomes if o.reason]
-    table = "| day | reason |\n|---|---|\n" + "\n".join(
-        f"| {o.day} | {o.reason.replace('|', '/')} |" for o in failed  # type: ignore[union-attr]
-    )
-    return dg.Failure(
-        description=describe_failures(outcomes),
-        metadata={
-            "failed_days": dg.MetadataValue.json([o.day.isoformat() for o in failed]),
-            "succeeded_days": dg.MetadataValue.json([o.day.isoformat() for o in outcomes if not o.reason]),
-            "reasons": dg.MetadataValue.md(table),
-        },
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Assets
 
@@ -394,7 +379,7 @@ def labelled_frame(context: dg.AssetExecutionContext, quantgod: QuantGodSettings
         for o in ok:
             yield check_evaluation(context, o, min_share)
     if failed:
-        raise _failure(outcomes)
+        raise days_failure(outcomes, describe_failures(outcomes))
 
 
 # ---------------------------------------------------------------------------------------------
