@@ -227,10 +227,6 @@ def label_day_files(
     return output
 
 
-def _label_day_files_star(args: tuple) -> Path:
-    return label_day_files(*args)
-
-
 def label_days(
     pre_dir: str | Path,
     out_dir: str | Path,
@@ -241,20 +237,31 @@ def label_days(
     price_column: str = DEFAULT_PRICE_COLUMN,
     workers: int | None = None,
 ) -> list[Path]:
-    """`label_day_files` for many days; in a process pool when `workers` > 1. Paths in day order."""
-    jobs = [(pre_dir, out_dir, as_date(d), lookahead, threshold_short, threshold_long, price_column)
-            for d in days]
-    if not workers or workers <= 1 or len(jobs) <= 1:
-        return [label_day_files(*job) for job in jobs]
-    import multiprocessing
-    import sys
-    from concurrent.futures import ProcessPoolExecutor
+    """`label_day_files` for many days; in a process pool when `workers` > 1. Paths in day order.
 
-    # fork after polars' threads have started can deadlock: start clean workers instead
-    method = "forkserver" if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        return list(pool.map(_label_day_files_star, jobs))
+    The first failing day's error is raised once every day has been tried.
+    """
+    from functools import partial
+
+    from .day_pool import run_days
+
+    dates = [as_date(d) for d in days]
+    paths: dict[dt.date, Path] = {}
+    errors: list[BaseException] = []
+
+    def done(day: dt.date, path: Path | None, exc: BaseException | None) -> None:
+        if exc is not None:
+            errors.append(exc)
+        else:
+            paths[day] = path
+
+    label_one = partial(label_day_files, pre_dir, out_dir, lookahead=lookahead,
+                        threshold_short=threshold_short, threshold_long=threshold_long,
+                        price_column=price_column)
+    run_days(label_one, dates, workers or 1, done)
+    if errors:
+        raise errors[0]
+    return [paths[d] for d in dates]
 
 
 # ---------------------------------------------------------------------------------------------

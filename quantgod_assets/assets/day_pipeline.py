@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import multiprocessing
 import os
-import sys
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..archive import ArchiveNotFoundError, DownloadError, DownloadResult, download_archive, find_archive
+from ..day_pool import run_days
 from ..plots import micro_price_png, png_markdown  # noqa: F401 - png_markdown: imported from here by the assets
 from ..settings import RawRootMissingError, Settings
 
@@ -167,13 +166,6 @@ def short_reason(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork after threads (Dagster's, polars') can deadlock; forkserver starts clean workers cheaply.
-    if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("forkserver")
-    return multiprocessing.get_context("spawn")
-
-
 def process_days(
     days: Sequence[dt.date],
     settings: Settings,
@@ -183,33 +175,18 @@ def process_days(
     download: bool = True,
 ) -> list[DayOutcome]:
     """Processes `days` (one in-process, several on a process pool); outcomes in `days` order."""
-    workers = workers or settings.etl.worker_count(len(days))
     outcomes: dict[dt.date, DayOutcome] = {}
 
-    def done(outcome: DayOutcome) -> None:
-        outcomes[outcome.day] = outcome
+    def done(day: dt.date, outcome: DayOutcome | None, exc: BaseException | None) -> None:
+        if exc is not None:  # process_day catches everything: this is a worker that died
+            outcome = DayOutcome(day, error=f"worker failed: {short_reason(exc)}")
+            outcome.lines.append((ERROR, f"Failed: {day}: {outcome.error}"))
+        outcomes[day] = outcome
         if on_done is not None:
             on_done(outcome)
 
-    if len(days) == 1 or workers == 1:
-        for day in days:
-            done(process_day(day, settings, download=download))
-        return [outcomes[d] for d in days]
-
-    with ProcessPoolExecutor(max_workers=min(workers, len(days)), mp_context=_pool_context()) as pool:
-        pending: dict[Future, dt.date] = {
-            pool.submit(process_day, day, settings, download=download): day for day in days
-        }
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                day = pending.pop(future)
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # a worker died (out of memory, killed): only that day fails
-                    outcome = DayOutcome(day, error=f"worker failed: {short_reason(exc)}")
-                    outcome.lines.append((ERROR, f"Failed: {day}: {outcome.error}"))
-                done(outcome)
+    run_days(partial(process_day, settings=settings, download=download), days,
+             workers or settings.etl.worker_count(len(days)), done)
     return [outcomes[d] for d in days]
 
 

@@ -24,14 +24,15 @@ import datetime as dt
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from ..day_pool import run_days
 from ..labelling import (
     CLASS_NAMES,
     class_balance_problems,
@@ -43,12 +44,12 @@ from ..labelling import (
     labelled_day_path,
 )
 from ..logs import run_log
-from .check_events import days_failure, partition_evaluation
 from ..partitions import daily_partitions
 from ..plots import distribution_png, label_periods, label_periods_png
 from ..resources import QuantGodSettings
 from ..settings import LabellingSettings, Settings
-from .day_pipeline import ERROR, INFO, WARNING, _pool_context, png_markdown, short_reason, workers_note
+from .check_events import days_failure, partition_evaluation
+from .day_pipeline import ERROR, INFO, WARNING, png_markdown, short_reason, workers_note
 
 BOOK = dg.AssetKey("preprocessed_book")
 LABELS = dg.AssetKey("labelled_frame")
@@ -151,12 +152,6 @@ def _outcome_lines(outcome: LabelOutcome, lookahead: int, min_share: float) -> N
                                        f"{balance_description(outcome, min_share)}"))
 
 
-def _label_args(settings: Settings, day: dt.date) -> tuple:
-    lab = settings.labelling
-    return (settings.paths.preprocessed_dir, settings.paths.labelled_dir, day, lab.lookahead,
-            lab.threshold_short, lab.threshold_long, lab.price_column)
-
-
 def _finish(day: dt.date, settings: Settings, path: Path | None, error: str | None) -> LabelOutcome:
     lab = settings.labelling
     if error is None:
@@ -188,38 +183,20 @@ def label_range(
 
     A bad day never stops the others: its outcome carries the reason.
     """
-    workers = settings.etl.worker_count(len(days))
     outcomes: dict[dt.date, LabelOutcome] = {}
 
-    def done(day: dt.date, path: Path | None, error: str | None) -> None:
-        outcome = _finish(day, settings, path, error)
+    def done(day: dt.date, path: Path | None, exc: BaseException | None) -> None:
+        outcome = _finish(day, settings, path, None if exc is None else _error_text(day, exc))
         outcomes[day] = outcome
         if on_done is not None:
             on_done(outcome)
 
-    if len(days) == 1 or workers == 1:
-        for day in days:
-            try:
-                path = label_day_files(*_label_args(settings, day))
-            except Exception as exc:
-                done(day, None, _error_text(day, exc))
-            else:
-                done(day, path, None)
-        return [outcomes[d] for d in days]
-
     # the workers import only `labelling` (polars), never dagster
-    with ProcessPoolExecutor(max_workers=min(workers, len(days)), mp_context=_pool_context()) as pool:
-        pending: dict[Future, dt.date] = {pool.submit(label_day_files, *_label_args(settings, d)): d for d in days}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                day = pending.pop(future)
-                try:
-                    path = future.result()
-                except Exception as exc:  # a bad day, or a worker that died: only that day fails
-                    done(day, None, _error_text(day, exc))
-                else:
-                    done(day, path, None)
+    lab = settings.labelling
+    label_one = partial(label_day_files, settings.paths.preprocessed_dir, settings.paths.labelled_dir,
+                        lookahead=lab.lookahead, threshold_short=lab.threshold_short,
+                        threshold_long=lab.threshold_long, price_column=lab.price_column)
+    run_days(label_one, days, settings.etl.worker_count(len(days)), done)
     return [outcomes[d] for d in days]
 
 
