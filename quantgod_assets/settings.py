@@ -156,7 +156,8 @@ class EtlSettings:
     def worker_count(self, days: int) -> int:
         # One day's replay already keeps two cores busy (decompress, parse and replay threads
         # overlap), so all cores means one day per two cores: one per core oversubscribes them
-        # (measured: two generated days on two cores took 18 s in parallel, 7 s one by one).
+        # (measured: two generated days on two cores took 18 s side by side in the demo, while one
+        # day alone takes about 3.5 s: benchmarks/etl_bench.py).
         cores = os.cpu_count() or 1
         wanted = max(1, cores // ENGINE_CORES) if self.workers is None else self.workers
         return max(1, min(wanted, days))
