@@ -8,6 +8,7 @@ top of the book moves few elements and both sides share one insert/delete routin
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -96,6 +97,32 @@ TOPIC_PREFIX = np.frombuffer(b"orderbook.", dtype=np.uint8)
 POW10 = np.array([10.0**k for k in range(23)], dtype=np.float64)
 EXACT_MANTISSA = 2**53
 MAX_DIGITS = 18  # keeps the int64 mantissa from overflowing
+
+
+@intrinsic
+def _memchr(typingctx, arr, start, stop, byte):
+    """Index of the first `byte` in arr[start:stop], or `stop`: libc's memchr.
+
+    Finding each line's end is a pass over every byte of the day; numba's byte loop runs at
+    about 1.5 GB/s, libc's vectorised memchr an order of magnitude faster.
+    """
+    sig = types.intp(arr, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        start, stop, byte = args[1], args[2], args[3]
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(i8p, [i8p, ir.IntType(32), ir.IntType(64)])
+        memchr = cgutils.get_or_insert_function(builder.module, fnty, "memchr")
+        base = builder.bitcast(builder.gep(array.data, [start]), i8p)
+        found = builder.call(memchr, [base, builder.trunc(byte, ir.IntType(32)),
+                                      builder.sub(stop, start)])
+        offset = builder.sub(builder.ptrtoint(found, ir.IntType(64)),
+                             builder.ptrtoint(base, ir.IntType(64)))
+        is_null = cgutils.is_null(builder, found)
+        return builder.select(is_null, stop, builder.add(start, offset))
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -496,7 +523,7 @@ def parse_message(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, sy
 # --- the book --------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _find(levels, lo, hi, key):
     """First index i in lo..hi with levels[i, 0] >= key (keys ascending).
 
@@ -534,7 +561,7 @@ def _move(typingctx, arr, dst, src, count):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _shift(levels, dst, src, count):
     """levels[dst:dst+count] = levels[src:src+count] for (key, size) rows, in one memmove."""
     _move(levels, 2 * dst, 2 * src, 2 * count)
@@ -549,7 +576,7 @@ def _recenter(levels, lo, hi):
     return new_lo, new_lo + n
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _set_level(levels, lo, hi, key, size, max_levels, counts):
     """Sets (or deletes, size 0) one level of an ascending side held in levels[lo:hi].
 
@@ -608,8 +635,9 @@ def _apply(book, state, lv_px, lv_sz, first, n_levels, is_snapshot, max_levels, 
         sign = 1.0 if side == 0 else -1.0  # asks are stored negated, best (lowest) last
         lo = state[S_LO + side]
         hi = state[S_HI + side]
+        levels = book[side]
         for i in range(first[side], first[side] + n_levels[side]):
-            lo, hi = _set_level(book[side], lo, hi, sign * lv_px[side, i], lv_sz[side, i],
+            lo, hi = _set_level(levels, lo, hi, sign * lv_px[side, i], lv_sz[side, i],
                                 max_levels, counts)
         state[S_LO + side] = lo
         state[S_HI + side] = hi
@@ -730,9 +758,7 @@ def parse_batch(buf, p, n, final, pstate, symbol, header, msg_ts, msg_u, msg_kin
         if m == msg_ts.shape[0] or header[B_LEVELS] + message_capacity > capacity or \
                 header[B_LEVELS + 1] + message_capacity > capacity:
             return p, STOP_FULL
-        q = p
-        while q < n and buf[q] != NEWLINE:
-            q += 1
+        q = _memchr(buf, p, n, NEWLINE) if p < n else n
         if q == n and not final:
             return p, STOP_NEED_INPUT
         line_end = q
