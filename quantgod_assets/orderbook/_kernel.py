@@ -125,14 +125,14 @@ def _memchr(typingctx, arr, start, stop, byte):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _is_space(c):
     # JSON's blanks are space, tab, CR and LF; other control bytes are invalid JSON anyway, and
     # one comparison instead of four matters at ~40 calls a line.
     return c <= 32
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _skip_space(buf, p, end):
     while p < end and _is_space(buf[p]):
         p += 1
@@ -163,7 +163,7 @@ def _string_end(buf, p, end):
     return -1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _parse_decimal(buf, p, end):
     """A decimal number as Python's float() reads it, bit for bit: (value, next, status).
 
@@ -523,7 +523,7 @@ def parse_message(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, sy
 # --- the book --------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _find(levels, lo, hi, key):
     """First index i in lo..hi with levels[i, 0] >= key (keys ascending).
 
@@ -561,7 +561,7 @@ def _move(typingctx, arr, dst, src, count):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _shift(levels, dst, src, count):
     """levels[dst:dst+count] = levels[src:src+count] for (key, size) rows, in one memmove."""
     _move(levels, 2 * dst, 2 * src, 2 * count)
@@ -576,7 +576,7 @@ def _recenter(levels, lo, hi):
     return new_lo, new_lo + n
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _set_level(levels, lo, hi, key, size, max_levels, counts):
     """Sets (or deletes, size 0) one level of an ascending side held in levels[lo:hi].
 

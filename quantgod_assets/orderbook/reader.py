@@ -25,9 +25,9 @@ from typing import BinaryIO
 
 from isal import igzip, isal_zlib
 
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 8 << 20  # at most; a 1 MB compressed read inflates to one chunk of 4-7 MB
 PREFETCH_CHUNKS = 4
-READ_BYTES = 1 << 20  # compressed bytes read at a time: about 4 MB once inflated
+READ_BYTES = 1 << 20  # compressed bytes read at a time
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then name and extra-field lengths
 LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 
