@@ -557,6 +557,28 @@ def _find(levels, lo, hi, key):
     return base
 
 
+@helper
+def _find_from(levels, lo, hi, hint, key):
+    """As _find, starting from `hint`: the answer when it is at or just below hint is cheap.
+
+    A message lists its levels best first, so each one lies below the one before it, mostly
+    a few rows away: galloping down from there (1, 2, 4, ... rows) takes a handful of steps
+    where a search over the whole side takes log2 of its depth. A hint that does not hold
+    (levels[hint] < key: the message is out of order) falls back to the whole side.
+    """
+    if hint < hi and levels[hint, 0] < key:
+        return _find(levels, lo, hi, key)
+    top = hint  # the answer is in lo..top
+    step = 1
+    while top - step >= lo:
+        probe = top - step
+        if levels[probe, 0] < key:
+            return _find(levels, probe + 1, top, key)
+        top = probe
+        step *= 2
+    return _find(levels, lo, top, key)
+
+
 @intrinsic
 def _move(typingctx, arr, dst, src, count):
     """arr[dst:dst+count] = arr[src:src+count], overlap allowed: one llvm.memmove.
@@ -593,30 +615,32 @@ def _recenter(levels, lo, hi):
 
 
 @helper
-def _set_level(levels, lo, hi, key, size, max_levels, counts):
+def _set_level(levels, lo, hi, hint, key, size, max_levels, counts):
     """Sets (or deletes, size 0) one level of an ascending side held in levels[lo:hi].
 
     Rows are (key, size). The side sits in the middle of an array twice its capacity, and an
     insert or delete moves whichever part is shorter, so both the busy top (hi end) and the
-    window edge (lo end) are cheap. Returns the new (lo, hi).
+    window edge (lo end) are cheap. `hint` is where the search starts (see _find_from).
+    Returns the new (lo, hi) and the hint for a next, deeper key: an index whose key is at
+    least this one's.
     """
-    i = _find(levels, lo, hi, key)
+    i = _find_from(levels, lo, hi, hint, key)
     if i < hi and levels[i, 0] == key:
         if size != 0.0:
             levels[i, 1] = size
-            return lo, hi
+            return lo, hi, i
         if i - lo < hi - 1 - i:
             _shift(levels, lo + 1, lo, i - lo)
-            return lo + 1, hi
+            return lo + 1, hi, i + 1
         _shift(levels, i, i + 1, hi - 1 - i)
-        return lo, hi - 1
+        return lo, hi - 1, i
     if size == 0.0:
-        return lo, hi  # deleting an absent level: ignored
+        return lo, hi, i  # deleting an absent level: ignored
     if hi - lo == max_levels:
         # Full: the deepest level (at lo) gives way; a new level deeper than all is dropped.
         counts[C_OVERFLOW] += 1
         if i == lo:
-            return lo, hi
+            return lo, hi, i
         lo += 1
     if lo == 0 or hi == levels.shape[0]:
         new_lo, hi = _recenter(levels, lo, hi)
@@ -631,7 +655,7 @@ def _set_level(levels, lo, hi, key, size, max_levels, counts):
         hi += 1
     levels[i, 0] = key
     levels[i, 1] = size
-    return lo, hi
+    return lo, hi, i
 
 
 @helper
@@ -652,9 +676,10 @@ def _apply(book, state, lv_px, lv_sz, first, n_levels, is_snapshot, max_levels, 
         lo = state[S_LO + side]
         hi = state[S_HI + side]
         levels = book[side]
+        hint = hi
         for i in range(first[side], first[side] + n_levels[side]):
-            lo, hi = _set_level(levels, lo, hi, sign * lv_px[side, i], lv_sz[side, i],
-                                max_levels, counts)
+            lo, hi, hint = _set_level(levels, lo, hi, hint, sign * lv_px[side, i],
+                                      lv_sz[side, i], max_levels, counts)
         state[S_LO + side] = lo
         state[S_HI + side] = hi
     bid_lo, bid_hi = state[S_LO], state[S_HI]
