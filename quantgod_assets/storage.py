@@ -23,7 +23,9 @@ def write_parquet_atomic(frame: pl.DataFrame, output: Path, metadata: Mapping[st
     fd, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     try:
-        pq.write_table(table, temp_name, compression="zstd")
+        # no dictionary pages: float book columns rarely repeat a value, so building them is
+        # wasted work, and the file comes out smaller without them
+        pq.write_table(table, temp_name, compression="zstd", use_dictionary=False)
         os.replace(temp_name, output)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
