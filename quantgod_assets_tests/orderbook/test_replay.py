@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import random
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantgod_assets.orderbook import _kernel as kernel
 from quantgod_assets.orderbook._kernel import _parse_decimal
 from quantgod_assets.orderbook.reader import OrderBookInputError
 from quantgod_assets.orderbook.replay import ReplayConfig, day_start_ms, replay_stream
@@ -306,3 +308,25 @@ def test_odd_numbers_fall_back_or_fail_cleanly(text):
         assert status != 0
         return
     assert status == 0 and value == expected and end == len(text)
+
+
+def test_the_galloping_search_agrees_with_the_whole_side_search_from_any_hint():
+    # _find_from must give _find's answer whatever the hint: a good one (at or above the
+    # answer), a stale one below it (an out-of-order message), or the top of the side
+    import random
+
+    from quantgod_assets.orderbook import _kernel as kernel
+
+    rng = random.Random(5)
+    for _ in range(300):
+        n = rng.randint(0, 60)
+        keys = sorted(rng.sample(range(-500, 500), n))
+        lo = rng.randint(0, 5)
+        levels = np.zeros((lo + n + 5, 2))
+        levels[lo:lo + n, 0] = keys
+        hi = lo + n
+        for _ in range(20):
+            key = float(rng.randint(-520, 520)) + rng.choice((0.0, 0.5))
+            hint = rng.randint(lo, hi)
+            expected = kernel._find(levels, lo, hi, key)
+            assert kernel._find_from(levels, lo, hi, hint, key) == expected, (keys, lo, hint, key)
