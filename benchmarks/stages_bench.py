@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,8 @@ from quantgod_assets.orderbook import replay as r
 from quantgod_assets.orderbook.reader import iter_chunks
 from quantgod_assets.orderbook.synthetic import generate_day
 
+from etl_bench import read_to_end, zipfile_read_to_end  # benchmarks/ is on sys.path when run
+
 DAY = dt.date(2025, 3, 14)
 PIECE = 4 << 20
 
@@ -35,11 +36,6 @@ def timed(fn):
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
-
-
-def zipfile_read(path: Path) -> int:
-    with zipfile.ZipFile(path) as archive, archive.open(archive.infolist()[0]) as member:
-        return sum(len(chunk) for chunk in iter(lambda: member.read(PIECE), b""))
 
 
 def line_pieces(data: bytes, limit: int) -> list[np.ndarray]:
@@ -100,8 +96,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="quantgod-stages-") as tmp:
         path = generate_day(DAY, Path(tmp), depth=args.depth, seed=args.depth)
-        stdlib_s, total = timed(lambda: zipfile_read(path))
-        inflate_s, inflated = timed(lambda: sum(len(chunk) for chunk in iter_chunks(path)))
+        stdlib_s, total = zipfile_read_to_end(path)
+        inflate_s, inflated = read_to_end(path)
         assert inflated == total
         data = b"".join(iter_chunks(path))  # untimed: held in memory for the parse
         pieces = line_pieces(data, args.mb << 20)

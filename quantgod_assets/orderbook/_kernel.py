@@ -119,8 +119,8 @@ MAX_DIGITS = 18  # keeps the int64 mantissa from overflowing
 def _memchr(typingctx, arr, start, stop, byte):
     """Index of the first `byte` in arr[start:stop], or `stop`: libc's memchr.
 
-    Finding each line's end is a pass over every byte of the day; numba's byte loop runs at
-    about 1.5 GB/s, libc's vectorised memchr an order of magnitude faster.
+    Finding each line's end is a pass over every byte of the day; libc's vectorised memchr
+    does it far faster than a numba byte loop (parse 3.46 -> 2.68 ns/byte, benchmarks/RESULTS.md).
     """
     sig = types.intp(arr, types.intp, types.intp, types.intp)
 
