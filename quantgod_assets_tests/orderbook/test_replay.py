@@ -197,6 +197,46 @@ def test_parsed_numbers_equal_python_float_bit_for_bit(mantissa, frac_digits, tr
     assert value.hex() == float(text).hex(), text
 
 
+@pytest.mark.parametrize("spelling", [
+    '[["100.5","2"],["99","0.25"]]',  # compact: the fast path
+    '[ ["100.5" ,"2"] , ["99", "0.25" ] ]',  # blanks anywhere: the general path
+    '[["100.5","2"] ,[ "99","0.25"]]',  # one of each in the same side
+    '[[100.5, 2], ["99", 0.25]]',  # bare numbers
+    '[["100.50","2.0"],["0099","0.250"]]',  # trailing and leading zeros
+])
+def test_every_spelling_of_levels_parses_the_same(spelling):
+    line = ('{"topic":"orderbook.200.X","ts":%d,"type":"snapshot","data":{"s":"X","b":%s,'
+            '"a":[["101","1"]],"u":1}}' % (T0 + 100, spelling))
+    assert book_at(replay([line]), 0)[0] == [(100.5, 2.0), (99.0, 0.25)]
+
+
+@pytest.mark.parametrize("level", ['["100.5","2"x]', '["100.5""2"]', '["100.5","2"', '["1e2","2"]',
+                                   '["100.5",,"2"]', '["","2"]', '[".5","2"x]'])
+def test_a_level_that_leaves_the_compact_shape_badly_is_an_error(level):
+    line = ('{"topic":"orderbook.200.X","ts":%d,"type":"snapshot","data":{"s":"X","b":[%s],'
+            '"a":[["101","1"]],"u":1}}' % (T0 + 100, level))
+    with pytest.raises(OrderBookInputError, match="line 1, column"):
+        replay([line])
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**9 - 1), st.integers(0, 6), st.integers(0, 10**6), st.integers(0, 8)),
+                min_size=1, max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_compact_levels_equal_python_float_bit_for_bit(raw):
+    def text(mantissa, frac_digits):
+        digits = str(mantissa).rjust(frac_digits + 1, "0")
+        return digits[: len(digits) - frac_digits] + ("." + digits[len(digits) - frac_digits:] if frac_digits else "")
+    levels = [(text(pm, pf), text(sm, sf)) for pm, pf, sm, sf in raw]
+    body = ",".join(f'["{px}","{sz}"]' for px, sz in levels).encode()
+    buf = np.frombuffer(b"[" + body + b"]", dtype=np.uint8)
+    px = np.zeros((2, 32))
+    sz = np.zeros((2, 32))
+    n, end, status = kernel._parse_levels(buf, 0, buf.shape[0], px, sz, 1, 3, 29)
+    assert (n, end, status) == (len(levels), buf.shape[0], 0)
+    assert [(a.hex(), b.hex()) for a, b in zip(px[1, 3:3 + n], sz[1, 3:3 + n])] == \
+        [(float(a).hex(), float(b).hex()) for a, b in levels]
+
+
 def test_numbers_beyond_exact_parsing_fail_clearly():
     line = msg("snapshot", T0 + 100, bids=[("100.1234567890123456", "1")], asks=[("101", "1")], u=1)
     with pytest.raises(OrderBookInputError, match="line 1.*significant digits"):
