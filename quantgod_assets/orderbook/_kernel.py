@@ -141,6 +141,12 @@ def _memchr(typingctx, arr, start, stop, byte):
     return sig, codegen
 
 
+@njit(cache=True, nogil=True)
+def find_byte(buf, start, byte):
+    """Index of the first `byte` in buf[start:], or len(buf)."""
+    return _memchr(buf, start, buf.shape[0], byte)
+
+
 @helper
 def _is_space(c):
     # JSON's blanks are space, tab, CR and LF; other control bytes are invalid JSON anyway, and

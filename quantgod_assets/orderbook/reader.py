@@ -5,14 +5,18 @@ background thread decompresses the next chunks while the caller parses the curre
 (inflating releases the GIL and so does the numba replay), so the two overlap on two cores.
 
 Inflating is ISA-L's (`isal`): about three times the speed of `zipfile`'s read (etl_bench.py
-prints both), which matters because with zlib decompression was a third of a day's CPU time. A ZIP member is inflated
-straight from its bytes in the archive (the central directory says where they lie), and its
-size and CRC-32 are checked at the end as `zipfile` would.
+prints both), which matters because with zlib decompression was a third of a day's CPU time.
+A ZIP member's deflate data is read straight from the archive, framed as a gzip stream (the
+central directory gives its CRC-32 and size for the trailer), so ISA-L's gzip reader inflates
+it into buffers we own and checks the CRC and size as `zipfile` would. The engine reuses those
+buffers (`ChunkPool`): a fresh bytes object per chunk had the kernel fault in ~200 MB of new
+pages a day.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import queue
 import struct
 import threading
@@ -25,11 +29,15 @@ from typing import BinaryIO
 
 from isal import igzip, isal_zlib
 
-CHUNK_BYTES = 8 << 20  # at most; a 1 MB compressed read inflates to one chunk of 4-7 MB
+CHUNK_BYTES = 4 << 20  # at most, per chunk
 PREFETCH_CHUNKS = 4
 READ_BYTES = 1 << 20  # compressed bytes read at a time
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then name and extra-field lengths
 LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime
+# ISA-L's C gzip reader fills a caller's buffer with no copy; it is private to python-isal, so
+# the public IGzipFile (the same checks, a little slower) stands in if a release drops it.
+_GZIP_READER = getattr(isal_zlib, "_GzipReader", None)
 
 
 class OrderBookInputError(ValueError):
@@ -45,41 +53,6 @@ def _member_name(path: Path, archive: zipfile.ZipFile) -> zipfile.ZipInfo:
     return members[0]
 
 
-@contextmanager
-def open_day_stream(path: str | Path) -> Iterator[BinaryIO]:
-    """The decompressed bytes of one day's file as a binary stream, whatever its packing."""
-    path = Path(path)
-    if not path.is_file():
-        raise OrderBookInputError(f"{path}: no such file")
-    name = path.name.lower()
-    try:
-        if name.endswith(".zip"):
-            with zipfile.ZipFile(path) as archive:
-                with archive.open(_member_name(path, archive)) as member:
-                    yield member
-        elif name.endswith(".gz"):
-            with igzip.open(path, "rb") as stream:
-                yield stream
-        else:
-            with open(path, "rb") as stream:
-                yield stream
-    except zipfile.BadZipFile as exc:
-        raise OrderBookInputError(f"{path}: corrupt or truncated ZIP ({exc})") from exc
-    except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile) as exc:
-        raise OrderBookInputError(f"{path}: truncated or corrupt compressed data ({exc})") from exc
-
-
-def iter_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The file's decompressed bytes in chunks of at most `chunk_bytes`."""
-    path = Path(path)
-    if path.name.lower().endswith(".zip") and path.is_file():
-        member = _zip_member(path)
-        if member.compress_type in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED) and not member.flag_bits & 1:
-            yield from _member_chunks(path, member, chunk_bytes)
-            return
-    yield from _stream_chunks(path, chunk_bytes)  # other ZIP methods, gzip, plain
-
-
 def _zip_member(path: Path) -> zipfile.ZipInfo:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -88,69 +61,182 @@ def _zip_member(path: Path) -> zipfile.ZipInfo:
         raise OrderBookInputError(f"{path}: corrupt or truncated ZIP ({exc})") from exc
 
 
-def _member_chunks(path: Path, member: zipfile.ZipInfo, chunk_bytes: int) -> Iterator[bytes]:
-    """A deflated or stored member, inflated from its bytes in the archive, size and CRC checked."""
-    where = f"{path}: corrupt or truncated ZIP member {member.filename!r}"
-    inflater = isal_zlib.decompressobj(-15) if member.compress_type == zipfile.ZIP_DEFLATED else None
-    crc = 0
-    size = 0
-    with open(path, "rb") as raw:
-        raw.seek(member.header_offset)
-        header = raw.read(LOCAL_HEADER.size)
-        if len(header) < LOCAL_HEADER.size or header[:4] != LOCAL_HEADER_SIGNATURE:
-            raise OrderBookInputError(f"{where}: no local header at byte {member.header_offset}")
-        _, name_len, extra_len = LOCAL_HEADER.unpack(header)
-        raw.seek(member.header_offset + LOCAL_HEADER.size + name_len + extra_len)
-        left = member.compress_size
-        while left > 0:
-            block = raw.read(min(READ_BYTES, left))
-            if not block:
-                raise OrderBookInputError(f"{where}: the archive ends {left} bytes early")
-            left -= len(block)
-            for chunk in _inflate(inflater, block, chunk_bytes, where):
-                crc = isal_zlib.crc32(chunk, crc)
-                size += len(chunk)
-                yield chunk
-    if inflater is not None and not inflater.eof:
-        raise OrderBookInputError(f"{where}: the compressed stream ends before its end marker")
-    if size != member.file_size:
-        raise OrderBookInputError(f"{where}: {size} bytes inflated, the directory says {member.file_size}")
-    if crc != member.CRC:
-        raise OrderBookInputError(f"{where}: bad CRC-32 ({crc:08x}, the directory says {member.CRC:08x})")
+class _DeflateAsGzip(io.RawIOBase):
+    """A ZIP member's raw deflate bytes, read from the archive, framed as one gzip member.
+
+    The trailer carries the CRC-32 and size (mod 2**32) the central directory gives, so the
+    gzip reader's own end-of-stream checks are zipfile's checks.
+    """
+
+    def __init__(self, path: Path, member: zipfile.ZipInfo) -> None:
+        self.where = f"{path}: corrupt or truncated ZIP member {member.filename!r}"
+        self._raw = open(path, "rb")
+        try:
+            self._raw.seek(member.header_offset)
+            header = self._raw.read(LOCAL_HEADER.size)
+            if len(header) < LOCAL_HEADER.size or header[:4] != LOCAL_HEADER_SIGNATURE:
+                raise OrderBookInputError(f"{self.where}: no local header at byte {member.header_offset}")
+            _, name_len, extra_len = LOCAL_HEADER.unpack(header)
+            self._raw.seek(member.header_offset + LOCAL_HEADER.size + name_len + extra_len)
+        except BaseException:
+            self._raw.close()
+            raise
+        self._left = member.compress_size
+        self._pending = GZIP_HEADER  # framing bytes due before the data (then after it)
+        self._trailer = struct.pack("<II", member.CRC, member.file_size & 0xFFFFFFFF)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if not self._pending and self._left == 0 and self._trailer:
+            self._pending, self._trailer = self._trailer, b""
+        if self._pending:
+            n = min(len(view), len(self._pending))
+            view[:n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            return n
+        if self._left == 0:
+            return 0
+        n = self._raw.readinto(view[: min(len(view), self._left, READ_BYTES)])
+        if not n:
+            raise OrderBookInputError(f"{self.where}: the archive ends {self._left} bytes early")
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
-def _inflate(inflater, block: bytes, chunk_bytes: int, where: str) -> Iterator[bytes]:
-    """`block`'s inflated bytes in pieces of at most chunk_bytes (a bomb stays bounded)."""
-    if inflater is None:  # stored
-        for start in range(0, len(block), chunk_bytes):
-            yield block[start:start + chunk_bytes]
-        return
+class _SizedMember(io.RawIOBase):
+    """The inflated member; at its end the byte count must be the directory's (all 64 bits)."""
+
+    def __init__(self, inflated: BinaryIO, member: zipfile.ZipInfo, where: str) -> None:
+        self._inflated = inflated
+        self._expected = member.file_size
+        self._where = where
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._inflated.readinto(buffer)
+        self._count += n
+        if n == 0 and self._count != self._expected:
+            raise OrderBookInputError(
+                f"{self._where}: {self._count} bytes inflated, the directory says {self._expected}"
+            )
+        return n
+
+
+@contextmanager
+def _gzip_stream(raw: BinaryIO) -> Iterator[BinaryIO]:
+    """ISA-L's gzip reader over `raw`; both closed at the end."""
+    with raw:
+        if _GZIP_READER is not None:
+            reader = _GZIP_READER(raw, READ_BYTES)
+        else:
+            reader = igzip.IGzipFile(fileobj=raw, mode="rb")
+        try:
+            yield reader
+        finally:
+            reader.close()
+
+
+@contextmanager
+def _read_errors(path: Path, where: str) -> Iterator[None]:
+    """Decompression errors, raised anywhere in the block, as OrderBookInputError naming the file."""
     try:
-        while block:
-            chunk = inflater.decompress(block, chunk_bytes)
-            block = inflater.unconsumed_tail
-            if chunk:
-                yield chunk
-            if inflater.eof:
-                return
-    except isal_zlib.error as exc:
-        raise OrderBookInputError(f"{where}: {exc}") from exc
+        yield
+    except OrderBookInputError:
+        raise
+    except zipfile.BadZipFile as exc:
+        raise OrderBookInputError(f"{path}: corrupt or truncated ZIP ({exc})") from exc
+    except gzip.BadGzipFile as exc:
+        text = str(exc)
+        if "CRC" in text:
+            text = f"bad CRC-32 ({text})"
+        elif "length" in text:
+            text = f"the bytes inflated are not the size it says ({text})"
+        raise OrderBookInputError(f"{where}: {text}") from exc
+    except (EOFError, zlib.error, isal_zlib.error, OSError) as exc:
+        raise OrderBookInputError(f"{where}: truncated or corrupt compressed data ({exc})") from exc
 
 
-def _stream_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+@contextmanager
+def open_day_stream(path: str | Path) -> Iterator[BinaryIO]:
+    """The decompressed bytes of one day's file as a binary stream, whatever its packing.
+
+    Read and readinto errors inside the `with` block come out as OrderBookInputError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OrderBookInputError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        member = _zip_member(path)
+        if member.compress_type == zipfile.ZIP_DEFLATED and not member.flag_bits & 1:
+            framed = _DeflateAsGzip(path, member)
+            with _read_errors(path, framed.where), _gzip_stream(framed) as inflated:
+                yield _SizedMember(inflated, member, framed.where)
+            return
+        # stored, bzip2, lzma: the standard library's reader, which checks the CRC too
+        with _read_errors(path, f"{path}: corrupt ZIP member {member.filename!r}"), \
+                zipfile.ZipFile(path) as archive, archive.open(member) as stream:
+            yield stream
+    elif name.endswith(".gz"):
+        with _read_errors(path, str(path)), _gzip_stream(open(path, "rb")) as stream:
+            yield stream
+    else:
+        with _read_errors(path, str(path)), open(path, "rb") as stream:
+            yield stream
+
+
+def iter_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The file's decompressed bytes as independent bytes objects of at most `chunk_bytes`."""
+    with open_day_stream(path) as stream:
+        while chunk := stream.read(chunk_bytes):
+            yield chunk
+
+
+class ChunkPool:
+    """Chunk buffers reused from one chunk to the next instead of allocated afresh.
+
+    A chunk from `pooled_chunks` is a view of one of these buffers: valid until the consumer
+    hands it back with `give_back`, refilled after. When none is free a new one is made, so a
+    consumer that keeps a chunk never blocks the reader; memory stays bounded because the
+    reader runs at most a few chunks ahead (see `prefetched`).
+    """
+
+    def __init__(self, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.chunk_bytes = chunk_bytes
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+
+    def take(self) -> bytearray:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            return bytearray(self.chunk_bytes)
+
+    def give_back(self, chunk) -> None:
+        """Returns a chunk's buffer for refilling; the chunk must not be read after this."""
+        if isinstance(chunk, memoryview) and isinstance(chunk.obj, bytearray):
+            self._free.put(chunk.obj)
+
+
+def pooled_chunks(path: str | Path, pool: ChunkPool) -> Iterator[memoryview]:
+    """The file's decompressed bytes as views of the pool's buffers, each filled by readinto."""
     with open_day_stream(path) as stream:
         while True:
-            try:
-                chunk = stream.read(chunk_bytes)
-            except zipfile.BadZipFile as exc:  # a CRC mismatch surfaces on the last read
-                raise OrderBookInputError(f"{path}: corrupt ZIP member ({exc})") from exc
-            except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, OSError) as exc:
-                raise OrderBookInputError(
-                    f"{path}: truncated or corrupt compressed data ({exc})"
-                ) from exc
-            if not chunk:
+            buffer = pool.take()
+            n = stream.readinto(buffer)
+            if not n:
+                pool.give_back(memoryview(buffer))
                 return
-            yield chunk
+            yield memoryview(buffer)[:n]
 
 
 _END = object()

@@ -9,14 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import _kernel as k
-from .reader import OrderBookInputError, iter_chunks, prefetched
+from .reader import ChunkPool, OrderBookInputError, pooled_chunks, prefetched
 from .schema import IMBALANCE_DEPTHS, MINUTES_PER_DAY, OUT_LEVELS, SECONDS_PER_DAY
 
 BOOK_CAPACITY = 4096  # levels a side kept while replaying: far above the 500 of the deepest files
@@ -122,11 +122,12 @@ class _Parser:
             self.skip_bad_lines,
         )
 
-    def batches(self, chunks: Iterable[bytes]) -> Iterator[_Batch]:
+    def batches(self, chunks: Iterable[bytes], release: Release | None = None) -> Iterator[_Batch]:
         """One batch (or more, when one fills) per chunk.
 
         Chunks are parsed where they lie (no copy of the day's bytes): only the line cut by a
         chunk boundary is stitched together, from the previous chunk's tail and this one's head.
+        Each chunk goes to `release` once parsed (its bytes are not read after that).
         """
         carry = b""
         for chunk in chunks_then_end(chunks):
@@ -134,9 +135,11 @@ class _Parser:
                 segments = [(carry, 0, True)]
             else:
                 self.bytes_read += len(chunk)
-                newline = chunk.find(b"\n") if carry else -1
-                if carry and newline < 0:  # a line longer than a chunk
+                whole = np.frombuffer(chunk, dtype=np.uint8)
+                newline = k.find_byte(whole, 0, k.NEWLINE) if carry else -1
+                if carry and newline == whole.shape[0]:  # a line longer than a chunk
                     carry += chunk
+                    _give_back(release, chunk)
                     continue
                 if carry:
                     segments = [(carry + chunk[: newline + 1], 0, False), (chunk, newline + 1, False)]
@@ -159,7 +162,9 @@ class _Parser:
                     batch = self._take()
                     if batch is None:
                         return
-            carry = data[offset:]
+            carry = bytes(data[offset:])  # a copy: the chunk's buffer is refilled after release
+            del buf, data, segments
+            _give_back(release, chunk)
             yield batch
 
     def _error(self) -> OrderBookInputError:
@@ -169,6 +174,14 @@ class _Parser:
             f"{int(self.state[k.S_ERROR_COLUMN])}: {k.ERROR_MESSAGES[code]} "
             "(use --skip-bad-lines to count and skip such lines)"
         )
+
+
+Release = Callable[[bytes | memoryview], None]
+
+
+def _give_back(release: Release | None, chunk) -> None:
+    if release is not None and chunk is not None:
+        release(chunk)
 
 
 def chunks_then_end(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
@@ -224,15 +237,16 @@ def replay_stream(
     day: dt.date,
     config: ReplayConfig = ReplayConfig(),
     source_name: str = "<stream>",
+    release: Release | None = None,
 ) -> DayReplay:
     """Replays a day's JSON lines, arriving as byte chunks cut anywhere.
 
     Parsing runs one thread ahead of the replay (and, from `replay_file`, decompression one
-    more), so on two cores the three stages overlap.
+    more), so on two cores the three stages overlap. Each chunk goes to `release` once parsed.
     """
     parser = _Parser(config, source_name)
     replayer = _Replayer(day, config)
-    batches = prefetched(parser.batches(chunks), depth=2)
+    batches = prefetched(parser.batches(chunks, release), depth=2)
     try:
         for batch in batches:
             replayer.apply(batch)
@@ -277,4 +291,6 @@ def _result(parser: _Parser, replayer: _Replayer, day, config, source_name) -> D
 def replay_file(path: str | Path, day: dt.date, config: ReplayConfig = ReplayConfig()) -> DayReplay:
     """Replays one day's file (`.data.zip`, `.gz` or plain), streamed in bounded chunks."""
     path = Path(path)
-    return replay_stream(prefetched(iter_chunks(path)), day, config, source_name=str(path))
+    pool = ChunkPool()
+    return replay_stream(prefetched(pooled_chunks(path, pool)), day, config, source_name=str(path),
+                         release=pool.give_back)

@@ -1,4 +1,5 @@
-"""The streaming reader: ZIP members inflated from the archive's bytes, checked as zipfile would."""
+"""The streaming reader: ZIP members inflated from the archive's bytes, checked as zipfile would,
+into buffers the engine reuses."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import zipfile
 
 import pytest
 
-from quantgod_assets.orderbook.reader import OrderBookInputError, iter_chunks
+from quantgod_assets.orderbook import reader
+from quantgod_assets.orderbook.reader import ChunkPool, OrderBookInputError, iter_chunks, pooled_chunks
 
 NAME = "2025-03-14_BTCUSDT_ob200.data"
 # varied, compressible text, long enough to span many inflate pieces
@@ -105,4 +107,44 @@ def test_a_zip_without_its_directory_is_an_error(tmp_path):
     path = write_zip(tmp_path / f"{NAME}.zip")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(OrderBookInputError, match=rf"{path}: corrupt or truncated ZIP"):
+        read_all(path)
+
+
+def _all_kinds(tmp_path):
+    gz = tmp_path / "day.jsonl.gz"
+    gz.write_bytes(gzip.compress(TEXT))
+    plain = tmp_path / "day.data"
+    plain.write_bytes(TEXT)
+    zips = [write_zip(tmp_path / f"{kind}_{NAME}.zip", compression=kind)
+            for kind in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED, zipfile.ZIP_BZIP2)]
+    return [*zips, gz, plain]
+
+
+def test_pooled_chunks_reuse_their_buffers_and_give_every_byte(tmp_path):
+    for path in _all_kinds(tmp_path):
+        pool = ChunkPool(chunk_bytes=1 << 16)
+        seen, parts = set(), []
+        for chunk in pooled_chunks(path, pool):
+            assert isinstance(chunk, memoryview) and 0 < len(chunk) <= 1 << 16
+            parts.append(bytes(chunk))
+            seen.add(id(chunk.obj))
+            pool.give_back(chunk)
+        assert b"".join(parts) == TEXT, path
+        assert len(parts) > 10 and len(seen) <= 2, path  # refilled, not allocated per chunk
+
+
+def test_a_chunk_kept_by_the_consumer_is_never_refilled(tmp_path):
+    path = write_zip(tmp_path / f"{NAME}.zip")
+    kept = [chunk for chunk in pooled_chunks(path, ChunkPool(chunk_bytes=1 << 16))]  # none given back
+    assert len({id(chunk.obj) for chunk in kept}) == len(kept)
+    assert b"".join(bytes(chunk) for chunk in kept) == TEXT
+
+
+def test_the_public_gzip_reader_stands_in_with_the_same_checks(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader, "_GZIP_READER", None)
+    for path in _all_kinds(tmp_path):
+        assert read_all(path) == TEXT, path
+    path = write_zip(tmp_path / f"bad_{NAME}.zip")
+    _patch_central_directory(path, 16, "<I", zipfile.ZipFile(path).infolist()[0].CRC ^ 1)
+    with pytest.raises(OrderBookInputError, match=rf"{path}: .*{NAME}.*bad CRC-32"):
         read_all(path)

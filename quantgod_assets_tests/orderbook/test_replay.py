@@ -183,6 +183,27 @@ def test_chunk_boundaries_anywhere_give_the_same_replay():
     assert whole.counts == split.counts
 
 
+def test_a_chunk_is_released_once_parsed_and_never_read_after():
+    # the pool refills a released chunk's buffer at once: scribbling over it on release must
+    # leave the replay exactly as it was (lines cut by chunk ends included)
+    lines = [SNAP] + [msg("delta", T0 + 150 * i, bids=[(f"{99 + (i % 7) / 10:.1f}", str(i % 3))], u=i + 1)
+                      for i in range(2, 200)]
+    data = ("\r\n".join(lines)).encode()
+    config = ReplayConfig(out_levels=5, capture_seconds=30)
+    whole = replay_stream([data], DAY, config)
+    pieces = [bytearray(data[a:a + 97]) for a in range(0, len(data), 97)]
+    released = []
+
+    def scribble(chunk):
+        released.append(id(chunk.obj))
+        chunk[:] = b"}" * len(chunk)
+
+    split = replay_stream([memoryview(piece) for piece in pieces], DAY, config, release=scribble)
+    np.testing.assert_array_equal(whole.captured, split.captured)
+    assert whole.counts == split.counts
+    assert sorted(released) == sorted(id(piece) for piece in pieces)
+
+
 @given(st.integers(min_value=0, max_value=10**15 - 1), st.integers(min_value=0, max_value=15),
        st.sampled_from(["", "0", "00"]))
 @settings(max_examples=500, deadline=None)
