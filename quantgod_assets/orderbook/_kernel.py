@@ -441,7 +441,7 @@ def _parse_levels(buf, p, end, out_px, out_sz, side, first, capacity):
 
 
 @helper
-def _parse_data(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, symbol):
+def _parse_data(buf, p, end, lv_px, lv_sz, first_bid, first_ask, capacity, counts2, state, symbol):
     """The `data` object: levels into the bid and ask arrays; returns (u, next, status)."""
     p = _skip_space(buf, p, end)
     if p >= end or buf[p] != LBRACE:
@@ -465,12 +465,12 @@ def _parse_data(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, symb
             return 0, p, E_CHAR
         p = _skip_space(buf, p + 1, end)
         if _equals(buf, key_start, key_end, KEY_B):
-            n, p, status = _parse_levels(buf, p, end, lv_px, lv_sz, 0, first[0], capacity)
+            n, p, status = _parse_levels(buf, p, end, lv_px, lv_sz, 0, first_bid, capacity)
             if status != OK:
                 return 0, p, status
             counts2[0] = n
         elif _equals(buf, key_start, key_end, KEY_A):
-            n, p, status = _parse_levels(buf, p, end, lv_px, lv_sz, 1, first[1], capacity)
+            n, p, status = _parse_levels(buf, p, end, lv_px, lv_sz, 1, first_ask, capacity)
             if status != OK:
                 return 0, p, status
             counts2[1] = n
@@ -521,7 +521,7 @@ def _topic_depth(buf, start, stop):
 
 
 @helper
-def parse_message(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, symbol):
+def parse_message(buf, p, end, lv_px, lv_sz, first_bid, first_ask, capacity, counts2, state, symbol):
     """One line: returns (status, is_snapshot, ts, u, error_position)."""
     p = _skip_space(buf, p, end)
     if p >= end or buf[p] != LBRACE:
@@ -562,7 +562,8 @@ def parse_message(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, sy
                 return E_NUMBER, False, 0, 0, p
             have_ts = True
         elif _equals(buf, key_start, key_end, KEY_DATA):
-            u, p, status = _parse_data(buf, p, end, lv_px, lv_sz, first, capacity, counts2, state, symbol)
+            u, p, status = _parse_data(buf, p, end, lv_px, lv_sz, first_bid, first_ask, capacity, counts2,
+                                       state, symbol)
             if status != OK:
                 return status, False, 0, 0, p
             have_data = True
@@ -727,8 +728,13 @@ def clear_book(state, book):
 
 
 @helper
-def _apply(book, state, lv_px, lv_sz, first, n_levels, is_snapshot, max_levels, counts):
-    """One message: levels lv_*[side, first[side] : first[side] + n_levels[side]]."""
+def _apply(book, state, lv_px, lv_sz, first_bid, first_ask, n_bids, n_asks, is_snapshot, max_levels,
+           counts):
+    """One message: levels lv_*[0, first_bid:first_bid + n_bids] and the same for asks.
+
+    Plain integers, not slices of the batch's arrays: a slice is a new array whose reference
+    count the caller (compiled with it) would bump atomically for every message.
+    """
     if is_snapshot:
         clear_book(state, book)
     for side in range(2):
@@ -737,7 +743,8 @@ def _apply(book, state, lv_px, lv_sz, first, n_levels, is_snapshot, max_levels, 
         hi = state[S_HI + side]
         levels = book[side]
         hint = hi
-        for i in range(first[side], first[side] + n_levels[side]):
+        first = first_bid if side == 0 else first_ask
+        for i in range(first, first + (n_bids if side == 0 else n_asks)):
             lo, hi, hint = _set_level(levels, lo, hi, hint, sign * lv_px[side, i],
                                       lv_sz[side, i], max_levels, counts)
         state[S_LO + side] = lo
@@ -751,8 +758,8 @@ def _apply(book, state, lv_px, lv_sz, first, n_levels, is_snapshot, max_levels, 
     if best_bid < best_ask:
         return
     counts[C_CROSSED] += 1
-    touched_bids = n_levels[0] > 0
-    touched_asks = n_levels[1] > 0
+    touched_bids = n_bids > 0
+    touched_asks = n_asks > 0
     if touched_bids and not touched_asks:
         while ask_hi > ask_lo and -book[1, ask_hi - 1, 0] <= best_bid:
             ask_hi -= 1
@@ -873,7 +880,7 @@ def parse_batch(buf, p, n, final, pstate, symbol, header, msg_ts, msg_u, msg_kin
             continue
         header[B_LINES] += 1
         status, is_snapshot, ts, u, where = parse_message(
-            buf, start, line_end, lv_px, lv_sz, header[B_LEVELS:B_LEVELS + 2], message_capacity,
+            buf, start, line_end, lv_px, lv_sz, header[B_LEVELS], header[B_LEVELS + 1], message_capacity,
             counts2, pstate, symbol,
         )
         if status != OK:
@@ -905,14 +912,16 @@ def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state
                 book, second_valid, second_stats, minute_levels, minute_imbalance,
                 minute_msgs, captured, imbalance_depths):
     """Replays a parsed batch in order: bucketing by ts, sequence checks, book, samples."""
-    first = np.zeros(2, dtype=np.int64)
+    first_bid = 0
+    first_ask = 0
     day_start = params[P_DAY_START]
     day_end = params[P_DAY_END]
     counts[C_LINES] += header[B_LINES]
     counts[C_BAD_LINES] += header[B_BAD_LINES]
     for m in range(header[B_MESSAGES]):
         ts = msg_ts[m]
-        n_levels = msg_levels[m]
+        n_bids = msg_levels[m, 0]
+        n_asks = msg_levels[m, 1]
         is_snapshot = msg_kind[m] == 1
         counts[C_MESSAGES] += 1
         if ts >= day_end:
@@ -933,15 +942,15 @@ def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state
                     counts[C_SEQ_GAPS] += 1
             state[S_HAVE_U] = 1
             state[S_LAST_U] = msg_u[m]
-            _apply(book, state, lv_px, lv_sz, first, n_levels, is_snapshot,
+            _apply(book, state, lv_px, lv_sz, first_bid, first_ask, n_bids, n_asks, is_snapshot,
                    params[P_MAX_LEVELS], counts)
             state[S_LAST_TS] = ts
             if ts < day_start:
                 counts[C_BEFORE_DAY] += 1
             else:
                 minute_msgs[(ts - day_start) // 60000] += 1
-        first[0] += n_levels[0]
-        first[1] += n_levels[1]
+        first_bid += n_bids
+        first_ask += n_asks
 
 
 @njit(cache=True, nogil=True)
