@@ -380,23 +380,25 @@ def _compact_level(buf, p, end):
 
 
 @helper
+def _number_then(buf, p, end, closer):
+    """Blanks, a number, blanks, then the byte `closer`: (value, index after it, status)."""
+    value, p, status = _parse_decimal(buf, _skip_space(buf, p, end), end)
+    if status != OK:
+        return 0.0, p, status
+    p = _skip_space(buf, p, end)
+    if p >= end or buf[p] != closer:
+        return 0.0, p, E_LEVEL
+    return value, p + 1, OK
+
+
+@helper
 def _general_level(buf, p, end):
     """A level in any valid spelling, p just past its `[`: (px, sz, index after `]`, status)."""
-    p = _skip_space(buf, p, end)
-    px, p, status = _parse_decimal(buf, p, end)
+    px, p, status = _number_then(buf, p, end, COMMA)
     if status != OK:
         return 0.0, 0.0, p, status
-    p = _skip_space(buf, p, end)
-    if p >= end or buf[p] != COMMA:
-        return 0.0, 0.0, p, E_LEVEL
-    p = _skip_space(buf, p + 1, end)
-    sz, p, status = _parse_decimal(buf, p, end)
-    if status != OK:
-        return 0.0, 0.0, p, status
-    p = _skip_space(buf, p, end)
-    if p >= end or buf[p] != RBRACKET:
-        return 0.0, 0.0, p, E_LEVEL
-    return px, sz, p + 1, OK
+    sz, p, status = _number_then(buf, p, end, RBRACKET)
+    return px, sz, p, status
 
 
 @helper
