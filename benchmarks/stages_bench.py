@@ -1,8 +1,11 @@
 """Where a day's time goes: each stage of the engine alone, in one thread, on one generated day.
 
-  inflate   the reader (ISA-L) to the end, beside zipfile's read (zlib) of the same member
+  inflate   the reader (ISA-L) to the end, beside zipfile's read (zlib) of the same member, and
+            the whole threaded replay reading fresh bytes per chunk beside reused buffers
+            (wall and CPU time, page faults)
   parse     `parse_batch` over the day's bytes already in memory: ns per byte
   replay    `apply_batch` over the parsed batches: ns per price level applied
+  finish    the 1440-row frame and its Parquet file, with and without dictionary pages
 
 The engine overlaps the three on two cores, so its wall time (etl_bench.py) sits near half their
 sum. Use this to see which stage a change moves; ratios within one run are what count.
@@ -15,16 +18,22 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+import pyarrow.parquet as pq
+
 from quantgod_assets.orderbook import _kernel as k
 from quantgod_assets.orderbook import replay as r
-from quantgod_assets.orderbook.reader import iter_chunks
+from quantgod_assets.orderbook.etl import parquet_metadata
+from quantgod_assets.orderbook.reader import iter_chunks, prefetched
+from quantgod_assets.orderbook.sampling import minute_frame
 from quantgod_assets.orderbook.synthetic import generate_day
+from quantgod_assets.storage import write_parquet_atomic
 
 from etl_bench import read_to_end, zipfile_read_to_end  # benchmarks/ is on sys.path when run
 
@@ -83,6 +92,31 @@ def parse_only(pieces: list[np.ndarray], path: Path) -> int:
     return messages
 
 
+def pipeline_cost(fn) -> tuple[float, float, int]:
+    """Best of three calls: (seconds, CPU seconds, minor page faults) of the best."""
+    runs = []
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        seconds, _ = timed(fn)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        runs.append((seconds, cpu, after.ru_minflt - before.ru_minflt))
+    return min(runs)
+
+
+def finish(path: Path, folder: Path) -> dict[str, float]:
+    """The day's frame and Parquet write (as convert_day does), and the write with dictionary pages."""
+    day = r.replay_file(path, DAY)
+    frame_s, frame = min(timed(lambda: minute_frame(day)) for _ in range(3))
+    out = folder / "day.parquet"
+    meta = parquet_metadata(day, "BTCUSDT", path)
+    write_s = min(timed(lambda: write_parquet_atomic(frame, out, meta))[0] for _ in range(3))
+    size = out.stat().st_size
+    table = frame.to_arrow()
+    dict_s = min(timed(lambda: pq.write_table(table, out, compression="zstd"))[0] for _ in range(3))
+    return {"frame_s": frame_s, "write_s": write_s, "size": size, "dict_s": dict_s, "dict_size": out.stat().st_size}
+
+
 def replay_only(batches: list[r._Batch]) -> None:
     replayer = r._Replayer(DAY, r.ReplayConfig())
     for batch in batches:
@@ -99,6 +133,9 @@ def main() -> None:
         stdlib_s, total = zipfile_read_to_end(path)
         inflate_s, inflated = read_to_end(path)
         assert inflated == total
+        fresh = pipeline_cost(lambda: r.replay_stream(prefetched(iter_chunks(path)), DAY))
+        pooled = pipeline_cost(lambda: r.replay_file(path, DAY))
+        done = finish(path, Path(tmp))
         data = b"".join(iter_chunks(path))  # untimed: held in memory for the parse
         pieces = line_pieces(data, args.mb << 20)
         n_bytes = sum(piece.shape[0] for piece in pieces)
@@ -113,8 +150,12 @@ def main() -> None:
           f"{n_bytes / 1e6:.0f} MB ({messages:,} messages, {levels:,} levels)")
     print(f"inflate  zipfile {stdlib_s:6.2f} s ({mb / stdlib_s:5.0f} MB/s)   engine's reader "
           f"{inflate_s:6.2f} s ({mb / inflate_s:5.0f} MB/s)   ratio {stdlib_s / inflate_s:.2f}")
+    print("         the whole replay, bytes per chunk {:.2f} s ({:.2f} s CPU, {:,} page faults), reused "
+          "buffers {:.2f} s ({:.2f} s CPU, {:,} page faults)".format(*fresh, *pooled))
     print(f"parse    {parse_s * 1e9 / n_bytes:5.2f} ns/byte ({n_bytes / 1e6 / parse_s:5.0f} MB/s)")
     print(f"replay   {replay_s * 1e9 / levels:5.1f} ns/level ({levels / replay_s / 1e6:5.1f} M levels/s)")
+    print(f"finish   frame {done['frame_s']:.3f} s, Parquet {done['write_s']:.3f} s ({done['size'] / 1e6:.2f} MB); "
+          f"with dictionary pages {done['dict_s']:.3f} s ({done['dict_size'] / 1e6:.2f} MB)")
     day_levels = levels * total / n_bytes
     stages = {"inflate": inflate_s, "parse": parse_s * total / n_bytes, "replay": replay_s * day_levels / levels}
     print("whole day, one core each: " + ", ".join(f"{name} {s:.2f} s" for name, s in stages.items())

@@ -163,7 +163,6 @@ class _Parser:
                     if batch is None:
                         return
             carry = bytes(data[offset:])  # a copy: the chunk's buffer is refilled after release
-            del buf, data, segments
             _give_back(release, chunk)
             yield batch
 
