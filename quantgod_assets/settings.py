@@ -1,8 +1,12 @@
 """Typed settings: `configs/{etl,labelling,optimization,training}.yaml` plus `QUANTGOD_*` variables.
 
-The one way to read settings. Values are read when `load_settings()` is called (at run time, not at
-import), so an environment variable set before a run always wins. Relative paths stay relative:
-they mean "from the current directory" (the repository root for the README's commands).
+The one way to read settings, and the one place their defaults live: each YAML file is validated
+against a pydantic model below (`extra="forbid"`, frozen), so a misspelt key fails at load with a
+`ConfigError` naming the key and the file (`configs/training.yaml: unknown key 'epoch' (did you
+mean 'epochs'?)`) instead of being silently ignored. Values are read when `load_settings()` is
+called (at run time, not at import), so an environment variable set before a run always wins.
+Relative paths stay relative: they mean "from the current directory" (the repository root for
+the README's commands).
 
 Environment overrides:
     QUANTGOD_CONFIG_DIR   another folder holding the four YAML files (default: ./configs, else the repo's)
@@ -21,23 +25,43 @@ This module does not import dagster.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
+    "BacktestSettings",
     "ConfigError",
+    "DataWindow",
     "DownloadSettings",
     "EtlSettings",
+    "GapChecks",
     "LabellingSettings",
+    "LoopSettings",
+    "MlflowSettings",
+    "ModelSettings",
     "OptimizationSettings",
     "Paths",
+    "PrunerSettings",
     "RawRootMissingError",
+    "SearchParam",
     "Settings",
+    "SplitShares",
     "TrainingSettings",
     "config_dir",
     "load_settings",
@@ -53,15 +77,8 @@ ENV_ML_PROFILE = "QUANTGOD_ML_PROFILE"
 ENV_OPTUNA_STORAGE = "QUANTGOD_OPTUNA_STORAGE"
 ENV_MLFLOW_URI = "QUANTGOD_MLFLOW_URI"
 
-DEFAULT_RAW_ROOT = "data/L2/raw"
-DEFAULT_DATA_DIR = "data"
-DEFAULT_LOGS_DIR = "logs"
-DEFAULT_SYMBOL = "BTCUSDT"
 MODEL_FILE = "quantgod_cloud_model.pth"
-DEFAULT_OPTUNA_STORAGE = "sqlite:///optuna_study.db"
-DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
-DEFAULT_PARTITIONS_START = dt.date(2023, 1, 18)  # the first BTCUSDT day of Bybit's linear archive
-DEFAULT_BASE_URL = "https://quote-saver.bycsi.com/orderbook/linear"
+ENGINE_CORES = 2  # cores one day's replay keeps busy
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -74,16 +91,45 @@ class RawRootMissingError(FileNotFoundError):
     """The archive root does not exist: usually an rclone / network mount that is down."""
 
 
+class _Schema(BaseModel):
+    """A section of a settings file: unknown keys rejected, values immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _share(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be a share between 0 and 1")
+    return value
+
+
+def _yes_no(value: Any) -> Any:
+    """YAML's own booleans, plus the words an environment-minded user may write as strings."""
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.lower() in ("true", "yes", "1")
+    return value
+
+
+Share = Annotated[float, AfterValidator(_share)]
+Flag = Annotated[bool, BeforeValidator(_yes_no)]
+
+
 # ---------------------------------------------------------------------------------------------
-# The settings
+# etl.yaml
 
 
-@dataclass(frozen=True)
-class Paths:
-    raw_root: Path
-    data_dir: Path
-    logs_dir: Path
-    raw_root_from_env: bool = False
+class Paths(_Schema):
+    """etl.yaml `paths:` (QUANTGOD_RAW_ROOT / _DATA_DIR / _LOGS_DIR win) and the paths derived from them."""
+
+    raw_root: Path = Path("data/L2/raw")
+    data_dir: Path = Path("data")
+    logs_dir: Path = Path("logs")
+    # set by load_settings, not by the file: whether QUANTGOD_RAW_ROOT chose raw_root (error messages)
+    _raw_root_from_env: bool = PrivateAttr(default=False)
+
+    @property
+    def raw_root_from_env(self) -> bool:
+        return self._raw_root_from_env
 
     @property
     def preprocessed_dir(self) -> Path:
@@ -132,26 +178,57 @@ class Paths:
         return self.raw_root
 
 
-@dataclass(frozen=True)
-class DownloadSettings:
-    enabled: bool = False
-    base_url: str = DEFAULT_BASE_URL
+class DownloadSettings(_Schema):
+    """etl.yaml `download:`: fetching a missing day from Bybit's public archive."""
+
+    enabled: Flag = False
+    base_url: str = "https://quote-saver.bycsi.com/orderbook/linear"
     timeout_s: float = 60.0
 
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
-ENGINE_CORES = 2  # cores one day's replay keeps busy
+
+class GapChecks(_Schema):
+    """etl.yaml `checks:`: the `gaps` check's thresholds (shares of invalid seconds)."""
+
+    gap_warn_share: Share = 0.01
+    gap_fail_share: Share = 0.10
+
+    @model_validator(mode="after")
+    def _warn_below_fail(self) -> GapChecks:
+        if self.gap_warn_share > self.gap_fail_share:
+            raise ValueError(f"gap_warn_share={self.gap_warn_share} is above gap_fail_share={self.gap_fail_share}")
+        return self
 
 
-@dataclass(frozen=True)
-class EtlSettings:
-    partitions_start: dt.date = DEFAULT_PARTITIONS_START
+class EtlSettings(_Schema):
+    """etl.yaml without `paths:` and `symbol:` (those are `Settings.paths` / `Settings.symbol`)."""
+
+    partitions_start: dt.date = dt.date(2023, 1, 18)  # the first BTCUSDT day of Bybit's linear archive
     depths: tuple[int, ...] = (200, 500)
     workers: int | None = None  # None: all cores, two per day (see worker_count)
     max_silence_s: float = 60.0
-    skip_bad_lines: bool = False
-    gap_warn_share: float = 0.01
-    gap_fail_share: float = 0.10
-    download: DownloadSettings = field(default_factory=DownloadSettings)
+    skip_bad_lines: Flag = False
+    checks: GapChecks = GapChecks()
+    download: DownloadSettings = DownloadSettings()
+
+    @field_validator("workers")
+    @classmethod
+    def _at_least_one(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be >= 1 (or null for all cores)")
+        return value
+
+    @property
+    def gap_warn_share(self) -> float:
+        return self.checks.gap_warn_share
+
+    @property
+    def gap_fail_share(self) -> float:
+        return self.checks.gap_fail_share
 
     def worker_count(self, days: int) -> int:
         # One day's replay already keeps two cores busy (decompress, parse and replay threads
@@ -163,13 +240,23 @@ class EtlSettings:
         return max(1, min(wanted, days))
 
 
-@dataclass(frozen=True)
-class LabellingSettings:
+class _EtlFile(EtlSettings):
+    """The whole of etl.yaml: the ETL settings plus the run-wide `paths:` and `symbol:`."""
+
+    paths: Paths = Paths()
+    symbol: str = "BTCUSDT"
+
+
+# ---------------------------------------------------------------------------------------------
+# labelling.yaml
+
+
+class LabellingSettings(_Schema):
     lookahead: int = 60
     threshold_short: float = -0.004
     threshold_long: float = 0.008
     price_column: str = "micro_price"
-    min_class_share: float = 0.02  # class_balance warns when a class holds less of a day's labelled rows
+    min_class_share: Share = 0.02  # class_balance warns when a class holds less of a day's labelled rows
 
     @property
     def suffix(self) -> str:
@@ -179,74 +266,219 @@ class LabellingSettings:
         return label_suffix(self.lookahead, self.threshold_short, self.threshold_long)
 
 
-@dataclass(frozen=True)
-class OptimizationSettings:
-    study_name: str | None = None  # None: the label suffix
-    storage: str = DEFAULT_OPTUNA_STORAGE
-    n_trials: int = 50
-    timeout_s: float | None = None
-    metric: str = "val_f1_macro"
-    direction: str = "maximize"
+# ---------------------------------------------------------------------------------------------
+# training.yaml
+
+
+Arch = Literal["tcn_lstm", "transformer"]
+
+
+class ModelSettings(_Schema):
+    """The training.yaml keys that describe the model. None: the architecture's own default
+    (`ml.models.ARCHITECTURES`); keys of the other architecture are ignored by it."""
+
+    arch: Arch = "tcn_lstm"
+    seq_len: int = Field(60, ge=1, le=720)  # minutes per window
+    n_levels: int = Field(20, ge=1, le=200)  # book levels per side used as features
+    tcn_channels: int | None = None
+    lstm_hidden: int | None = None
+    kernel_size: int | None = None
+    lstm_layers: int | None = None
+    d_model: int | None = None
+    n_heads: int | None = None
+    n_layers: int | None = None
+    ff_mult: int | None = None
+    dropout: float | None = None
+
+    def model_params(self) -> dict[str, Any]:
+        """The model's parameters that are set (arch, seq_len, n_levels, sizes, dropout)."""
+        return {k: v for k, v in self.model_dump(include=set(ModelSettings.model_fields)).items() if v is not None}
+
+
+class LoopSettings(_Schema):
+    """The training loop's training.yaml keys (what `ml.train.TrainConfig` adds to is code-only)."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    min_lr: float = Field(1e-6, ge=0)  # CosineAnnealingLR's eta_min
+    class_weights: tuple[float, float, float] = (2.0, 1.0, 2.0)  # SELL, NEUTRAL, BUY
+    patience: int = Field(5, ge=0)  # epochs without a better val F1 macro before stopping; 0: never
+    grad_clip: float | None = 1.0
+    log_every: int = Field(200, ge=0)  # batches between progress lines; 0: none
+    max_batches_per_epoch: int | None = Field(None, ge=1)  # a cap for smoke runs; None: every batch
     seed: int = 42
-    sampler_startup_trials: int = 10
-    pruner_startup_trials: int = 5
-    pruner_warmup_steps: int = 2
-    epochs_per_trial: int = 10
-    max_batches_per_epoch: int | None = None
+    device: str = "auto"  # auto | cpu | cuda | mps (or cuda:1 ...)
+    amp: Flag = True  # bf16 autocast on CUDA
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _three_weights(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) != 3:
+            raise ValueError("must hold 3 numbers (SELL, NEUTRAL, BUY)")
+        return value
+
+
+class DataWindow(_Schema):
+    """training.yaml `data:`: the labelled days used by `optimization` and `model`."""
+
+    start: dt.date | None = None  # None: the first labelled day present
+    end: dt.date | None = None  # None: the last labelled day present
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DataWindow:
+        if self.start and self.end and self.end < self.start:
+            raise ValueError(f"end={self.end} is before start={self.start}")
+        return self
+
+
+class SplitShares(_Schema):
+    """training.yaml `split:`: chronological train / val / test shares of the windows."""
+
+    train: float = 0.70
+    val: float = 0.15
+    test: float = 0.15
+
+    @model_validator(mode="after")
+    def _shares(self) -> SplitShares:
+        if min(self.fractions) < 0 or abs(sum(self.fractions) - 1.0) > 1e-6:
+            raise ValueError(f"split train/val/test={list(self.fractions)} must be shares summing to 1")
+        return self
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        return (self.train, self.val, self.test)
+
+
+class BacktestSettings(_Schema):
+    fee: float = Field(0.00055, ge=0)  # per side (Bybit taker 0.055 %)
+
+
+class MlflowSettings(_Schema):
+    tracking_uri: str = "sqlite:///mlflow.db"  # QUANTGOD_MLFLOW_URI wins
+    experiment: str = "quantgod"
+    registered_model: str = "quantgod"
+
+
+def _arch_from_model_type(data: Any) -> Any:
+    """`model_type` is the older name of `arch` (`arch` wins when both are given)."""
+    if isinstance(data, Mapping) and "model_type" in data:
+        data = dict(data)
+        model_type = data.pop("model_type")
+        data.setdefault("arch", model_type)
+    return data
+
+
+class TrainingSettings(LoopSettings, ModelSettings):
+    """training.yaml: the model, the loop, the data window, the split, the backtest, MLflow."""
+
+    data: DataWindow = DataWindow()
+    split: SplitShares = SplitShares()
+    backtest: BacktestSettings = BacktestSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    _profile: str | None = PrivateAttr(default=None)
+
+    _old_names = model_validator(mode="before")(_arch_from_model_type)
+
+    @property
+    def profile(self) -> str | None:
+        """The QUANTGOD_ML_PROFILE entry merged in, if any."""
+        return self._profile
+
+    def with_params(self, params: Mapping[str, Any]) -> TrainingSettings:
+        """These settings with `params` (a trial's values, best_params.json) over them, validated:
+        a key that is not a training setting fails here."""
+        merged = {**self.model_dump(exclude_unset=False), **_arch_from_model_type(dict(params))}
+        try:
+            changed = TrainingSettings.model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, "params", TrainingSettings)) from exc
+        changed._profile = self._profile
+        return changed
+
+
+# ---------------------------------------------------------------------------------------------
+# optimization.yaml
+
+
+def _bare_value(spec: Any) -> Any:
+    """A bare value in a search space is a fixed one."""
+    return spec if isinstance(spec, Mapping) else {"type": "fixed", "value": spec}
+
+
+class SearchParam(_Schema):
+    """One search_space entry: categorical (choices), float / int (low, high, log, step) or fixed
+    (value); `when: {arch: transformer}` draws it only when the earlier values match."""
+
+    type: Literal["categorical", "float", "int", "fixed"]
+    choices: tuple[Any, ...] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    value: Any = None
+    when: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchParam:
+        needed = {"categorical": ("choices",), "float": ("low", "high"), "int": ("low", "high")}.get(self.type, ())
+        missing = [key for key in needed if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"a {self.type} entry needs {', '.join(missing)}")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as written in the file (for logging the space)."""
+        return self.model_dump(exclude_unset=True)
+
+
+class PrunerSettings(_Schema):
+    """optimization.yaml `pruner:` (MedianPruner)."""
+
+    n_startup_trials: int = Field(5, ge=0)  # no pruning until this many trials finished
+    n_warmup_steps: int = Field(2, ge=0)  # no pruning before this epoch
+
+
+class OptimizationSettings(_Schema):
+    study_name: str | None = None  # None: the label suffix
+    storage: str = "sqlite:///optuna_study.db"  # QUANTGOD_OPTUNA_STORAGE wins
+    n_trials: int = Field(50, ge=1)  # the study's total budget
+    timeout_s: float | None = None
+    # the objective: what every trial reports and the study maximizes (the only one implemented)
+    metric: Literal["val_f1_macro"] = "val_f1_macro"
+    direction: Literal["maximize"] = "maximize"
+    seed: int = 42  # TPE sampler seed (trial k trains with seed + k)
+    sampler_startup_trials: int = Field(10, ge=0)
+    pruner: PrunerSettings = PrunerSettings()
+    epochs_per_trial: int = Field(10, ge=1)
+    max_batches_per_epoch: int | None = Field(None, ge=1)
     mlflow_experiment: str = "quantgod-optimization"
-    search_space: Mapping[str, Any] = field(default_factory=dict)
-    profile: str | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    search_space: dict[str, Annotated[SearchParam, BeforeValidator(_bare_value)]] = Field(default_factory=dict)
+    _profile: str | None = PrivateAttr(default=None)
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _arch_key(cls, space: Any) -> Any:
+        # `model_type` is the older name of `arch`
+        if isinstance(space, Mapping):
+            return {("arch" if k == "model_type" else k): v for k, v in space.items()}
+        return space
+
+    @property
+    def profile(self) -> str | None:
+        """The QUANTGOD_ML_PROFILE entry merged in, if any."""
+        return self._profile
 
     def study_for(self, label_suffix: str) -> str:
         return self.study_name or label_suffix
 
 
-# the training.yaml keys that describe the model (the rest configure the loop, data, tracking)
-MODEL_KEYS = ("arch", "seq_len", "n_levels", "tcn_channels", "lstm_hidden", "kernel_size", "lstm_layers",
-              "d_model", "n_heads", "n_layers", "ff_mult", "dropout")
+# ---------------------------------------------------------------------------------------------
+# All of it
 
 
-@dataclass(frozen=True)
-class TrainingSettings:
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    class_weights: tuple[float, ...] = (2.0, 1.0, 2.0)
-    arch: str = "tcn_lstm"
-    seq_len: int = 60
-    n_levels: int = 20
-    max_batches_per_epoch: int | None = None
-    data_start: dt.date | None = None  # None: the first labelled day present
-    data_end: dt.date | None = None  # None: the last labelled day present
-    split: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    fee: float = 0.00055  # per side, for the backtest
-    mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI
-    mlflow_experiment: str = "quantgod"
-    registered_model: str = "quantgod"
-    profile: str | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the whole file, for TrainConfig.from_dict
-
-    @property
-    def model_type(self) -> str:  # the older name of `arch`
-        return self.arch
-
-    def model_params(self) -> dict[str, Any]:
-        """The model's parameters from the file (arch, seq_len, n_levels, sizes, dropout)."""
-        params = {k: self.raw[k] for k in MODEL_KEYS if self.raw.get(k) is not None}
-        params.update(arch=self.arch, seq_len=self.seq_len, n_levels=self.n_levels)
-        return params
-
-    def loop_config(self) -> dict[str, Any]:
-        """The training loop's settings (for `ml.train.TrainConfig.from_dict`)."""
-        loop = {k: v for k, v in self.raw.items() if k not in MODEL_KEYS and not isinstance(v, Mapping)}
-        loop.update(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                    class_weights=list(self.class_weights), max_batches_per_epoch=self.max_batches_per_epoch)
-        return loop
-
-
-@dataclass(frozen=True)
-class Settings:
+class Settings(_Schema):
     paths: Paths
     symbol: str
     etl: EtlSettings
@@ -276,8 +508,7 @@ def config_dir(explicit: str | Path | None = None) -> Path:
     return REPO_CONFIGS
 
 
-def _read_yaml(folder: Path, name: str) -> dict[str, Any]:
-    path = folder / name
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
@@ -291,82 +522,45 @@ def _read_yaml(folder: Path, name: str) -> dict[str, Any]:
     return data
 
 
-def _get(data: Mapping[str, Any], key: str, default: Any, kind: type, source: str) -> Any:
-    value = data.get(key, default)
-    if value is None:
-        return default
+def _known_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a (nested) section of `schema` accepts, for a "did you mean" hint."""
+    for part in loc:
+        field = schema.model_fields.get(str(part))
+        kind = getattr(field, "annotation", None)
+        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+            return []
+        schema = kind
+    return list(schema.model_fields)
+
+
+def _explain(exc: ValidationError, source: str, schema: type[BaseModel]) -> str:
+    """One line per problem: the file, the key (dotted for nested sections), what is wrong."""
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        key = ".".join(str(p) for p in loc)
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _known_keys(schema, loc[:-1]), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            lines.append(f"{source}: unknown key '{key}'{hint}")
+            continue
+        value = error.get("input")
+        if error["type"] == "value_error":  # our own validators: their sentence as written
+            reason = str(error["ctx"]["error"])
+        else:
+            reason = f"is not valid: {error['msg']}"
+        if isinstance(value, Mapping) or not key:  # a whole section: its validator names the keys
+            lines.append(f"{source}: {key + ': ' if key else ''}{reason}")
+        else:
+            lines.append(f"{source}: {key}={value!r} {reason}")
+    return "\n".join(lines)
+
+
+def _validate(schema: type[_Schema], data: Mapping[str, Any], source: str) -> Any:
     try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-                return value.lower() in ("true", "yes", "1")
-            raise ValueError(value)
-        if kind is dt.date:
-            return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
-        return kind(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {key}={value!r} is not a valid {kind.__name__}") from exc
-
-
-def _share(value: float, key: str, source: str) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{source}: {key}={value} must be a share between 0 and 1")
-    return value
-
-
-def _etl(data: Mapping[str, Any], source: str) -> EtlSettings:
-    checks = data.get("checks") or {}
-    download = data.get("download") or {}
-    d = EtlSettings()
-    workers = data.get("workers")
-    if workers is not None:
-        workers = _get(data, "workers", None, int, source)
-        if workers < 1:
-            raise ConfigError(f"{source}: workers={workers} must be >= 1 (or null for all cores)")
-    depths = tuple(int(x) for x in (data.get("depths") or d.depths))
-    warn = _share(_get({**data, **checks}, "gap_warn_share", d.gap_warn_share, float, source), "gap_warn_share", source)
-    fail = _share(_get({**data, **checks}, "gap_fail_share", d.gap_fail_share, float, source), "gap_fail_share", source)
-    if warn > fail:
-        raise ConfigError(f"{source}: gap_warn_share={warn} is above gap_fail_share={fail}")
-    return EtlSettings(
-        partitions_start=_get(data, "partitions_start", d.partitions_start, dt.date, source),
-        depths=depths,
-        workers=workers,
-        max_silence_s=_get(data, "max_silence_s", d.max_silence_s, float, source),
-        skip_bad_lines=_get(data, "skip_bad_lines", d.skip_bad_lines, bool, source),
-        gap_warn_share=warn,
-        gap_fail_share=fail,
-        download=DownloadSettings(
-            enabled=_get(download, "enabled", False, bool, source + " download"),
-            base_url=str(download.get("base_url") or DEFAULT_BASE_URL).rstrip("/"),
-            timeout_s=_get(download, "timeout_s", 60.0, float, source + " download"),
-        ),
-    )
-
-
-def _paths(data: Mapping[str, Any]) -> Paths:
-    paths = data.get("paths") or {}
-    env_root = os.environ.get(ENV_RAW_ROOT)
-    return Paths(
-        raw_root=Path(env_root or paths.get("raw_root") or DEFAULT_RAW_ROOT),
-        data_dir=Path(os.environ.get(ENV_DATA_DIR) or paths.get("data_dir") or DEFAULT_DATA_DIR),
-        logs_dir=Path(os.environ.get(ENV_LOGS_DIR) or paths.get("logs_dir") or DEFAULT_LOGS_DIR),
-        raw_root_from_env=bool(env_root),
-    )
-
-
-def _labelling(data: Mapping[str, Any], source: str) -> LabellingSettings:
-    d = LabellingSettings()
-    return LabellingSettings(
-        lookahead=_get(data, "lookahead", d.lookahead, int, source),
-        threshold_short=_get(data, "threshold_short", d.threshold_short, float, source),
-        threshold_long=_get(data, "threshold_long", d.threshold_long, float, source),
-        price_column=_get(data, "price_column", d.price_column, str, source),
-        min_class_share=_share(
-            _get(data, "min_class_share", d.min_class_share, float, source), "min_class_share", source
-        ),
-    )
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source, schema)) from exc
 
 
 def _merge(base: Mapping[str, Any], changes: Mapping[str, Any], replace: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -379,123 +573,78 @@ def _merge(base: Mapping[str, Any], changes: Mapping[str, Any], replace: tuple[s
     return out
 
 
-def _with_profile(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], str | None]:
-    """The file's settings with the `profiles:` entry named by QUANTGOD_ML_PROFILE merged over them."""
+def _profiled(schema: type[_Schema], data: Mapping[str, Any], path: Path, env: Mapping[str, Any]) -> Any:
+    """The file (an ML file with `profiles:`) validated, with the QUANTGOD_ML_PROFILE entry merged
+    over it. Every profile is validated, used or not, so a typo in one fails today, not on the
+    day it is chosen. `env` holds the QUANTGOD_* values that win over the file."""
+    source = str(path)
     profiles = data.get("profiles") or {}
+    if not isinstance(profiles, Mapping):
+        raise ConfigError(f"{source}: profiles must be a mapping of name -> settings")
     base = {k: v for k, v in data.items() if k != "profiles"}
+    settings = _validate(schema, _merge(base, env), source)  # the file's own mistakes named first
+    merged = {}
+    for name, changes in profiles.items():
+        if changes is not None and not isinstance(changes, Mapping):
+            raise ConfigError(f"{source}: profiles.{name} must be a mapping of settings")
+        # a profile's search space replaces the file's whole (it is one choice, not a patch)
+        merged[name] = _merge(base, changes or {}, replace=("search_space",))
+        _validate(schema, _merge(merged[name], env), f"{source}: profiles.{name}")
     name = os.environ.get(ENV_ML_PROFILE) or None
-    if name is None:
-        return base, None
-    if name not in profiles:
-        if not data:  # an absent file: defaults, nothing to name
-            return base, None
+    if name is not None and name not in profiles and data:  # an absent file: defaults, nothing to name
         raise ConfigError(f"{source}: {ENV_ML_PROFILE}={name} but profiles: has only {sorted(profiles) or 'none'}")
-    return _merge(base, profiles[name] or {}, replace=("search_space",)), name
+    chosen = name if name in profiles else None
+    if chosen:
+        settings = _validate(schema, _merge(merged[chosen], env), source)
+    settings._profile = chosen
+    return settings
 
 
-def _optional(data: Mapping[str, Any], key: str, kind: type, source: str) -> Any:
-    return None if data.get(key) is None else _get(data, key, None, kind, source)
-
-
-def _optimization(data: Mapping[str, Any], source: str) -> OptimizationSettings:
-    data, profile = _with_profile(data, source)
-    d = OptimizationSettings()
-    pruner = data.get("pruner")
-    pruner = pruner if isinstance(pruner, Mapping) else {}
-    space = data.get("search_space") or {}
-    if not isinstance(space, Mapping):
-        raise ConfigError(f"{source}: search_space must be a mapping of parameter -> spec")
-    # `model_type` is the older name of `arch`
-    space = {("arch" if k == "model_type" else k): v for k, v in space.items()}
-    return OptimizationSettings(
-        study_name=_optional(data, "study_name", str, source),
-        storage=os.environ.get(ENV_OPTUNA_STORAGE) or _get(data, "storage", d.storage, str, source),
-        n_trials=_get(data, "n_trials", d.n_trials, int, source),
-        timeout_s=_optional(data, "timeout_s", float, source),
-        metric=_get(data, "metric", d.metric, str, source),
-        direction=_get(data, "direction", d.direction, str, source),
-        seed=_get(data, "seed", d.seed, int, source),
-        sampler_startup_trials=_get(data, "sampler_startup_trials", d.sampler_startup_trials, int, source),
-        pruner_startup_trials=_get(pruner, "n_startup_trials", d.pruner_startup_trials, int, source + " pruner"),
-        pruner_warmup_steps=_get(pruner, "n_warmup_steps", d.pruner_warmup_steps, int, source + " pruner"),
-        epochs_per_trial=_get(data, "epochs_per_trial", d.epochs_per_trial, int, source),
-        max_batches_per_epoch=_optional(data, "max_batches_per_epoch", int, source),
-        mlflow_experiment=_get(data, "mlflow_experiment", d.mlflow_experiment, str, source),
-        search_space=space,
-        profile=profile,
-        raw=dict(data),
+def _paths(file: Paths) -> Paths:
+    env_root = os.environ.get(ENV_RAW_ROOT)
+    paths = Paths(
+        raw_root=Path(env_root) if env_root else file.raw_root,
+        data_dir=Path(os.environ.get(ENV_DATA_DIR) or file.data_dir),
+        logs_dir=Path(os.environ.get(ENV_LOGS_DIR) or file.logs_dir),
     )
+    paths._raw_root_from_env = bool(env_root)
+    return paths
 
 
-def _training(data: Mapping[str, Any], source: str) -> TrainingSettings:
-    data, profile = _with_profile(data, source)
-    d = TrainingSettings()
-    weights = data.get("class_weights") or d.class_weights
-    try:
-        weights = tuple(float(w) for w in weights)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: class_weights={weights!r} must be a list of numbers") from exc
-    if len(weights) != 3:
-        raise ConfigError(f"{source}: class_weights={list(weights)} must hold 3 numbers (SELL, NEUTRAL, BUY)")
-    if "arch" not in data and "model_type" in data:
-        data = {**data, "arch": data["model_type"]}
-    data.pop("model_type", None)
-    arch = _get(data, "arch", d.arch, str, source)
-    if arch not in ("tcn_lstm", "transformer"):
-        raise ConfigError(f"{source}: arch={arch!r} must be tcn_lstm or transformer")
-    window = data.get("data") or {}
-    split = data.get("split") or {}
-    try:
-        fractions = tuple(float(split.get(k, v)) for k, v in zip(("train", "val", "test"), d.split))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: split={split!r} must hold numbers") from exc
-    if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ConfigError(f"{source}: split train/val/test={list(fractions)} must be shares summing to 1")
-    start = _optional(window, "start", dt.date, source + " data")
-    end = _optional(window, "end", dt.date, source + " data")
-    if start and end and end < start:
-        raise ConfigError(f"{source}: data.end={end} is before data.start={start}")
-    backtest = data.get("backtest") or {}
-    mlflow = data.get("mlflow") or {}
-    tracking = os.environ.get(ENV_MLFLOW_URI) or _get(mlflow, "tracking_uri", d.mlflow_tracking_uri, str,
-                                                       source + " mlflow")
-    return TrainingSettings(
-        epochs=_get(data, "epochs", d.epochs, int, source),
-        batch_size=_get(data, "batch_size", d.batch_size, int, source),
-        lr=_get(data, "lr", d.lr, float, source),
-        class_weights=weights,
-        arch=arch,
-        seq_len=_get(data, "seq_len", d.seq_len, int, source),
-        n_levels=_get(data, "n_levels", d.n_levels, int, source),
-        max_batches_per_epoch=_optional(data, "max_batches_per_epoch", int, source),
-        data_start=start,
-        data_end=end,
-        split=fractions,  # type: ignore[arg-type]
-        fee=_get(backtest, "fee", d.fee, float, source + " backtest"),
-        mlflow_tracking_uri=tracking,
-        mlflow_experiment=_get(mlflow, "experiment", d.mlflow_experiment, str, source + " mlflow"),
-        registered_model=_get(mlflow, "registered_model", d.registered_model, str, source + " mlflow"),
-        profile=profile,
-        raw=dict(data),
-    )
+def _check_search_space(optimization: OptimizationSettings, source: Path) -> None:
+    """Every searched name must be a training setting: a misspelt one would be drawn and ignored."""
+    unknown = [k for k in optimization.search_space if k not in TrainingSettings.model_fields]
+    if unknown:
+        raise ConfigError(f"{source}: search_space key(s) {unknown} are not training.yaml settings")
+
+
+def _read_etl(folder: Path) -> _EtlFile:
+    path = folder / "etl.yaml"
+    return _validate(_EtlFile, _read_yaml(path), str(path))
 
 
 def load_settings(config_folder: str | Path | None = None) -> Settings:
     folder = config_dir(config_folder)
-    etl = _read_yaml(folder, "etl.yaml")
-    symbol = os.environ.get(ENV_SYMBOL) or etl.get("symbol") or DEFAULT_SYMBOL
+    etl = _read_etl(folder)
+    labelling = folder / "labelling.yaml"
+    optimization_path, training_path = folder / "optimization.yaml", folder / "training.yaml"
+    storage = os.environ.get(ENV_OPTUNA_STORAGE)
+    tracking = os.environ.get(ENV_MLFLOW_URI)
+    optimization = _profiled(OptimizationSettings, _read_yaml(optimization_path), optimization_path,
+                             {"storage": storage} if storage else {})
+    _check_search_space(optimization, optimization_path)
     return Settings(
-        paths=_paths(etl),
-        symbol=str(symbol),
-        etl=_etl(etl, str(folder / "etl.yaml")),
-        labelling=_labelling(_read_yaml(folder, "labelling.yaml"), str(folder / "labelling.yaml")),
-        optimization=_optimization(_read_yaml(folder, "optimization.yaml"), str(folder / "optimization.yaml")),
-        training=_training(_read_yaml(folder, "training.yaml"), str(folder / "training.yaml")),
+        paths=_paths(etl.paths),
+        symbol=os.environ.get(ENV_SYMBOL) or etl.symbol,
+        etl=EtlSettings.model_validate(etl.model_dump(include=set(EtlSettings.model_fields))),
+        labelling=_validate(LabellingSettings, _read_yaml(labelling), str(labelling)),
+        optimization=optimization,
+        training=_profiled(TrainingSettings, _read_yaml(training_path), training_path,
+                           {"mlflow": {"tracking_uri": tracking}} if tracking else {}),
         config_dir=folder,
     )
 
 
 def partitions_start(config_folder: str | Path | None = None) -> dt.date:
     """Read once at import by `partitions.py`: the partitions object is static."""
-    folder = config_dir(config_folder)
-    return _etl(_read_yaml(folder, "etl.yaml"), str(folder / "etl.yaml")).partitions_start
+    return _read_etl(config_dir(config_folder)).partitions_start
