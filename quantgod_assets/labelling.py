@@ -35,10 +35,12 @@ __all__ = [
     "distribution_line",
     "label_day",
     "label_day_files",
-    "label_days",
+    "day_class_counts_sql",
+    "distribution_from_rows",
     "label_suffix",
     "labelled_day_path",
     "labelled_distribution",
+    "month_table",
     "preprocessed_day_path",
 ]
 
@@ -227,43 +229,6 @@ def label_day_files(
     return output
 
 
-def label_days(
-    pre_dir: str | Path,
-    out_dir: str | Path,
-    days: Iterable[dt.date | str],
-    lookahead: int = DEFAULT_LOOKAHEAD,
-    threshold_short: float = DEFAULT_THRESHOLD_SHORT,
-    threshold_long: float = DEFAULT_THRESHOLD_LONG,
-    price_column: str = DEFAULT_PRICE_COLUMN,
-    workers: int | None = None,
-) -> list[Path]:
-    """`label_day_files` for many days; in a process pool when `workers` > 1. Paths in day order.
-
-    The first failing day's error is raised once every day has been tried.
-    """
-    from functools import partial
-
-    from .day_pool import run_days
-
-    dates = [as_date(d) for d in days]
-    paths: dict[dt.date, Path] = {}
-    errors: list[BaseException] = []
-
-    def done(day: dt.date, path: Path | None, exc: BaseException | None) -> None:
-        if exc is not None:
-            errors.append(exc)
-        else:
-            paths[day] = path
-
-    label_one = partial(label_day_files, pre_dir, out_dir, lookahead=lookahead,
-                        threshold_short=threshold_short, threshold_long=threshold_long,
-                        price_column=price_column)
-    run_days(label_one, dates, workers or 1, done)
-    if errors:
-        raise errors[0]
-    return [paths[d] for d in dates]
-
-
 # ---------------------------------------------------------------------------------------------
 # Distributions, for logs and the class-balance check
 
@@ -348,22 +313,54 @@ def class_balance_problems(
     return missing, rare
 
 
-def labelled_distribution(labelled_dir: str | Path) -> dict[str, Any]:
-    """The class distribution over every `*.parquet` in one suffix folder, by a DuckDB query."""
-    import duckdb
+def day_class_counts_sql(parquet_glob: str) -> str:
+    """DuckDB SQL giving (day, target, count) rows over labelled day files (target null: unlabelled)."""
+    escaped = parquet_glob.replace("'", "''")
+    return (
+        "SELECT regexp_extract(filename, '(\\d{4}-\\d{2}-\\d{2})\\.parquet$', 1) AS day, "
+        "target, count(*) AS n "
+        f"FROM read_parquet('{escaped}', filename = true, union_by_name = true) GROUP BY 1, 2"
+    )
 
-    files = sorted(str(p) for p in Path(labelled_dir).glob("*.parquet"))
-    if not files:
-        return _distribution_from_counts([0, 0, 0], 0)
-    with duckdb.connect() as con:
-        rows = con.execute(
-            "SELECT target, count(*) FROM read_parquet(?) GROUP BY target", [files]
-        ).fetchall()
+
+def distribution_from_rows(rows: Iterable[tuple[Any, int]]) -> dict[str, Any]:
+    """The distribution from (target, count) rows, a null target counting as unlabelled."""
     counts = [0, 0, 0]
     unlabelled = 0
     for target, count in rows:
         if target is None:
-            unlabelled += count
+            unlabelled += int(count)
         else:
-            counts[int(target)] += count
+            counts[int(target)] += int(count)
     return _distribution_from_counts(counts, unlabelled)
+
+
+def month_table(rows: Sequence[tuple[str, Any, int]]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """A markdown table of the class distribution per month, from (day, target, count) rows."""
+    months: dict[str, dict[str, Any]] = {}
+    for day, target, count in rows:
+        month = months.setdefault(day[:7], {"days": set(), "rows": []})
+        month["days"].add(day)
+        month["rows"].append((target, count))
+    out: dict[str, dict[str, Any]] = {}
+    lines = ["| month | days | labelled | SELL | NEUTRAL | BUY | unlabelled |", "|---|---|---|---|---|---|---|"]
+    for key in sorted(months):
+        dist = distribution_from_rows(months[key]["rows"])
+        cells = [f"{dist['counts'][n]} ({100 * dist['shares'][n]:.1f}%)" for n in CLASS_NAMES]
+        lines.append(f"| {key} | {len(months[key]['days'])} | {dist['labelled']} | {' | '.join(cells)} | "
+                     f"{dist['unlabelled']} |")
+        out[key] = {"days": len(months[key]["days"]), "labelled": dist["labelled"], "counts": dist["counts"],
+                    "shares": {n: round(s, 6) for n, s in dist["shares"].items()}, "unlabelled": dist["unlabelled"]}
+    return "\n".join(lines), out
+
+
+def labelled_distribution(labelled_dir: str | Path) -> dict[str, Any]:
+    """The class distribution over every `*.parquet` in one suffix folder, by a DuckDB query."""
+    import duckdb
+
+    folder = Path(labelled_dir)
+    if not any(folder.glob("*.parquet")):
+        return _distribution_from_counts([0, 0, 0], 0)
+    with duckdb.connect() as con:
+        rows = con.execute(day_class_counts_sql((folder / "*.parquet").as_posix())).fetchall()
+    return distribution_from_rows((target, count) for _, target, count in rows)

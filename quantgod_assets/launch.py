@@ -35,7 +35,7 @@ def dagster_home(path: str | Path | None = None) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        from ..settings import REPO_CONFIGS
+        from .settings import REPO_CONFIGS
 
         template = REPO_CONFIGS / "dagster.yaml"
         config.write_text(template.read_text(encoding="utf-8") if template.is_file() else INSTANCE_YAML,
@@ -105,7 +105,7 @@ def materialize_range(
     run_env["DAGSTER_HOME"] = str(dagster_home(home or run_env.get("DAGSTER_HOME") or default_home))
     with tempfile.TemporaryDirectory(prefix="quantgod_configs_") as temp:
         if config_overrides:
-            from ..settings import REPO_CONFIGS
+            from .settings import REPO_CONFIGS
 
             local = Path(cwd or ".") / "configs"
             source = Path(run_env.get("QUANTGOD_CONFIG_DIR") or (local if (local / "etl.yaml").is_file() else REPO_CONFIGS))

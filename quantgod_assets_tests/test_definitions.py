@@ -7,7 +7,7 @@ import sys
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from quantgod_assets.assets.launch import materialize_command
+from quantgod_assets.launch import materialize_command
 from quantgod_assets.definitions import defs
 from quantgod_assets.partitions import daily_partitions
 from quantgod_assets.resources import resources
@@ -53,7 +53,8 @@ def test_plain_modules_do_not_import_dagster():
     code = (
         "import sys\n"
         "import quantgod_assets.settings, quantgod_assets.logs, quantgod_assets.archive\n"
-        "import quantgod_assets.orderbook.quality, quantgod_assets.assets.day_pipeline\n"
+        "import quantgod_assets.orderbook.quality, quantgod_assets.daily.book, quantgod_assets.daily.labels\n"
+        "import quantgod_assets.daily.runner, quantgod_assets.launch\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'dagster'], 'dagster imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

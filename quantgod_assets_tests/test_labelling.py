@@ -20,13 +20,12 @@ from quantgod_assets.labelling import (
     distribution_line,
     label_day,
     label_day_files,
-    label_days,
     label_suffix,
     labelled_distribution,
 )
 from quantgod_assets.orderbook.schema import book_columns
 
-from .ml import make_day_frame, write_pre_days
+from .builders import make_day_frame, write_pre_days
 
 DAY = dt.date(2025, 3, 14)
 NEXT = DAY + dt.timedelta(days=1)
@@ -231,11 +230,11 @@ def test_label_day_files_writes_under_the_suffix_and_fills_the_tail_once_the_nex
     assert other.parent.name == "SELL_0004_BUY_0008_30m" and path.exists()
 
 
-def test_label_days_in_a_pool_and_the_duckdb_distribution(tmp_path):
+def test_labelled_days_and_the_duckdb_distribution(tmp_path):
     pre, out = tmp_path / "pre", tmp_path / "labelled"
     days = [DAY + dt.timedelta(days=k) for k in range(3)]
     write_pre_days(pre, days)
-    paths = label_days(pre, out, days, workers=2)
+    paths = [label_day_files(pre, out, day) for day in days]
     assert [p.name for p in paths] == [f"{d}.parquet" for d in days]
     per_day = [class_distribution(pl.read_parquet(p)["target"]) for p in paths]
     assert labelled_distribution(out / label_suffix()) == combine_distributions(per_day)

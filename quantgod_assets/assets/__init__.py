@@ -1,5 +1,5 @@
-"""The thin Dagster layer: one module per stage (`book.py`: raw_zip, preprocessed_book and checks).
+"""The thin Dagster layer: one module per stage (`book.py`, `labels.py`, `ml.py`) and `reporting.py`,
+which records a daily stage's outcomes (the plain per-day work lives in `quantgod_assets.daily`).
 
-Kept free of imports on purpose: `day_pipeline` (plain Python) is imported by pool workers, which
-must not pay for importing dagster. `definitions.py` imports the asset modules.
+Kept free of imports on purpose: `definitions.py` imports the asset modules.
 """

@@ -20,42 +20,36 @@ classes). Same shape as `book.py`:
 """
 
 
-import datetime as dt
-import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from ..day_pool import run_days
+from ..daily import labels as label_day
+from ..daily.outcome import Markdown
+from ..daily.runner import run_stage, workers_note
 from ..labelling import (
-    CLASS_NAMES,
-    class_balance_problems,
-    class_distribution,
     combine_distributions,
     config_line,
+    day_class_counts_sql,
+    distribution_from_rows,
     distribution_line,
-    label_day_files,
-    labelled_day_path,
+    month_table,
 )
 from ..logs import run_log
 from ..partitions import daily_partitions
-from ..plots import distribution_png, label_periods, label_periods_png
+from ..plots import distribution_png, label_periods, label_periods_png, png_markdown
 from ..resources import QuantGodSettings
-from ..settings import LabellingSettings, Settings
-from .check_events import days_failure, partition_evaluation
-from .day_pipeline import ERROR, INFO, WARNING, png_markdown, short_reason, workers_note
+from .reporting import metadata_values, partition_days, report_days
 
 BOOK = dg.AssetKey("preprocessed_book")
 LABELS = dg.AssetKey("labelled_frame")
 DISTRIBUTION = dg.AssetKey("label_distribution")
 GROUP = "labelling"
-CLASS_BALANCE = "class_balance"
+CLASS_BALANCE = label_day.CLASS_BALANCE
 
 warnings.filterwarnings("ignore", message=r".*`backfill_policy`.*", category=dg.BetaWarning)
 
@@ -77,198 +71,6 @@ with warnings.catch_warnings():
         blocking=True,
         partitions_def=daily_partitions,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# One day, as plain data
-
-
-@dataclass
-class LabelOutcome:
-    day: dt.date
-    path: Path | None = None
-    error: str | None = None
-    rows: int = 0
-    distribution: dict[str, Any] = field(default_factory=dict)
-    next_day_present: bool = False
-    missing: list[str] = field(default_factory=list)
-    rare: list[str] = field(default_factory=list)
-    lines: list[tuple[int, str]] = field(default_factory=list)
-
-    @property
-    def reason(self) -> str | None:
-        """Why the day counts as failed: an error, or the blocking class_balance check."""
-        if self.error:
-            return self.error
-        if self.missing:
-            return f"check {CLASS_BALANCE} failed: {balance_description(self)}"
-        return None
-
-
-def balance_description(outcome: LabelOutcome, min_share: float | None = None) -> str:
-    dist = outcome.distribution
-    if outcome.missing:
-        if not dist.get("labelled"):
-            return f"no labelled rows ({outcome.rows} rows, all with a null target)"
-        return f"class(es) {', '.join(outcome.missing)} absent from {dist['labelled']} labelled rows"
-    if outcome.rare:
-        shares = ", ".join(f"{name} {100 * dist['shares'][name]:.2f}%" for name in outcome.rare)
-        limit = "" if min_share is None else f" (under {100 * min_share:g}%)"
-        return f"rare class(es){limit}: {shares}"
-    return "all classes present: " + ", ".join(
-        f"{name} {100 * dist['shares'][name]:.1f}%" for name in CLASS_NAMES
-    )
-
-
-def read_outcome(day: dt.date, path: Path, min_share: float) -> LabelOutcome:
-    """Counts and flags of a written labelled day (only `target` and the file's metadata are read)."""
-    import polars as pl
-    import pyarrow.parquet as pq
-
-    outcome = LabelOutcome(day, path=path)
-    targets = pl.read_parquet(path, columns=["target"])["target"]
-    outcome.rows = targets.len()
-    outcome.distribution = class_distribution(targets)
-    meta = pq.read_schema(path).metadata or {}
-    outcome.next_day_present = meta.get(b"quantgod.label.next_day") == b"present"
-    outcome.missing, outcome.rare = class_balance_problems(outcome.distribution, min_share)
-    return outcome
-
-
-def _outcome_lines(outcome: LabelOutcome, lookahead: int, min_share: float) -> None:
-    if outcome.error:
-        outcome.lines.append((ERROR, f"Failed: {outcome.day}.parquet: {outcome.error}"))
-        return
-    outcome.lines.append((INFO, distribution_line(f"{outcome.day}.parquet", outcome.distribution)))
-    if not outcome.next_day_present:
-        following = outcome.day + dt.timedelta(days=1)
-        outcome.lines.append((INFO, f"{outcome.day}.parquet: no preprocessed {following} yet, the last "
-                                    f"{lookahead} minutes stay unlabelled (materialize {outcome.day} "
-                                    "again once it exists)"))
-    if outcome.missing:
-        outcome.lines.append((ERROR, f"Failed: {outcome.day}.parquet: {outcome.reason}"))
-    elif outcome.rare:
-        outcome.lines.append((WARNING, f"Class balance {outcome.day}.parquet: "
-                                       f"{balance_description(outcome, min_share)}"))
-
-
-def _finish(day: dt.date, settings: Settings, path: Path | None, error: str | None) -> LabelOutcome:
-    lab = settings.labelling
-    if error is None:
-        try:
-            outcome = read_outcome(day, path, lab.min_class_share)  # type: ignore[arg-type]
-        except Exception as exc:
-            outcome = LabelOutcome(day, path=path, error=f"reading {path}: {short_reason(exc)}")
-    else:
-        outcome = LabelOutcome(day, error=error)
-    _outcome_lines(outcome, lab.lookahead, lab.min_class_share)
-    return outcome
-
-
-def _error_text(day: dt.date, exc: BaseException) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return f"{exc}; materialize preprocessed_book first"
-    if isinstance(exc, ValueError):
-        return str(exc)
-    return short_reason(exc)
-
-
-def label_range(
-    days: Sequence[dt.date],
-    settings: Settings,
-    *,
-    on_done: Callable[[LabelOutcome], None] | None = None,
-) -> list[LabelOutcome]:
-    """Labels `days` (one in-process, several on a process pool); outcomes in `days` order.
-
-    A bad day never stops the others: its outcome carries the reason.
-    """
-    outcomes: dict[dt.date, LabelOutcome] = {}
-
-    def done(day: dt.date, path: Path | None, exc: BaseException | None) -> None:
-        outcome = _finish(day, settings, path, None if exc is None else _error_text(day, exc))
-        outcomes[day] = outcome
-        if on_done is not None:
-            on_done(outcome)
-
-    # the workers import only `labelling` (polars), never dagster
-    lab = settings.labelling
-    label_one = partial(label_day_files, settings.paths.preprocessed_dir, settings.paths.labelled_dir,
-                        lookahead=lab.lookahead, threshold_short=lab.threshold_short,
-                        threshold_long=lab.threshold_long, price_column=lab.price_column)
-    run_days(label_one, days, settings.etl.worker_count(len(days)), done)
-    return [outcomes[d] for d in days]
-
-
-def existing_outcome(day: dt.date, settings: Settings) -> LabelOutcome:
-    """The check on an already labelled day (a checks-only run)."""
-    lab = settings.labelling
-    path = labelled_day_path(settings.paths.labelled_dir, lab.suffix, day)
-    if not path.is_file():
-        return _finish(day, settings, None, f"{path} does not exist; materialize labelled_frame first")
-    return _finish(day, settings, path, None)
-
-
-def describe_failures(outcomes: Sequence[LabelOutcome]) -> str:
-    failed = [o for o in outcomes if o.reason]
-    return "\n".join([f"{len(failed)} of {len(outcomes)} day(s) failed:", *[f"- {o.day}: {o.reason}" for o in failed]])
-
-
-# ---------------------------------------------------------------------------------------------
-# Metadata and check results
-
-
-def _class_metadata(dist: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in CLASS_NAMES:
-        out[f"{name.lower()}_count"] = dist["counts"][name]
-        out[f"{name.lower()}_share"] = round(dist["shares"][name], 6)
-    out["counts"] = dg.MetadataValue.json(dict(dist["counts"]))
-    out["shares"] = dg.MetadataValue.json({k: round(v, 6) for k, v in dist["shares"].items()})
-    return out
-
-
-def day_metadata(outcome: LabelOutcome, lab: LabellingSettings) -> dict[str, Any]:
-    dist = outcome.distribution
-    return {
-        "path": dg.MetadataValue.path(str(outcome.path.resolve())),  # type: ignore[union-attr]
-        "dagster/row_count": outcome.rows,
-        "rows": outcome.rows,
-        "labelled_rows": dist["labelled"],
-        "unlabelled_rows": dist["unlabelled"],
-        **_class_metadata(dist),
-        "distribution": distribution_line(f"{outcome.day}.parquet", dist),
-        "next_day_present": outcome.next_day_present,
-        "suffix": lab.suffix,
-        "lookahead": lab.lookahead,
-        "threshold_short": lab.threshold_short,
-        "threshold_long": lab.threshold_long,
-        "price_column": lab.price_column,
-    }
-
-
-def check_result(outcome: LabelOutcome, min_share: float) -> dg.AssetCheckResult:
-    dist = outcome.distribution
-    passed = not outcome.missing and not outcome.rare
-    return dg.AssetCheckResult(
-        asset_key=LABELS,
-        check_name=CLASS_BALANCE,
-        passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR if outcome.missing else dg.AssetCheckSeverity.WARN,
-        description=balance_description(outcome, min_share),
-        metadata={
-            **_class_metadata(dist),
-            "labelled_rows": dist["labelled"],
-            "unlabelled_rows": dist["unlabelled"],
-            "missing_classes": dg.MetadataValue.json(outcome.missing),
-            "rare_classes": dg.MetadataValue.json(outcome.rare),
-            "min_class_share": min_share,
-        },
-    )
-
-
-def check_evaluation(context: dg.AssetExecutionContext, outcome: LabelOutcome, min_share: float) -> dg.AssetCheckEvaluation:
-    return partition_evaluation(context, check_result(outcome, min_share), outcome.day.isoformat(), blocking=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,104 +99,31 @@ def check_evaluation(context: dg.AssetExecutionContext, outcome: LabelOutcome, m
 def labelled_frame(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> Iterator[Any]:
     settings = quantgod.load()
     lab = settings.labelling
-    days = [dt.date.fromisoformat(key) for key in context.partition_keys]
+    days = partition_days(context)
     materialize = LABELS in context.selected_asset_keys
-    check_selected = any(key.asset_key == LABELS for key in context.selected_asset_check_keys)
     try:
         suffix = lab.suffix
     except ValueError as exc:
         raise dg.Failure(description=f"labelling settings in {settings.config_dir}: {exc}") from exc
-    started = time.perf_counter()
+    workers = settings.etl.worker_count(len(days)) if materialize else 1
     with run_log("labelling", settings.paths.logs_dir, suffix, forward_to=context.log, cumulative=True) as log:
         span = f"{days[0]}" if len(days) == 1 else f"{days[0]}...{days[-1]}"
         log.info(config_line(lab.lookahead, lab.threshold_short, lab.threshold_long))
         log.info(f"Labelling {span}: {len(days)} day(s), {lab.price_column}, "
-                 f"{(settings.paths.labelled_dir / suffix).as_posix()}, {workers_note(settings, len(days))}")
+                 f"{(settings.paths.labelled_dir / suffix).as_posix()}, {workers_note(workers)}")
+        work = label_day.produce_day if materialize else label_day.check_day  # checks only: read the day
+        outcomes = run_stage(days, partial(work, settings=settings), workers=workers, log=log,
+                             summarize=_final_distribution)
+    yield from report_days(context, LABELS, outcomes, materialize=materialize)
 
-        def write(outcome: LabelOutcome) -> None:
-            for level, line in outcome.lines:
-                log.log(level, line)
 
-        if materialize:
-            outcomes = label_range(days, settings, on_done=write)
-        else:
-            outcomes = [existing_outcome(day, settings) for day in days]
-            for outcome in outcomes:
-                write(outcome)
-        ok = [o for o in outcomes if o.error is None]
-        failed = [o for o in outcomes if o.reason]
-        if ok:
-            log.info(distribution_line("FINAL DISTRIBUTION", combine_distributions(o.distribution for o in ok)))
-        log.info(f"Done: {len(outcomes) - len(failed)} of {len(outcomes)} day(s) succeeded "
-                 f"in {time.perf_counter() - started:.1f} s")
-        if failed:
-            log.error(describe_failures(outcomes))
-
-    min_share = lab.min_class_share
-    if len(days) == 1 and context.has_partition_key:
-        outcome = outcomes[0]
-        if outcome.error:
-            raise dg.Failure(description=f"{outcome.day}: {outcome.error}")
-        results = [check_result(outcome, min_share)] if check_selected else []
-        if materialize:
-            yield dg.MaterializeResult(asset_key=LABELS, metadata=day_metadata(outcome, lab), check_results=results)
-        else:
-            yield from results
-        return  # a failed blocking check fails the step here (Dagster does it)
-
-    if materialize:
-        if all(o.error is None for o in outcomes):
-            for o in outcomes:
-                context.add_asset_metadata(day_metadata(o, lab), asset_key=LABELS, partition_key=o.day.isoformat())
-            yield dg.MaterializeResult(asset_key=LABELS)
-        else:
-            for o in ok:
-                yield dg.AssetMaterialization(asset_key=LABELS, partition=o.day.isoformat(),
-                                              metadata=day_metadata(o, lab))
-    if check_selected:
-        # yielded, not context.log_event(...): logged events still pending when the step raises are dropped
-        for o in ok:
-            yield check_evaluation(context, o, min_share)
-    if failed:
-        raise days_failure(outcomes, describe_failures(outcomes))
+def _final_distribution(outcomes: list) -> list[str]:
+    dists = [o.stats["distribution"] for o in outcomes if o.produced]
+    return [distribution_line("FINAL DISTRIBUTION", combine_distributions(dists))] if dists else []
 
 
 # ---------------------------------------------------------------------------------------------
 # The distribution over every labelled day
-
-
-def distribution_sql(parquet_glob: str) -> str:
-    escaped = parquet_glob.replace("'", "''")
-    return (
-        "SELECT regexp_extract(filename, '(\\d{4}-\\d{2}-\\d{2})\\.parquet$', 1) AS day, "
-        "target, count(*) AS n "
-        f"FROM read_parquet('{escaped}', filename = true, union_by_name = true) GROUP BY 1, 2"
-    )
-
-
-def month_table(rows: Sequence[tuple[str, Any, int]]) -> tuple[str, dict[str, dict[str, Any]]]:
-    """A markdown table of the class distribution per month, from (day, target, count) rows."""
-    months: dict[str, dict[str, Any]] = {}
-    for day, target, count in rows:
-        month = months.setdefault(day[:7], {"days": set(), "counts": [0, 0, 0], "unlabelled": 0})
-        month["days"].add(day)
-        if target is None:
-            month["unlabelled"] += int(count)
-        else:
-            month["counts"][int(target)] += int(count)
-    out: dict[str, dict[str, Any]] = {}
-    lines = ["| month | days | labelled | SELL | NEUTRAL | BUY | unlabelled |", "|---|---|---|---|---|---|---|"]
-    for key in sorted(months):
-        month = months[key]
-        labelled = sum(month["counts"])
-        shares = [c / labelled if labelled else 0.0 for c in month["counts"]]
-        cells = [f"{c} ({100 * s:.1f}%)" for c, s in zip(month["counts"], shares)]
-        lines.append(f"| {key} | {len(month['days'])} | {labelled} | {' | '.join(cells)} | {month['unlabelled']} |")
-        out[key] = {"days": len(month["days"]), "labelled": labelled,
-                    "counts": dict(zip(CLASS_NAMES, month["counts"])),
-                    "shares": {n: round(s, 6) for n, s in zip(CLASS_NAMES, shares)},
-                    "unlabelled": month["unlabelled"]}
-    return "\n".join(lines), out
 
 
 @dg.asset(
@@ -415,48 +144,35 @@ def label_distribution(
     if not any(folder.glob("*.parquet")):
         raise dg.Failure(description=f"no labelled days under {folder}; materialize labelled_frame first")
     with duckdb.get_connection() as conn:
-        rows = conn.execute(distribution_sql((folder / "*.parquet").as_posix())).fetchall()
-    counts = [0, 0, 0]
-    unlabelled = 0
-    for _, target, count in rows:
-        if target is None:
-            unlabelled += int(count)
-        else:
-            counts[int(target)] += int(count)
-    labelled = sum(counts)
-    dist = {
-        "counts": dict(zip(CLASS_NAMES, counts)),
-        "shares": {name: (c / labelled if labelled else 0.0) for name, c in zip(CLASS_NAMES, counts)},
-        "labelled": labelled,
-        "unlabelled": unlabelled,
-    }
+        rows = conn.execute(day_class_counts_sql((folder / "*.parquet").as_posix())).fetchall()
+    dist = distribution_from_rows((target, count) for _, target, count in rows)
     days = sorted({day for day, _, _ in rows})
     table, months = month_table(rows)
     line = distribution_line("FINAL DISTRIBUTION", dist)
     context.log.info(f"{suffix}: {len(days)} day(s) {days[0]}...{days[-1]}: {line}")
     metadata: dict[str, Any] = {
         "suffix": suffix,
-        "folder": dg.MetadataValue.path(str(folder.resolve())),
+        "folder": folder.resolve(),
         "days": len(days),
         "first_day": days[0],
         "last_day": days[-1],
-        "labelled_rows": labelled,
-        "unlabelled_rows": unlabelled,
-        **_class_metadata(dist),
+        "labelled_rows": dist["labelled"],
+        "unlabelled_rows": dist["unlabelled"],
+        **label_day.class_metadata(dist),
         "distribution": line,
-        "by_month": dg.MetadataValue.md(table),
-        "months": dg.MetadataValue.json(months),
+        "by_month": Markdown(table),
+        "months": months,
     }
     try:
         png = distribution_png(dist, f"{settings.symbol} labels {suffix}, {len(days)} day(s)")
-        metadata["chart"] = dg.MetadataValue.md(png_markdown(png, alt="label distribution"))
+        metadata["chart"] = Markdown(png_markdown(png, alt="label distribution"))
         period = "day" if len(days) <= 62 else "week" if len(days) <= 730 else "month"
         by_period = label_periods_png(label_periods(rows, period), f"{settings.symbol} labels {suffix} by {period}",
                                       period)
-        metadata[f"chart_by_{period}"] = dg.MetadataValue.md(png_markdown(by_period.png, alt=f"labels by {period}"))
+        metadata[f"chart_by_{period}"] = Markdown(png_markdown(by_period.png, alt=f"labels by {period}"))
     except Exception as exc:  # a picture is never worth failing the summary
         context.log.warning(f"label distribution chart skipped: {type(exc).__name__}: {exc}")
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata_values(metadata))
 
 
 label_assets = [labelled_frame, label_distribution]

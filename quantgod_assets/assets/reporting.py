@@ -1,0 +1,167 @@
+"""Reports a daily stage's outcomes to Dagster: the one place that knows how a range run is recorded.
+
+Daily assets use `BackfillPolicy.single_run()`, so `--partition-range A...B` (and a UI backfill)
+is one run whose step sees every partition key. `report_days` turns the stage's `DayOutcome`s into
+events so that each partition still gets its own record:
+- one partition: a `MaterializeResult` with its `check_results` (Dagster applies blocking checks),
+  or a `Failure` naming the day's error;
+- every day produced: per-partition metadata through `context.add_asset_metadata(...,
+  partition_key=)` and one `MaterializeResult`; Dagster writes one materialization a partition;
+- some days not produced: an `AssetMaterialization(partition=...)` for each produced day;
+then one `AssetCheckEvaluation(partition=...)` per produced day and selected check, and a `Failure`
+naming every failed day (an error or a failed blocking check) with its reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ..daily.outcome import CheckOutcome, DayOutcome, FilePath, Markdown, Url, describe_failures
+
+__all__ = ["check_result", "days_failure", "metadata_values", "partition_days", "report_days", "run_started"]
+
+
+def partition_days(context: dg.AssetExecutionContext) -> list[dt.date]:
+    return [dt.date.fromisoformat(key) for key in context.partition_keys]
+
+
+def run_started(context: dg.AssetExecutionContext) -> dt.datetime | None:
+    """The run's start in local time: every step of one run then writes one log file."""
+    record = context.instance.get_run_record_by_id(context.run.run_id)
+    return record.create_timestamp.astimezone().replace(tzinfo=None) if record else None
+
+
+def selected_checks(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> set[str]:
+    return {key.name for key in context.selected_asset_check_keys if key.asset_key == asset_key}
+
+
+def _metadata_value(value: Any) -> Any:
+    if isinstance(value, FilePath) or isinstance(value, Path):
+        return dg.MetadataValue.path(str(value))
+    if isinstance(value, Url):
+        return dg.MetadataValue.url(str(value))
+    if isinstance(value, Markdown):
+        return dg.MetadataValue.md(str(value))
+    if isinstance(value, (list, tuple, dict)):
+        return dg.MetadataValue.json(list(value) if isinstance(value, tuple) else value)
+    return value
+
+
+def metadata_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain metadata (paths, URLs, Markdown, lists and mappings marked as such) as Dagster values."""
+    return {key: _metadata_value(value) for key, value in values.items()}
+
+
+def check_result(asset_key: dg.AssetKey, check: CheckOutcome) -> dg.AssetCheckResult:
+    metadata = metadata_values(check.metadata)
+    if check.details_md:
+        metadata["details"] = dg.MetadataValue.md(check.details_md)
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=check.name,
+        passed=check.passed,
+        severity=dg.AssetCheckSeverity.ERROR if check.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+        description=check.description,
+        metadata=metadata,
+    )
+
+
+def _target_materialization(context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition: str) -> Any:
+    """The materialization a per-partition check evaluation refers to (None if not found)."""
+    try:
+        from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+            AssetCheckEvaluationTargetMaterializationData,
+        )
+
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+        ).records
+        if not records:
+            return None
+        record = records[0]
+        return AssetCheckEvaluationTargetMaterializationData(
+            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+        )
+    except Exception:  # the link is a nicety (and a private API); the evaluation stands without it
+        return None
+
+
+def partition_evaluation(
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey, check: CheckOutcome, outcome: DayOutcome
+) -> dg.AssetCheckEvaluation:
+    """One day's check as its own evaluation (a `MaterializeResult` carries one partition's only)."""
+    result = check_result(asset_key, check)
+    partition = outcome.day.isoformat()
+    return dg.AssetCheckEvaluation(
+        asset_key=asset_key,
+        check_name=check.name,
+        passed=result.passed,
+        metadata=result.metadata,
+        target_materialization_data=_target_materialization(context, asset_key, partition),
+        severity=result.severity,
+        description=result.description,
+        blocking=check.name in outcome.blocking,
+        partition=partition,
+    )
+
+
+def days_failure(outcomes: Sequence[DayOutcome]) -> dg.Failure:
+    """The failure of a range run: which days failed and why, which succeeded (written, recorded)."""
+    failed = [o for o in outcomes if o.reason]
+    table = "| day | reason |\n|---|---|\n" + "\n".join(
+        f"| {o.day} | {(o.reason or '').replace('|', '/')} |" for o in failed
+    )
+    return dg.Failure(
+        description=describe_failures(outcomes),
+        metadata={
+            "failed_days": dg.MetadataValue.json([o.day.isoformat() for o in failed]),
+            "succeeded_days": dg.MetadataValue.json([o.day.isoformat() for o in outcomes if not o.reason]),
+            "reasons": dg.MetadataValue.md(table),
+        },
+    )
+
+
+def report_days(
+    context: dg.AssetExecutionContext,
+    asset_key: dg.AssetKey,
+    outcomes: Sequence[DayOutcome],
+    *,
+    materialize: bool = True,
+) -> Iterator[Any]:
+    """The events of one step over `outcomes` (see the module docstring); raises the run's `Failure`."""
+    checks = selected_checks(context, asset_key)
+    if len(outcomes) == 1 and context.has_partition_key:
+        [outcome] = outcomes
+        if outcome.error:
+            raise dg.Failure(description=f"{outcome.day}: {outcome.error}")
+        results = [check_result(asset_key, c) for c in outcome.checks if c.name in checks]
+        if materialize:
+            yield dg.MaterializeResult(asset_key=asset_key, metadata=metadata_values(outcome.metadata),
+                                       check_results=results)
+        else:
+            yield from results
+        return  # a failed blocking check fails the step here (Dagster does it)
+
+    produced = [o for o in outcomes if o.produced]
+    if materialize and len(produced) == len(outcomes):
+        for o in produced:
+            context.add_asset_metadata(metadata_values(o.metadata), asset_key=asset_key,
+                                       partition_key=o.day.isoformat())
+        yield dg.MaterializeResult(asset_key=asset_key)
+    elif materialize:
+        for o in produced:
+            yield dg.AssetMaterialization(asset_key=asset_key, partition=o.day.isoformat(),
+                                          metadata=metadata_values(o.metadata))
+    for o in produced:
+        for check in o.checks:
+            if check.name in checks:
+                # yielded, not log_event: logged events reach the instance only at the next yield,
+                # so the Failure raised below would drop the good days' check results
+                yield partition_evaluation(context, asset_key, check, o)
+    if any(o.reason for o in outcomes):
+        raise days_failure(outcomes)

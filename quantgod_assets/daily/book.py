@@ -1,0 +1,195 @@
+"""The book stage's day: find (or download) the archive, convert it, check the 1440 rows.
+
+`produce_day` runs in a pool worker for `preprocessed_book`; `check_day` reads a day already
+written (a checks-only run); `find_day` is `raw_zip`'s day (locate or download, no conversion).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import traceback
+from logging import DEBUG, ERROR, INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+from ..archive import ArchiveNotFoundError, DownloadError, DownloadResult, download_archive, find_archive
+from ..orderbook.quality import CheckOutcome
+from ..plots import micro_price_png, png_markdown
+from ..settings import RawRootMissingError, Settings
+from .outcome import DayOutcome, FilePath, Markdown, Url, short_reason
+
+__all__ = ["BLOCKING_CHECKS", "check_day", "find_day", "locate_archive", "preflight", "produce_day"]
+
+BLOCKING_CHECKS = ("no_nan_or_inf", "schema", "gaps")
+PREVIEW_COLUMNS = ("ts", "mid_close", "micro_price", "spread", "imbalance_1", "n_msgs", "valid_seconds")
+PREVIEW_ROWS = 5
+
+
+def preflight(settings: Settings) -> None:
+    """Fails the whole run early when the archive root is missing (a mount that is down).
+
+    With downloads on and the default root (not set by QUANTGOD_RAW_ROOT), the root is created.
+    """
+    paths = settings.paths
+    if not paths.raw_root.exists() and settings.etl.download.enabled and not paths.raw_root_from_env:
+        paths.raw_root.mkdir(parents=True, exist_ok=True)
+    paths.require_raw_root()
+
+
+def locate_archive(day: dt.date, settings: Settings, *, download: bool = True) -> tuple[Path, DownloadResult | None]:
+    """The day's archive under the root; downloaded first when missing and downloads are on."""
+    root = settings.paths.require_raw_root()
+    depths = settings.etl.depths
+    found = find_archive(root, day, settings.symbol, depths)
+    if found is not None:
+        return found, None
+    dl = settings.etl.download
+    if not (download and dl.enabled):
+        names = " or ".join(f"{day.isoformat()}_{settings.symbol}_ob{d}.data.zip" for d in depths)
+        raise ArchiveNotFoundError(
+            f"{day}: no archive {names} under {root} (searched recursively); "
+            "download is off (download.enabled in etl.yaml)"
+        )
+    result = download_archive(day, settings.symbol, root, dl.base_url, depths=depths, timeout_s=dl.timeout_s)
+    return result.path, result
+
+
+def archive_depth(path: Path) -> int:
+    """200 from `2025-03-14_BTCUSDT_ob200.data.zip`."""
+    return int(path.name.rsplit("_ob", 1)[1].split(".", 1)[0])
+
+
+def find_day(day: dt.date, settings: Settings) -> DayOutcome:
+    """`raw_zip`'s day: the archive's path, size and depth, downloaded first when missing."""
+    outcome = DayOutcome(day)
+    try:
+        path, downloaded = locate_archive(day, settings)
+    except (OSError, ValueError) as exc:
+        return outcome.fail(str(exc), str(day))
+    size = path.stat().st_size
+    outcome.path = path
+    outcome.metadata = {"path": FilePath(path), "size": size, "size_mb": round(size / 1e6, 1),
+                        "depth": archive_depth(path)}
+    if downloaded is not None:
+        outcome.metadata["downloaded_from"] = Url(downloaded.url)
+        outcome.log(INFO, f"Downloaded: {downloaded.url} -> {path} ({downloaded.bytes / 1e6:.1f} MB)")
+    else:
+        outcome.log(INFO, f"Found: {path} ({size / 1e6:.1f} MB, ob{archive_depth(path)})")
+    return outcome
+
+
+def _check_lines(outcome: DayOutcome) -> None:
+    for check in outcome.checks:
+        if check.passed:
+            continue
+        level = ERROR if check.severity == "ERROR" else WARNING
+        if check.name == "no_nan_or_inf":
+            outcome.log(level, check.description)
+        elif check.name == "gaps":
+            intervals = check.metadata.get("gap_intervals", [])
+            shown = ", ".join(intervals[:5]) + (f" (+{len(intervals) - 5} more)" if len(intervals) > 5 else "")
+            outcome.log(level, f"Significant gaps: {check.description}" + (f": {shown}" if shown else ""))
+        else:
+            outcome.log(level, f"Check {check.name} failed: {check.description}")
+
+
+def _summary_metadata(summary: Any, archive: Path, download: DownloadResult | None) -> dict[str, Any]:
+    """The materialization's metadata from the conversion's `EtlSummary`."""
+    counts = dict(summary.counts)
+    metadata: dict[str, Any] = {
+        "path": FilePath(summary.output.resolve()),
+        "archive": FilePath(archive),
+        "dagster/row_count": summary.rows,
+        "rows": summary.rows,
+        "bytes": summary.bytes_out,
+        "bytes_in": summary.bytes_in,
+        "mb_per_s": round(summary.mb_per_s, 1),
+        "seconds": round(summary.seconds, 2),
+        "source_depth": summary.source_depth,
+        "valid_share": round(summary.valid_share, 6),
+        "messages": counts.get("n_messages", 0),
+        "snapshots": counts.get("n_snapshots", 0),
+        "sequence_gaps": counts.get("seq_gaps", 0),
+        "crossed_messages": counts.get("crossed_messages", 0),
+        "bad_lines": counts.get("bad_lines", 0),
+        "counts": counts,
+        "gap_intervals": [f"{a}-{b}" for a, b in summary.gap_intervals[:100]],
+    }
+    if download is not None:
+        metadata["downloaded_from"] = Url(download.url)
+    return metadata
+
+
+def _preview(outcome: DayOutcome, frame: Any, settings: Settings, plot: bool) -> None:
+    from ..orderbook.quality import markdown_table
+
+    shown = [c for c in PREVIEW_COLUMNS if c in frame.columns]
+    outcome.metadata["preview"] = Markdown(markdown_table(frame.select(shown).head(PREVIEW_ROWS)))
+    if not plot:
+        return
+    try:
+        png = micro_price_png(frame, outcome.day, settings.symbol)
+    except Exception as exc:  # a picture is never worth failing a day
+        outcome.log(WARNING, f"micro_price plot skipped: {type(exc).__name__}: {exc}")
+        return
+    if png:
+        outcome.metadata["micro_price"] = Markdown(png_markdown(png))
+
+
+def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot: bool = True) -> DayOutcome:
+    """Finds, converts and checks one day; never raises for a bad day (see `DayOutcome.reason`)."""
+    import polars as pl
+
+    from ..orderbook.etl import OrderBookInputError, convert_day
+    from ..orderbook.quality import run_checks
+    from ..orderbook.replay import ReplayConfig
+
+    outcome = DayOutcome(day, blocking=BLOCKING_CHECKS)
+    name = f"{day.isoformat()}_{settings.symbol}"
+    try:
+        archive, downloaded = locate_archive(day, settings, download=download)
+        name = archive.name
+        if downloaded is not None:
+            outcome.log(INFO, f"Downloaded: {downloaded.url} -> {archive} "
+                              f"({downloaded.bytes / 1e6:.1f} MB in {downloaded.seconds:.1f} s)")
+        outcome.log(INFO, f"Processing: {name}")
+        config = ReplayConfig(max_silence_s=settings.etl.max_silence_s, skip_bad_lines=settings.etl.skip_bad_lines)
+        output = settings.paths.preprocessed_path(day)
+        summary = convert_day(archive, output, day=day, symbol=settings.symbol, config=config)
+        outcome.path = output
+        outcome.metadata = _summary_metadata(summary, archive, downloaded)
+        outcome.log(INFO, f"Rows after resample: {summary.rows}")
+        outcome.log(INFO, f"Saved: {output.as_posix()} ({summary.bytes_out / 1e6:.1f} MB)")
+        outcome.log(INFO, f"Summary: {summary.line()}")
+        frame = pl.read_parquet(output)
+        outcome.checks = run_checks(frame, warn_share=settings.etl.gap_warn_share,
+                                    fail_share=settings.etl.gap_fail_share, intervals=summary.gap_intervals)
+        _check_lines(outcome)
+        _preview(outcome, frame, settings, plot)
+    except (OrderBookInputError, ArchiveNotFoundError, DownloadError, RawRootMissingError) as exc:
+        return outcome.fail(str(exc), name)
+    except Exception as exc:  # a bug, not bad input: the short reason in the run, the traceback in the file
+        outcome.log(DEBUG, "".join(traceback.format_exception(exc)).rstrip())
+        return outcome.fail(short_reason(exc), name)
+    if outcome.blocking_failures:
+        outcome.log(ERROR, f"Failed: {name}: {outcome.reason}")
+    return outcome
+
+
+def check_day(day: dt.date, settings: Settings) -> DayOutcome:
+    """The checks on an already written day (a checks-only run); the gap intervals come from minutes."""
+    from ..orderbook.quality import run_checks
+
+    outcome = DayOutcome(day, blocking=BLOCKING_CHECKS)
+    path = settings.paths.preprocessed_path(day)
+    if not path.is_file():
+        return outcome.fail(f"{day}: {path} does not exist; materialize preprocessed_book first")
+    try:
+        checks: list[CheckOutcome] = run_checks(path, warn_share=settings.etl.gap_warn_share,
+                                                fail_share=settings.etl.gap_fail_share)
+    except Exception as exc:
+        return outcome.fail(f"{path}: {type(exc).__name__}: {exc}")
+    outcome.path, outcome.checks = path, checks
+    outcome.log(INFO, f"Checked: {path.as_posix()}")
+    _check_lines(outcome)
+    return outcome

@@ -1,0 +1,85 @@
+"""One day's result of a daily stage, as plain data the Dagster layer reports without reshaping.
+
+A stage never raises for a bad day: it returns a `DayOutcome` whose `reason` says why the day
+failed (an error, or a blocking check that failed). Metadata values are plain Python; the few kinds
+a person reads differently are marked with `FilePath`, `Url` and `Markdown`, which the reporter
+turns into the matching Dagster metadata values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..orderbook.quality import CheckOutcome
+
+__all__ = ["CheckOutcome", "DayOutcome", "FilePath", "Markdown", "Url", "describe_failures", "short_reason"]
+
+
+class FilePath(str):
+    """A metadata value that is a local path."""
+
+
+class Url(str):
+    """A metadata value that is a URL."""
+
+
+class Markdown(str):
+    """A metadata value shown as Markdown (tables, inline pictures)."""
+
+
+@dataclass
+class DayOutcome:
+    day: dt.date
+    error: str | None = None  # the day could not be produced (bad input, missing file, a bug)
+    path: Path | None = None  # the day's output
+    checks: list[CheckOutcome] = field(default_factory=list)
+    blocking: tuple[str, ...] = ()  # names of the checks whose failure fails the day
+    metadata: dict[str, Any] = field(default_factory=dict)  # the materialization's, plain values
+    stats: dict[str, Any] = field(default_factory=dict)  # the stage's own numbers for its run summary
+    lines: list[tuple[int, str]] = field(default_factory=list)  # (logging level, line) for the run log
+
+    @property
+    def produced(self) -> bool:
+        """The day's output was written (its checks may still have failed)."""
+        return self.error is None
+
+    @property
+    def blocking_failures(self) -> list[CheckOutcome]:
+        return [c for c in self.checks if c.failed_error and c.name in self.blocking]
+
+    @property
+    def reason(self) -> str | None:
+        """Why the day counts as failed: an error or a failed blocking check; None when it succeeded."""
+        if self.error:
+            return self.error
+        bad = self.blocking_failures
+        if bad:
+            return "; ".join(f"check {c.name} failed: {c.description}" for c in bad)
+        return None
+
+    def log(self, level: int, line: str) -> None:
+        self.lines.append((level, line))
+
+    def fail(self, error: str, where: str | None = None) -> DayOutcome:
+        """Marks the day failed with `error` and logs `Failed: {where}: {error}` (`where`: a file name)."""
+        self.error = error
+        self.log(logging.ERROR, f"Failed: {where}: {error}" if where else f"Failed: {error}")
+        return self
+
+
+def short_reason(exc: BaseException, limit: int = 300) -> str:
+    """`Type: first line` of an unexpected exception, cut to `limit` characters."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {first}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_failures(outcomes: Sequence[DayOutcome]) -> str:
+    """`N of M day(s) failed:` and one `- day: reason` line per failed day."""
+    failed = [o for o in outcomes if o.reason]
+    return "\n".join([f"{len(failed)} of {len(outcomes)} day(s) failed:", *[f"- {o.day}: {o.reason}" for o in failed]])
