@@ -8,7 +8,8 @@ from __future__ import annotations
 import multiprocessing
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 Day = TypeVar("Day")
@@ -41,6 +42,19 @@ def run_days(
             else:
                 on_result(day, result, None)
         return
+    unfinished = _run_pooled(fn, days, workers, on_result)
+    if unfinished:
+        # A dead worker (the OOM killer, a crash in native code) breaks the whole pool and every
+        # day still in it, and which day killed it is unknown: give each of those days a process
+        # of its own, so only the day that kills its worker again fails.
+        with ThreadPoolExecutor(max_workers=min(workers, len(unfinished))) as threads:
+            list(threads.map(lambda day: _run_isolated(fn, day, on_result), unfinished))
+
+
+def _run_pooled(fn: Callable[[Day], Any], days: Sequence[Day], workers: int,
+                on_result: Callable[[Day, Any, BaseException | None], None]) -> list[Day]:
+    """Runs `days` on one pool; returns the days lost when a worker died (the pool is then broken)."""
+    broken: list[Day] = []
     with ProcessPoolExecutor(max_workers=min(workers, len(days)), mp_context=pool_context()) as pool:
         pending: dict[Future, Day] = {pool.submit(fn, day): day for day in days}
         while pending:
@@ -49,7 +63,22 @@ def run_days(
                 day = pending.pop(future)
                 try:
                     result = future.result()
+                except BrokenProcessPool:
+                    broken.append(day)
                 except Exception as exc:
                     on_result(day, None, exc)
                 else:
                     on_result(day, result, None)
+    order = {day: i for i, day in enumerate(days)}
+    return sorted(broken, key=order.__getitem__)
+
+
+def _run_isolated(fn: Callable[[Day], Any], day: Day,
+                  on_result: Callable[[Day, Any, BaseException | None], None]) -> None:
+    with ProcessPoolExecutor(max_workers=1, mp_context=pool_context()) as pool:
+        try:
+            result = pool.submit(fn, day).result()
+        except Exception as exc:  # BrokenProcessPool too: this day's own worker died
+            on_result(day, None, exc)
+        else:
+            on_result(day, result, None)

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 
 from ..day_pool import run_days
 from .outcome import DayOutcome, describe_failures, short_reason
@@ -43,7 +44,7 @@ def run_stage(
 
     def done(day: dt.date, outcome: DayOutcome | None, exc: BaseException | None) -> None:
         if exc is not None or outcome is None:  # `work` catches everything: this worker died
-            outcome = DayOutcome(day).fail(f"worker failed: {short_reason(exc or RuntimeError('no result'))}", str(day))
+            outcome = DayOutcome(day).fail(_worker_failure(exc), str(day))
         outcomes[day] = outcome
         write_lines(log, outcome)
 
@@ -57,6 +58,12 @@ def run_stage(
     if failed:
         log.error(describe_failures(ordered))
     return ordered
+
+
+def _worker_failure(exc: BaseException | None) -> str:
+    if isinstance(exc, BrokenProcessPool):
+        return "its worker process died (killed, e.g. by the OOM killer, or crashed); the other days went on"
+    return f"worker failed: {short_reason(exc or RuntimeError('no result'))}"
 
 
 def workers_note(workers: int) -> str:

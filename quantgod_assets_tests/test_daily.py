@@ -1,0 +1,83 @@
+"""The daily-stage runner and the plain stages, without Dagster."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+from functools import partial
+
+import polars as pl
+
+from quantgod_assets.daily import labels as label_stage
+from quantgod_assets.daily.outcome import DayOutcome, describe_failures
+from quantgod_assets.daily.runner import run_stage
+from quantgod_assets.labelling import combine_distributions, label_suffix, labelled_distribution
+from quantgod_assets.orderbook.quality import CheckOutcome
+from quantgod_assets.settings import load_settings
+
+from .builders import write_pre_days
+
+DAY = dt.date(2025, 3, 14)
+
+
+def _day_or_die(day: dt.date, doomed: dt.date) -> DayOutcome:
+    """A stage whose worker is killed (as the OOM killer does) on `doomed`."""
+    if day == doomed:
+        os.kill(os.getpid(), signal.SIGKILL)
+    outcome = DayOutcome(day)
+    outcome.log(logging.INFO, f"done {day}")
+    return outcome
+
+
+def _records(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_a_killed_worker_fails_only_its_own_day(caplog):
+    days = [DAY + dt.timedelta(days=k) for k in range(5)]
+    log = logging.getLogger("quantgod.test.runner")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        outcomes = run_stage(days, partial(_day_or_die, doomed=days[2]), workers=2, log=log)
+    assert [o.day for o in outcomes] == days
+    assert [o.reason is None for o in outcomes] == [True, True, False, True, True]
+    assert "worker process died" in outcomes[2].reason
+    messages = _records(caplog)
+    assert {f"done {d}" for d in days if d != days[2]} <= set(messages)
+    assert "Done: 4 of 5 day(s) succeeded" in " ".join(messages)
+    assert f"- {days[2]}: its worker process died" in describe_failures(outcomes)
+
+
+def test_a_failed_blocking_check_is_the_days_reason_a_warning_is_not():
+    warn = CheckOutcome("gaps", passed=False, severity="WARN", description="2% invalid")
+    error = CheckOutcome("schema", passed=False, severity="ERROR", description="1439 rows")
+    informative = CheckOutcome("not_crossed", passed=False, severity="ERROR", description="1 crossed minute")
+    outcome = DayOutcome(DAY, checks=[warn, informative], blocking=("gaps", "schema"))
+    assert outcome.produced and outcome.reason is None  # a WARN and a non-blocking ERROR
+    outcome.checks.append(error)
+    assert outcome.reason == "check schema failed: 1439 rows"
+    assert DayOutcome(DAY).fail("bad zip", "x.zip").lines == [(logging.ERROR, "Failed: x.zip: bad zip")]
+
+
+def test_the_label_stage_on_a_pool_matches_the_duckdb_distribution(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTGOD_DATA_DIR", str(tmp_path))
+    settings = load_settings()
+    days = [DAY + dt.timedelta(days=k) for k in range(3)]
+    write_pre_days(settings.paths.preprocessed_dir, days)
+    missing = days[-1] + dt.timedelta(days=1)
+    outcomes = run_stage([*days, missing], partial(label_stage.produce_day, settings=settings), workers=2,
+                         log=logging.getLogger("quantgod.test.labels"))
+    assert [o.produced for o in outcomes] == [True, True, True, False]
+    assert "no preprocessed book" in outcomes[-1].reason
+    per_day = [class_distribution_of(o) for o in outcomes[:3]]
+    assert labelled_distribution(settings.paths.labelled_dir / label_suffix()) == combine_distributions(per_day)
+    first = outcomes[0]
+    assert first.metadata["next_day_present"] is True and outcomes[2].metadata["next_day_present"] is False
+    assert first.metadata["rows"] == pl.read_parquet(first.path).height == 1440
+    [check] = first.checks
+    assert check.name == "class_balance" and check.metadata["labelled_rows"] == 1440
+
+
+def class_distribution_of(outcome: DayOutcome) -> dict:
+    return outcome.stats["distribution"]
