@@ -1,55 +1,17 @@
-"""Shared fixtures for the platform tests: short generated days and a QuantGod environment in temp folders."""
+"""Shared fixtures for the platform tests (short generated days, a QuantGod environment in temp
+folders) and the test tiers: every test gets one tier marker from its module (TIERS below).
+Plain builders live in builders.py."""
 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHORT_DAY_S = 600  # ten minutes of messages: the rest of the day is a gap (fast, and a known gap share)
-DAY1, DAY2, BAD_DAY = dt.date(2025, 3, 14), dt.date(2025, 3, 15), dt.date(2025, 3, 16)
+from .builders import BAD_DAY, DAY1, DAY2, REPO, SHORT_DAY_S, QuantGodEnv, make_env
 
-
-@dataclass
-class QuantGodEnv:
-    root: Path
-    raw_root: Path
-    data_dir: Path
-    logs_dir: Path
-    config_dir: Path
-    dagster_home: Path
-
-    def env(self) -> dict[str, str]:
-        return {
-            "QUANTGOD_RAW_ROOT": str(self.raw_root),
-            "QUANTGOD_DATA_DIR": str(self.data_dir),
-            "QUANTGOD_LOGS_DIR": str(self.logs_dir),
-            "QUANTGOD_CONFIG_DIR": str(self.config_dir),
-            "QUANTGOD_SYMBOL": "BTCUSDT",
-            "DAGSTER_HOME": str(self.dagster_home),
-        }
-
-    def set_etl(self, **changes: object) -> None:
-        """Rewrites the temp etl.yaml with `key: value` lines changed (top-level or under checks:)."""
-        import yaml
-
-        path = self.config_dir / "etl.yaml"
-        data = yaml.safe_load(path.read_text())
-        for key, value in changes.items():
-            if key in ("gap_warn_share", "gap_fail_share"):
-                data.setdefault("checks", {})[key] = value
-            elif key.startswith("download_"):
-                data.setdefault("download", {})[key.removeprefix("download_")] = value
-            else:
-                data[key] = value
-        path.write_text(yaml.safe_dump(data))
-
-    def preprocessed(self, day: dt.date) -> Path:
-        return self.data_dir / "L2" / "pre_processed" / f"{day.isoformat()}.parquet"
+__all__ = ["BAD_DAY", "DAY1", "DAY2", "REPO", "SHORT_DAY_S", "QuantGodEnv", "make_env"]
 
 
 @pytest.fixture(scope="session")
@@ -63,28 +25,6 @@ def short_archives(tmp_path_factory) -> dict[dt.date, Path]:
     return {DAY1: good[0], DAY2: good[1], BAD_DAY: bad[0]}
 
 
-def make_env(base: Path, archives: dict[dt.date, Path], *, lenient_gaps: bool = True) -> QuantGodEnv:
-    env = QuantGodEnv(
-        root=base,
-        raw_root=base / "mnt" / "bybit",
-        data_dir=base / "data",
-        logs_dir=base / "logs",
-        config_dir=base / "configs",
-        dagster_home=base / "dagster_home",
-    )
-    for day, path in archives.items():
-        target = env.raw_root / f"{day.year}" / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    shutil.copytree(REPO / "configs", env.config_dir)
-    env.dagster_home.mkdir()
-    shutil.copyfile(REPO / "configs" / "dagster.yaml", env.dagster_home / "dagster.yaml")
-    if lenient_gaps:
-        # a short generated day is ~99 % gap: let it pass so the other behaviour can be seen
-        env.set_etl(gap_warn_share=0.995, gap_fail_share=1.0)
-    return env
-
-
 @pytest.fixture
 def qg_env(tmp_path, short_archives, monkeypatch) -> QuantGodEnv:
     """QUANTGOD_* variables pointing at temp folders holding the short archives (gap limits relaxed)."""
@@ -92,3 +32,102 @@ def qg_env(tmp_path, short_archives, monkeypatch) -> QuantGodEnv:
     for key, value in env.env().items():
         monkeypatch.setenv(key, value)
     return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiers: every test gets exactly one of these markers, from its module (TIERS) or, for the few
+# tests whose kind differs from the rest of their module, from TIER_OF_TEST. `pytest -m unit`,
+# `-m "not slow"`, `-m "dagster or cli"` select by them; test_tiers.py fails when a test has none.
+#   unit      plain functions (numba engine, frames, settings, plots, metrics, small torch modules)
+#   dagster   Dagster definitions and in-process `dagster.materialize`
+#   cli       the project's programs in other processes: quantgod / dagster CLI, webserver,
+#             Optuna worker processes, the browser
+#   training  trains torch models, runs Optuna studies or logs to MLflow (in-process)
+# SLOW lists the tests that take more than ~3 s on a 2-core machine (`pytest --durations=0`):
+# `pytest -m "not slow"` is the inner loop, the plain `pytest` (CI) runs everything.
+
+TIER_NAMES = ("unit", "dagster", "cli", "training")
+
+TIERS = {
+    "test_archive.py": "unit",
+    "test_assets_book.py": "dagster",
+    "test_assets_labels.py": "dagster",
+    "test_assets_ml.py": "training",
+    "test_cli_dagster.py": "cli",
+    "test_definitions.py": "dagster",
+    "test_deploy.py": "dagster",
+    "test_end_to_end_signal.py": "training",
+    "test_labelling.py": "unit",
+    "test_logs.py": "unit",
+    "test_plots.py": "unit",
+    "test_progress.py": "unit",
+    "test_settings.py": "unit",
+    "test_tiers.py": "unit",
+    "test_ui_browser.py": "cli",
+    "ml/test_backtest.py": "unit",
+    "ml/test_baselines.py": "unit",
+    "ml/test_dataset.py": "unit",
+    "ml/test_features.py": "unit",
+    "ml/test_models.py": "unit",
+    "ml/test_splits.py": "unit",
+    "ml/test_tracking.py": "training",
+    "ml/test_train.py": "training",
+    "ml/test_tune.py": "training",
+    "orderbook/test_engine_vs_reference.py": "unit",
+    "orderbook/test_etl.py": "unit",
+    "orderbook/test_reader.py": "unit",
+    "orderbook/test_reference.py": "unit",
+    "orderbook/test_replay.py": "unit",
+    "orderbook/test_synthetic.py": "unit",
+}
+
+# "module::test function" (all its parametrizations) -> tier, where it differs from the module's
+TIER_OF_TEST = {
+    "test_assets_labels.py::test_cli_range_labels_two_days_in_one_run": "cli",
+    "test_assets_ml.py::test_model_through_the_cli_with_default_stores": "cli",
+    "test_deploy.py::test_two_worker_processes_share_a_journal_study": "cli",
+    "test_plots.py::test_cli_plots_writes_the_days_pictures": "cli",
+    "test_plots.py::test_cli_plots_on_a_converted_generated_day_without_labels": "cli",
+    "test_plots.py::test_cli_plots_missing_day_names_the_file": "cli",
+    "test_plots.py::test_cli_generate_reports_progress_and_matches_generate_days": "cli",
+    "orderbook/test_etl.py::test_cli_etl_prints_one_summary_line": "cli",
+    "orderbook/test_etl.py::test_cli_etl_names_the_bad_file": "cli",
+}
+
+# "module::test function" measured above ~3 s (`@pytest.mark.slow` in a module counts as well)
+SLOW: set[str] = set()
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def tier_key(item: pytest.Item) -> tuple[str, str]:
+    """(module path relative to quantgod_assets_tests/, test function name without parameters)."""
+    module = Path(str(item.path)).resolve().relative_to(TESTS_DIR).as_posix()
+    return module, getattr(item, "originalname", item.name)
+
+
+COLLECTED_TIERS = pytest.StashKey[dict[str, list[str]]]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seen = config.stash.setdefault(COLLECTED_TIERS, {})
+    for item in items:
+        module, name = tier_key(item)
+        tier = TIER_OF_TEST.get(f"{module}::{name}", TIERS.get(module))
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+        if f"{module}::{name}" in SLOW and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+        seen[item.nodeid] = [m.name for m in item.iter_markers() if m.name in TIER_NAMES]
+
+
+@pytest.fixture
+def collected_tiers(request) -> dict[str, list[str]]:
+    """node id -> its tier markers, for every test collected in this session (before `-m`/`-k`)."""
+    return request.config.stash[COLLECTED_TIERS]
+
+
+@pytest.fixture
+def tier_tables() -> dict[str, object]:
+    return {"dir": TESTS_DIR, "names": TIER_NAMES, "tiers": TIERS, "tier_of_test": TIER_OF_TEST, "slow": SLOW}

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import http.server
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from quantgod_assets.archive import (
     download_archive,
     find_archive,
 )
+
+from .builders import ArchiveServer
 
 DAY = dt.date(2025, 3, 14)
 
@@ -53,46 +54,6 @@ def test_archive_url():
 
 # ---------------------------------------------------------------------------------------------
 # A real HTTP server on 127.0.0.1
-
-
-class ArchiveServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.files: dict[str, bytes] = {}
-        self.drop_after: dict[str, int] = {}  # path -> bytes sent before the connection is cut
-        self.requests: list[str] = []
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/orderbook/linear"
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    server: ArchiveServer
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        cut = self.server.drop_after.get(self.path)
-        if cut is None:
-            self.wfile.write(data)
-            return
-        self.wfile.write(data[:cut])
-        self.wfile.flush()
-        self.close_connection = True
-        self.connection.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from quantgod_assets.orderbook import quality
 from quantgod_assets.orderbook.schema import MINUTES_PER_DAY, OUT_LEVELS, book_schema
 from quantgod_assets.resources import resources
 
-from .conftest import DAY1, DAY2
+from .builders import DAY1, DAY2, materialize
 
 BOOK = dg.AssetKey("preprocessed_book")
 
@@ -122,18 +122,8 @@ def test_crossed_minutes_are_found():
 # In-process Dagster
 
 
-def materialize_day(day: dt.date, assets=None, **kwargs) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        assets or [raw_zip, preprocessed_book],
-        partition_key=day.isoformat(),
-        resources=resources(),
-        raise_on_error=False,
-        **kwargs,
-    )
-
-
 def test_one_partition_in_process(qg_env):
-    result = materialize_day(DAY1)
+    result = materialize([raw_zip, preprocessed_book], partition=DAY1)
     assert result.success
     path = qg_env.preprocessed(DAY1)
     frame = pl.read_parquet(path)
@@ -168,14 +158,14 @@ def test_one_partition_in_process(qg_env):
 
     # re-running replaces exactly that day
     before = path.stat().st_mtime_ns
-    assert materialize_day(DAY1, [preprocessed_book]).success
+    assert materialize([preprocessed_book], partition=DAY1).success
     assert path.stat().st_mtime_ns >= before and pl.read_parquet(path).equals(frame)
     assert sorted(p.name for p in path.parent.iterdir()) == ["2025-03-14.parquet"]
 
 
 def test_blocking_gap_check_fails_the_run_with_the_intervals(qg_env):
     qg_env.set_etl(gap_warn_share=0.01, gap_fail_share=0.10)
-    result = materialize_day(DAY1, [preprocessed_book])
+    result = materialize([preprocessed_book], partition=DAY1)
     assert not result.success
     [gaps] = [e for e in result.get_asset_check_evaluations() if e.check_name == "gaps"]
     assert not gaps.passed and gaps.severity == dg.AssetCheckSeverity.ERROR
@@ -216,7 +206,7 @@ def test_checks_fail_through_dagster_on_a_day_built_to_fail_them(qg_env):
 
 
 def test_missing_archive_with_download_off_is_a_clear_failure(qg_env):
-    result = materialize_day(dt.date(2025, 5, 1))
+    result = materialize([raw_zip, preprocessed_book], partition=dt.date(2025, 5, 1))
     assert not result.success
     failure = result.failure_data_for_node("raw_zip")
     message = failure.user_failure_data.description
@@ -225,14 +215,14 @@ def test_missing_archive_with_download_off_is_a_clear_failure(qg_env):
 
 def test_missing_root_names_the_setting(qg_env, monkeypatch):
     monkeypatch.setenv("QUANTGOD_RAW_ROOT", str(qg_env.root / "unmounted"))
-    result = materialize_day(DAY1, [preprocessed_book])
+    result = materialize([preprocessed_book], partition=DAY1)
     assert not result.success
     message = result.failure_data_for_node("preprocessed_book").user_failure_data.description
     assert "QUANTGOD_RAW_ROOT" in message and "mount may be down" in message
 
 
 def test_raw_zip_downloads_a_missing_day(qg_env, short_archives):
-    from .test_archive import ArchiveServer
+    from .builders import ArchiveServer
 
     day = dt.date(2025, 6, 2)
     server = ArchiveServer()
@@ -241,7 +231,7 @@ def test_raw_zip_downloads_a_missing_day(qg_env, short_archives):
     thread.start()
     try:
         qg_env.set_etl(download_enabled=True, download_base_url=server.base_url)
-        result = materialize_day(day, [raw_zip])
+        result = materialize([raw_zip], partition=day)
     finally:
         server.shutdown()
         server.server_close()
@@ -252,9 +242,9 @@ def test_raw_zip_downloads_a_missing_day(qg_env, short_archives):
 
 
 def test_duckdb_summary_over_the_days(qg_env):
-    assert materialize_day(DAY1, [preprocessed_book]).success
-    assert materialize_day(DAY2, [preprocessed_book]).success
-    result = dg.materialize([preprocessed_book_days], resources=resources(), raise_on_error=False)
+    assert materialize([preprocessed_book], partition=DAY1).success
+    assert materialize([preprocessed_book], partition=DAY2).success
+    result = materialize([preprocessed_book_days])
     assert result.success
     [event] = result.asset_materializations_for_node("preprocessed_book_days")
     assert event.metadata["days"].value == 2

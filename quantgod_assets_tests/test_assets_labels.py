@@ -22,8 +22,7 @@ from quantgod_assets.orderbook.schema import book_columns
 from quantgod_assets.partitions import daily_partitions
 from quantgod_assets.resources import resources
 
-from .conftest import DAY1, DAY2, QuantGodEnv, make_env
-from .ml import make_day_frame
+from .builders import DAY1, DAY2, QuantGodEnv, make_day_frame, make_env, materialize
 
 LABELS = dg.AssetKey("labelled_frame")
 BOOK = dg.AssetKey("preprocessed_book")
@@ -66,17 +65,6 @@ def labelled(env: QuantGodEnv, day: dt.date, suffix: str = SUFFIX):
     return env.data_dir / "L2" / "labelled" / suffix / f"{day.isoformat()}.parquet"
 
 
-def materialize(assets, instance=None, day: dt.date | None = DAY1, **kwargs) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        assets,
-        partition_key=day.isoformat() if day else None,
-        resources=resources(),
-        raise_on_error=False,
-        instance=instance,
-        **kwargs,
-    )
-
-
 def user_messages(instance: dg.DagsterInstance, result) -> list[str]:
     return [e.user_message for e in instance.all_logs(result.run_id) if e.dagster_event is None]
 
@@ -112,7 +100,7 @@ def test_definitions_wire_labels_to_the_book_of_d_and_d_plus_1():
 def test_tail_is_null_without_the_next_day_and_filled_after_it_arrives(lab_env):
     write_day(lab_env, DAY1, day_prices())
     with dg.DagsterInstance.ephemeral() as instance:
-        result = materialize([labelled_frame], instance)
+        result = materialize([labelled_frame], instance=instance, partition=DAY1)
         assert result.success
         frame = pl.read_parquet(labelled(lab_env, DAY1))
         assert frame.columns == [*book_columns(), "fwd_return", "target"]
@@ -135,7 +123,7 @@ def test_tail_is_null_without_the_next_day_and_filled_after_it_arrives(lab_env):
 
         # D+1 arrives (1 % higher): materializing D again labels its tail BUY
         write_day(lab_env, DAY2, day_prices(BASE * 1.01))
-        result = materialize([labelled_frame], instance)
+        result = materialize([labelled_frame], instance=instance, partition=DAY1)
         assert result.success
         frame = pl.read_parquet(labelled(lab_env, DAY1))
         assert frame["target"].null_count() == 0
@@ -168,9 +156,9 @@ def test_tail_is_null_without_the_next_day_and_filled_after_it_arrives(lab_env):
 
 def test_other_settings_write_their_own_suffix_folder(lab_env):
     write_day(lab_env, DAY1, day_prices())
-    assert materialize([labelled_frame]).success
+    assert materialize([labelled_frame], partition=DAY1).success
     set_labelling(lab_env, lookahead=30, threshold_short=-0.005)
-    result = materialize([labelled_frame])
+    result = materialize([labelled_frame], partition=DAY1)
     assert result.success
     suffix = "SELL_0005_BUY_0008_30m"
     assert labelled(lab_env, DAY1, suffix).is_file() and labelled(lab_env, DAY1).is_file()
@@ -183,7 +171,7 @@ def test_other_settings_write_their_own_suffix_folder(lab_env):
 
 def test_class_balance_fails_a_one_class_day_and_blocks_downstream(lab_env):
     write_day(lab_env, DAY1, np.full(1440, BASE))  # flat: every labelled minute is NEUTRAL
-    result = materialize([labelled_frame])
+    result = materialize([labelled_frame], partition=DAY1)
     assert not result.success
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
@@ -199,7 +187,7 @@ def test_class_balance_fails_a_one_class_day_and_blocks_downstream(lab_env):
 
 def test_class_balance_warns_on_a_rare_class(lab_env):
     write_day(lab_env, DAY1, rare_sell_prices())
-    result = materialize([labelled_frame])
+    result = materialize([labelled_frame], partition=DAY1)
     assert result.success
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
@@ -210,7 +198,7 @@ def test_class_balance_warns_on_a_rare_class(lab_env):
     assert "[WARNING] Class balance 2025-03-14.parquet: rare class(es) (under 2%): SELL 0.72%" in text
 
     set_labelling(lab_env, min_class_share=0.005)
-    [check] = materialize([labelled_frame]).get_asset_check_evaluations()
+    [check] = materialize([labelled_frame], partition=DAY1).get_asset_check_evaluations()
     assert check.passed
 
 
@@ -219,11 +207,7 @@ def test_a_range_labels_every_day_and_names_the_one_that_failed(lab_env):
     write_day(lab_env, DAY2, day_prices(BASE * 1.01))
     later = DAY3 + dt.timedelta(days=1)  # DAY3 has no book: it fails, its neighbours are written
     write_day(lab_env, later, day_prices())
-    result = materialize(
-        [labelled_frame], day=None,
-        tags={"dagster/asset_partition_range_start": DAY1.isoformat(),
-              "dagster/asset_partition_range_end": later.isoformat()},
-    )
+    result = materialize([labelled_frame], partition=(DAY1, later))
     assert not result.success
     failure = result.failure_data_for_node("labelled_frame").user_failure_data
     assert "1 of 4 day(s) failed" in failure.description
@@ -246,8 +230,8 @@ def test_label_distribution_over_all_labelled_days(lab_env):
     write_day(lab_env, DAY1, day_prices())
     write_day(lab_env, DAY2, day_prices(BASE * 1.01))
     for day in (DAY1, DAY2):
-        assert materialize([labelled_frame], day=day).success
-    result = materialize([label_distribution], day=None)
+        assert materialize([labelled_frame], partition=day).success
+    result = materialize([label_distribution])
     assert result.success
     [event] = result.asset_materializations_for_node("label_distribution")
     md = {k: v.value for k, v in event.metadata.items()}
@@ -264,7 +248,7 @@ def test_label_distribution_over_all_labelled_days(lab_env):
 
 
 def test_label_distribution_without_labels_says_what_to_run(lab_env):
-    result = materialize([label_distribution], day=None)
+    result = materialize([label_distribution])
     assert not result.success
     assert "materialize labelled_frame first" in result.failure_data_for_node("label_distribution").user_failure_data.description
 
@@ -303,7 +287,7 @@ def test_cli_range_labels_two_days_in_one_run(lab_env):
 
 def test_checks_only_run_reads_the_labelled_day(lab_env):
     write_day(lab_env, DAY1, rare_sell_prices())
-    assert materialize([labelled_frame]).success
+    assert materialize([labelled_frame], partition=DAY1).success
     checks_job = dg.define_asset_job("label_checks", selection=dg.AssetSelection.checks_for_assets(LABELS))
     defs = dg.Definitions(assets=[labelled_frame], jobs=[checks_job], resources=resources())
     result = defs.resolve_job_def("label_checks").execute_in_process(

@@ -21,10 +21,8 @@ import yaml
 
 from quantgod_assets.assets.ml import model, optimization
 from quantgod_assets.labelling import label_day_files
-from quantgod_assets.resources import resources
 
-from .conftest import QuantGodEnv, make_env
-from .ml import write_pre_days
+from .builders import QuantGodEnv, make_env, materialize, write_pre_days
 
 SUFFIX = "SELL_0004_BUY_0008_1h"
 START = dt.date(2025, 3, 10)
@@ -74,10 +72,6 @@ def ml_env(tmp_path, monkeypatch) -> QuantGodEnv:
         mlflow.end_run()
 
 
-def _materialize(assets, instance) -> dg.ExecuteInProcessResult:
-    return dg.materialize(assets, resources=resources(), instance=instance, raise_on_error=False)
-
-
 def _metadata(instance: dg.DagsterInstance, key: str) -> dict:
     event = instance.get_latest_materialization_event(dg.AssetKey(key))
     return event.asset_materialization.metadata
@@ -96,7 +90,7 @@ def test_optimization_then_model_in_process(ml_env):
     from quantgod_assets.ml.train import load_model, predict_logits
 
     instance = dg.DagsterInstance.ephemeral()
-    result = _materialize([optimization], instance)
+    result = materialize([optimization], instance=instance)
     assert result.success, _failure_text(result)
 
     # the study file holds the 2 trials, under the label suffix's name
@@ -130,7 +124,7 @@ def test_optimization_then_model_in_process(ml_env):
     assert meta["mlflow_parent_run_id"].value == parents[0].info.run_id
 
     # the model: best params used, bundle written, test metrics in MLflow and in the metadata
-    result = _materialize([model], instance)
+    result = materialize([model], instance=instance)
     assert result.success, _failure_text(result)
     meta = _metadata(instance, "model")
     assert meta["params_source"].value == str(best_path)
@@ -179,7 +173,7 @@ def test_missing_labelled_days_fail_naming_them(ml_env):
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     instance = dg.DagsterInstance.ephemeral()
     for asset in (optimization, model):
-        result = _materialize([asset], instance)
+        result = materialize([asset], instance=instance)
         assert not result.success
         text = _failure_text(result)
         assert "2025-03-08..2025-03-09" in text and "2025-03-13" in text and "missing" in text, text
@@ -190,7 +184,7 @@ def test_no_labelled_days_at_all_fails_clearly(tmp_path, monkeypatch):
     env = make_env(tmp_path, {})
     for key, value in env.env().items():
         monkeypatch.setenv(key, value)
-    result = _materialize([optimization], dg.DagsterInstance.ephemeral())
+    result = materialize([optimization], instance=dg.DagsterInstance.ephemeral())
     assert not result.success
     assert "no labelled days in" in _failure_text(result) and "labelled_frame" in _failure_text(result)
 

@@ -11,7 +11,7 @@ import polars as pl
 
 from quantgod_assets.assets.launch import materialize_range
 
-from .conftest import BAD_DAY, DAY1, DAY2, REPO
+from .builders import BAD_DAY, DAY1, DAY2, REPO
 
 BOOK = dg.AssetKey("preprocessed_book")
 

@@ -15,7 +15,7 @@ from quantgod_assets.orderbook.etl import convert_day
 from quantgod_assets.orderbook.synthetic import generate_days
 from quantgod_assets.settings import load_settings
 
-from .conftest import make_env
+from .builders import make_env
 
 START = dt.date(2025, 3, 10)
 DAYS = 4

@@ -20,7 +20,7 @@ from quantgod_assets import plots
 from quantgod_assets.labelling import label_day_files, label_suffix
 from quantgod_assets.ml.dataset import Scaler
 from quantgod_assets.ml.features import frame_features
-from quantgod_assets_tests.ml import make_day_frame
+from quantgod_assets_tests.builders import make_day_frame
 
 DAY = dt.date(2025, 3, 14)
 REPO = Path(__file__).resolve().parent.parent
@@ -234,7 +234,7 @@ def test_model_feature_pictures_use_the_training_scaler(tmp_path, monkeypatch):
     """What the `model` asset attaches: histograms with the model's scaler, and the correlations."""
     from quantgod_assets.ml.pipeline import feature_pictures, prepare_data
     from quantgod_assets.settings import load_settings
-    from quantgod_assets_tests.ml import write_pre_days
+    from quantgod_assets_tests.builders import write_pre_days
 
     days = [DAY + dt.timedelta(days=k) for k in range(3)]
     pre = tmp_path / "data" / "L2" / "pre_processed"

@@ -37,7 +37,7 @@ import pytest
 
 from quantgod_assets.assets.launch import materialize_range
 
-from .conftest import DAY1
+from .builders import DAY1
 
 LOCATION = "quantgod_assets.definitions"
 FIVE_ASSETS = ("raw_zip", "preprocessed_book", "labelled_frame", "optimization", "model")

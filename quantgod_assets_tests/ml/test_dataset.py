@@ -24,7 +24,7 @@ from quantgod_assets.ml.dataset import (
 from quantgod_assets.ml.features import n_features
 from quantgod_assets.ml.splits import train_val_test_split
 
-from . import write_pre_days
+from ..builders import write_pre_days
 
 START = dt.date(2025, 3, 10)
 N_LEVELS = 5

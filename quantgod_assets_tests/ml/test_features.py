@@ -15,7 +15,7 @@ from quantgod_assets.ml.features import (
     required_columns,
 )
 
-from . import TICK, make_day_frame
+from ..builders import TICK, make_day_frame
 
 DAY = dt.date(2025, 3, 14)
 FRAME = make_day_frame(DAY, filled_levels=10, invalid_minutes=[700])

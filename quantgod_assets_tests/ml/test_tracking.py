@@ -13,8 +13,7 @@ from quantgod_assets.ml.models import build_model
 from quantgod_assets.ml.tracking import confusion_figure, log_final_model
 from quantgod_assets.ml.train import TrainConfig, train_model
 from quantgod_assets.ml.tune import run_study
-from quantgod_assets_tests.ml.test_train import planted_signal, split_windows
-from quantgod_assets_tests.ml.test_tune import SPACE, make_datasets
+from quantgod_assets_tests.builders import SPACE, make_datasets, planted_signal, split_windows
 
 
 @pytest.fixture

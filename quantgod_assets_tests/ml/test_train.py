@@ -19,53 +19,7 @@ from quantgod_assets.ml.train import (
     save_model,
     train_model,
 )
-
-
-class TensorWindows(torch.utils.data.Dataset):
-    """Windows over one feature matrix, shaped like `SequenceDataset`: item i is
-    (features[e-seq_len+1 : e+1] float32 [seq_len, F], targets[e] int64), e = ends[i]."""
-
-    def __init__(self, features, targets, ends, seq_len, scaler=None):
-        self.features = np.ascontiguousarray(features, dtype=np.float32)
-        self.targets = np.asarray(targets, dtype=np.int64)
-        self.ends = np.asarray(ends, dtype=np.int64)
-        self.seq_len = int(seq_len)
-        self.scaler = scaler
-
-    def __len__(self):
-        return len(self.ends)
-
-    def __getitem__(self, i):
-        e = int(self.ends[i])
-        window = self.features[e - self.seq_len + 1 : e + 1]
-        if self.scaler is not None:
-            window = ((window - self.scaler.mean) / self.scaler.std).astype(np.float32)
-        return torch.from_numpy(np.array(window)), torch.tensor(int(self.targets[e]))
-
-
-def planted_signal(n_rows=2400, n_features=4, seq_len=16, lag=5, seed=0):
-    """Features are noise; the label of row t is BUY / SELL when feature 0 at t plus feature 1
-    at t-lag is clearly positive / negative, else NEUTRAL (the majority)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n_rows, n_features)).astype(np.float32)
-    score = x[:, 0].copy()
-    score[lag:] += x[:-lag, 1]
-    y = np.full(n_rows, 1, dtype=np.int64)
-    y[score > 1.2] = 2
-    y[score < -1.2] = 0
-    return x, y
-
-
-def split_windows(x, y, seq_len, fractions=(0.6, 0.2, 0.2)):
-    """Train / val / test window datasets over contiguous row blocks (no window crosses a block)."""
-    n = len(y)
-    bounds = np.cumsum([0] + [int(f * n) for f in fractions])
-    bounds[-1] = n
-    out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        ends = np.arange(a + seq_len - 1, b)
-        out.append(TensorWindows(x, y, ends, seq_len))
-    return out
+from quantgod_assets_tests.builders import TensorWindows, planted_signal, split_windows
 
 
 def macro_f1_of_majority(y_true):

@@ -10,26 +10,7 @@ import torch
 
 from quantgod_assets.ml import tune
 from quantgod_assets.ml.tune import format_trial_start, load_best_params, run_study, suggest_params
-from quantgod_assets_tests.ml.test_train import planted_signal, split_windows
-
-SPACE = {
-    "arch": {"type": "categorical", "choices": ["tcn_lstm", "transformer"]},
-    "tcn_channels": {"type": "categorical", "choices": [8, 16], "when": {"arch": "tcn_lstm"}},
-    "lstm_hidden": {"type": "categorical", "choices": [8, 16], "when": {"arch": "tcn_lstm"}},
-    "d_model": {"type": "categorical", "choices": [8, 16], "when": {"arch": "transformer"}},
-    "n_heads": {"type": "categorical", "choices": [2], "when": {"arch": "transformer"}},
-    "n_layers": {"type": "int", "low": 1, "high": 2, "when": {"arch": "transformer"}},
-    "seq_len": {"type": "categorical", "choices": [8, 16]},
-    "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-    "dropout": {"type": "float", "low": 0.0, "high": 0.2},
-    "batch_size": {"type": "fixed", "value": 128},
-}
-
-
-def make_datasets(params):
-    x, y = planted_signal(n_rows=900, seq_len=params["seq_len"])
-    train, val, _test = split_windows(x, y, params["seq_len"])
-    return train, val, x.shape[1]
+from quantgod_assets_tests.builders import SPACE, make_datasets
 
 
 def run(tmp_path, lines, n_trials=2, **kwargs):

@@ -19,7 +19,7 @@ from quantgod_assets.orderbook.reader import OrderBookInputError
 from quantgod_assets.orderbook.replay import day_start_ms
 from quantgod_assets.orderbook.schema import book_columns
 
-from .test_replay import msg
+from ..builders import msg
 
 DAY = dt.date(2025, 3, 14)
 T0 = day_start_ms(DAY)

@@ -17,20 +17,10 @@ from quantgod_assets.orderbook._kernel import _parse_decimal
 from quantgod_assets.orderbook.reader import OrderBookInputError
 from quantgod_assets.orderbook.replay import ReplayConfig, day_start_ms, replay_stream
 
+from ..builders import msg
+
 DAY = dt.date(2025, 3, 14)
 T0 = day_start_ms(DAY)
-
-
-def msg(kind, ts, bids=(), asks=(), u=1, key_order=("topic", "ts", "type", "data", "cts")):
-    fields = {
-        "topic": "orderbook.200.BTCUSDT",
-        "ts": ts,
-        "type": kind,
-        "data": {"s": "BTCUSDT", "b": [list(map(str, b)) for b in bids],
-                 "a": [list(map(str, a)) for a in asks], "u": u, "seq": u * 7},
-        "cts": ts - 3,
-    }
-    return json.dumps({k: fields[k] for k in key_order}, separators=(",", ":"))
 
 
 def replay(lines, levels=5, capture=5, **config):
