@@ -187,8 +187,9 @@ def label_day_files(
     threshold_short: float = DEFAULT_THRESHOLD_SHORT,
     threshold_long: float = DEFAULT_THRESHOLD_LONG,
     price_column: str = DEFAULT_PRICE_COLUMN,
+    output: Path | None = None,
 ) -> Path:
-    """Labels `{pre_dir}/{day}.parquet` into `{out_dir}/{suffix}/{day}.parquet`, atomically.
+    """Labels `{pre_dir}/{day}.parquet` into `{out_dir}/{suffix}/{day}.parquet` (or `output`), atomically.
 
     The tail is labelled from `{pre_dir}/{day+1}.parquet` when it exists; running again after
     D+1 arrives fills it. The Parquet metadata says whether the next day was there
@@ -213,7 +214,7 @@ def label_day_files(
             .collect()
         )
     labelled = label_day(frame, next_frame, lookahead, threshold_short, threshold_long, price_column)
-    output = labelled_day_path(out_dir, suffix, day)
+    output = output or labelled_day_path(out_dir, suffix, day)
     write_parquet_atomic(
         labelled,
         output,

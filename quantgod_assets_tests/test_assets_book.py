@@ -164,16 +164,23 @@ def test_one_partition_in_process(qg_env):
 
 
 def test_blocking_gap_check_fails_the_run_with_the_intervals(qg_env):
+    assert materialize([preprocessed_book], partition=DAY1).success  # gaps allowed: a day is published
+    path = qg_env.preprocessed(DAY1)
+    good = path.read_bytes()
     qg_env.set_etl(gap_warn_share=0.01, gap_fail_share=0.10)
     result = materialize([preprocessed_book], partition=DAY1)
     assert not result.success
+    # a day failing a blocking check never replaces the previous one, and is not recorded
+    assert path.read_bytes() == good and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    assert result.asset_materializations_for_node("preprocessed_book") == []
     [gaps] = [e for e in result.get_asset_check_evaluations() if e.check_name == "gaps"]
     assert not gaps.passed and gaps.severity == dg.AssetCheckSeverity.ERROR
     assert gaps.metadata["invalid_share"].value > 0.9
     assert gaps.metadata["gap_intervals"].value[0].endswith("-24:00:00")
     assert "above the 10% limit" in gaps.description
-    text = next((qg_env.logs_dir / "etl").glob("etl_*.log")).read_text()
+    text = "".join(p.read_text() for p in (qg_env.logs_dir / "etl").glob("etl_*.log"))
     assert "[WARNING] Significant gaps" in text or "[ERROR] Significant gaps" in text
+    assert f"[WARNING] Not published: {path.as_posix()} (the previous file is kept)" in text
 
 
 def test_checks_fail_through_dagster_on_a_day_built_to_fail_them(qg_env):

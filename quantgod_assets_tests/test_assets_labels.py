@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 import yaml
 
-from quantgod_assets.assets.labels import NEXT_DAY_MAPPING, label_distribution, labelled_frame, month_table
-from quantgod_assets.assets.launch import materialize_range
-from quantgod_assets.labelling import labelled_distribution
+from quantgod_assets.assets.labels import NEXT_DAY_MAPPING, label_distribution, labelled_frame
+from quantgod_assets.launch import materialize_range
+from quantgod_assets.labelling import labelled_distribution, month_table
 from quantgod_assets.orderbook.schema import book_columns
 from quantgod_assets.partitions import daily_partitions
 from quantgod_assets.resources import resources
@@ -170,6 +170,10 @@ def test_other_settings_write_their_own_suffix_folder(lab_env):
 
 
 def test_class_balance_fails_a_one_class_day_and_blocks_downstream(lab_env):
+    write_day(lab_env, DAY1, day_prices())
+    assert materialize([labelled_frame], partition=DAY1).success
+    good = labelled(lab_env, DAY1).read_bytes()
+
     write_day(lab_env, DAY1, np.full(1440, BASE))  # flat: every labelled minute is NEUTRAL
     result = materialize([labelled_frame], partition=DAY1)
     assert not result.success
@@ -178,11 +182,13 @@ def test_class_balance_fails_a_one_class_day_and_blocks_downstream(lab_env):
     assert check.metadata["missing_classes"].value == ["SELL", "BUY"]
     assert check.metadata["counts"].value == {"SELL": 0, "NEUTRAL": 1380, "BUY": 0}
     assert "SELL, BUY absent" in check.description
-    # the day is written and recorded; the blocking check ends the step failed
-    assert labelled(lab_env, DAY1).is_file()
-    assert len(result.asset_materializations_for_node("labelled_frame")) == 1
+    # the day is neither published nor recorded: the good file of the first run stays, no temp file left
+    assert labelled(lab_env, DAY1).read_bytes() == good
+    assert sorted(p.name for p in labelled(lab_env, DAY1).parent.iterdir()) == ["2025-03-14.parquet"]
+    assert result.asset_materializations_for_node("labelled_frame") == []
     text = next((lab_env.logs_dir / "labelling").glob(f"labelling_{SUFFIX}_*.log")).read_text()
     assert "[ERROR] Failed: 2025-03-14.parquet: check class_balance failed" in text
+    assert "Not published: " in text and "(the previous file is kept)" in text
 
 
 def test_class_balance_warns_on_a_rare_class(lab_env):

@@ -70,8 +70,13 @@ def test_the_label_stage_on_a_pool_matches_the_duckdb_distribution(tmp_path, mon
                          log=logging.getLogger("quantgod.test.labels"))
     assert [o.produced for o in outcomes] == [True, True, True, False]
     assert "no preprocessed book" in outcomes[-1].reason
-    per_day = [class_distribution_of(o) for o in outcomes[:3]]
-    assert labelled_distribution(settings.paths.labelled_dir / label_suffix()) == combine_distributions(per_day)
+    # the last book day has no BUY minute: checked, failed its blocking check, never published
+    assert [o.published for o in outcomes] == [True, True, False, False]
+    assert outcomes[2].reason.startswith("check class_balance failed") and not outcomes[2].path.exists()
+    per_day = [class_distribution_of(o) for o in outcomes[:2]]
+    folder = settings.paths.labelled_dir / label_suffix()
+    assert labelled_distribution(folder) == combine_distributions(per_day)
+    assert sorted(p.name for p in folder.iterdir()) == [f"{d}.parquet" for d in days[:2]]  # nothing staged left
     first = outcomes[0]
     assert first.metadata["next_day_present"] is True and outcomes[2].metadata["next_day_present"] is False
     assert first.metadata["rows"] == pl.read_parquet(first.path).height == 1440

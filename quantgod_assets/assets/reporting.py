@@ -2,13 +2,14 @@
 
 Daily assets use `BackfillPolicy.single_run()`, so `--partition-range A...B` (and a UI backfill)
 is one run whose step sees every partition key. `report_days` turns the stage's `DayOutcome`s into
-events so that each partition still gets its own record:
-- one partition: a `MaterializeResult` with its `check_results` (Dagster applies blocking checks),
-  or a `Failure` naming the day's error;
-- every day produced: per-partition metadata through `context.add_asset_metadata(...,
+events so that each partition still gets its own record. A day is recorded as materialized only
+when it was published (its blocking checks passed and its file replaced the previous one):
+- one partition: a `MaterializeResult` with its `check_results`; a day not published yields its
+  check results and fails the step with its reason; an error fails it at once;
+- every day published: per-partition metadata through `context.add_asset_metadata(...,
   partition_key=)` and one `MaterializeResult`; Dagster writes one materialization a partition;
-- some days not produced: an `AssetMaterialization(partition=...)` for each produced day;
-then one `AssetCheckEvaluation(partition=...)` per produced day and selected check, and a `Failure`
+- some days not: an `AssetMaterialization(partition=...)` for each published day;
+then one `AssetCheckEvaluation(partition=...)` per checked day and selected check, and a `Failure`
 naming every failed day (an error or a failed blocking check) with its reason.
 """
 
@@ -140,25 +141,26 @@ def report_days(
         if outcome.error:
             raise dg.Failure(description=f"{outcome.day}: {outcome.error}")
         results = [check_result(asset_key, c) for c in outcome.checks if c.name in checks]
-        if materialize:
+        if materialize and outcome.published:
             yield dg.MaterializeResult(asset_key=asset_key, metadata=metadata_values(outcome.metadata),
                                        check_results=results)
-        else:
-            yield from results
-        return  # a failed blocking check fails the step here (Dagster does it)
+            return
+        yield from results
+        if materialize and outcome.reason:  # not published: the previous file stays, nothing is recorded
+            raise dg.Failure(description=f"{outcome.day}: {outcome.reason}")
+        return  # checks only: a failed blocking check fails the step here (Dagster does it)
 
-    produced = [o for o in outcomes if o.produced]
-    if materialize and len(produced) == len(outcomes):
-        for o in produced:
+    published = [o for o in outcomes if o.published] if materialize else []
+    if materialize and len(published) == len(outcomes):
+        for o in published:
             context.add_asset_metadata(metadata_values(o.metadata), asset_key=asset_key,
                                        partition_key=o.day.isoformat())
         yield dg.MaterializeResult(asset_key=asset_key)
-    elif materialize:
-        for o in produced:
-            yield dg.AssetMaterialization(asset_key=asset_key, partition=o.day.isoformat(),
-                                          metadata=metadata_values(o.metadata))
-    for o in produced:
-        for check in o.checks:
+    for o in published if len(published) < len(outcomes) else []:
+        yield dg.AssetMaterialization(asset_key=asset_key, partition=o.day.isoformat(),
+                                      metadata=metadata_values(o.metadata))
+    for o in outcomes:
+        for check in o.checks if o.produced else []:
             if check.name in checks:
                 # yielded, not log_event: logged events reach the instance only at the next yield,
                 # so the Failure raised below would drop the good days' check results

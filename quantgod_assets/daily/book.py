@@ -6,6 +6,7 @@ written (a checks-only run); `find_day` is `raw_zip`'s day (locate or download, 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import traceback
 from logging import DEBUG, ERROR, INFO, WARNING
@@ -16,7 +17,7 @@ from ..archive import ArchiveNotFoundError, DownloadError, DownloadResult, downl
 from ..orderbook.quality import CheckOutcome
 from ..plots import micro_price_png, png_markdown
 from ..settings import RawRootMissingError, Settings
-from .outcome import DayOutcome, FilePath, Markdown, Url, short_reason
+from .outcome import DayOutcome, FilePath, Markdown, Url, publish, short_reason, staging_path
 
 __all__ = ["BLOCKING_CHECKS", "check_day", "find_day", "locate_archive", "preflight", "produce_day"]
 
@@ -93,11 +94,11 @@ def _check_lines(outcome: DayOutcome) -> None:
             outcome.log(level, f"Check {check.name} failed: {check.description}")
 
 
-def _summary_metadata(summary: Any, archive: Path, download: DownloadResult | None) -> dict[str, Any]:
+def _summary_metadata(summary: Any, output: Path, archive: Path, download: DownloadResult | None) -> dict[str, Any]:
     """The materialization's metadata from the conversion's `EtlSummary`."""
     counts = dict(summary.counts)
     metadata: dict[str, Any] = {
-        "path": FilePath(summary.output.resolve()),
+        "path": FilePath(output.resolve()),
         "archive": FilePath(archive),
         "dagster/row_count": summary.rows,
         "rows": summary.rows,
@@ -155,16 +156,19 @@ def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot
         outcome.log(INFO, f"Processing: {name}")
         config = ReplayConfig(max_silence_s=settings.etl.max_silence_s, skip_bad_lines=settings.etl.skip_bad_lines)
         output = settings.paths.preprocessed_path(day)
-        summary = convert_day(archive, output, day=day, symbol=settings.symbol, config=config)
-        outcome.path = output
-        outcome.metadata = _summary_metadata(summary, archive, downloaded)
+        staged = staging_path(output)
+        summary = convert_day(archive, staged, day=day, symbol=settings.symbol, config=config)
         outcome.log(INFO, f"Rows after resample: {summary.rows}")
-        outcome.log(INFO, f"Saved: {output.as_posix()} ({summary.bytes_out / 1e6:.1f} MB)")
-        outcome.log(INFO, f"Summary: {summary.line()}")
-        frame = pl.read_parquet(output)
+        frame = pl.read_parquet(staged)
         outcome.checks = run_checks(frame, warn_share=settings.etl.gap_warn_share,
                                     fail_share=settings.etl.gap_fail_share, intervals=summary.gap_intervals)
         _check_lines(outcome)
+        publish(outcome, staged, output)
+        summary = dataclasses.replace(summary, output=output)
+        if outcome.published:
+            outcome.log(INFO, f"Saved: {output.as_posix()} ({summary.bytes_out / 1e6:.1f} MB)")
+        outcome.metadata = _summary_metadata(summary, output, archive, downloaded)
+        outcome.log(INFO, f"Summary: {summary.line()}")
         _preview(outcome, frame, settings, plot)
     except (OrderBookInputError, ArchiveNotFoundError, DownloadError, RawRootMissingError) as exc:
         return outcome.fail(str(exc), name)

@@ -22,7 +22,7 @@ from ..labelling import (
 from ..orderbook.quality import ERROR as SEVERE
 from ..orderbook.quality import WARN, CheckOutcome
 from ..settings import LabellingSettings, Settings
-from .outcome import DayOutcome, FilePath, short_reason
+from .outcome import DayOutcome, FilePath, publish, short_reason, staging_path
 
 __all__ = ["CLASS_BALANCE", "check_day", "produce_day"]
 
@@ -62,8 +62,8 @@ def class_metadata(dist: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_day(outcome: DayOutcome, path: Path, lab: LabellingSettings) -> None:
-    """Counts and checks a written labelled day (only `target` and the file's metadata are read)."""
+def _read_day(outcome: DayOutcome, path: Path, lab: LabellingSettings, final: Path) -> None:
+    """Counts and checks a labelled day file (only `target` and the file's metadata are read)."""
     import polars as pl
     import pyarrow.parquet as pq
 
@@ -71,11 +71,11 @@ def _read_day(outcome: DayOutcome, path: Path, lab: LabellingSettings) -> None:
     dist = class_distribution(targets)
     meta = pq.read_schema(path).metadata or {}
     next_day_present = meta.get(b"quantgod.label.next_day") == b"present"
-    outcome.path = path
+    outcome.path = final
     outcome.stats = {"distribution": dist}
     outcome.checks = [balance_check(dist, targets.len(), lab.min_class_share)]
     outcome.metadata = {
-        "path": FilePath(path.resolve()),
+        "path": FilePath(final.resolve()),
         "dagster/row_count": targets.len(),
         "rows": targets.len(),
         "labelled_rows": dist["labelled"],
@@ -102,9 +102,9 @@ def _read_day(outcome: DayOutcome, path: Path, lab: LabellingSettings) -> None:
         outcome.log(WARNING, f"Class balance {name}: {check.description}")
 
 
-def _finish(outcome: DayOutcome, path: Path, lab: LabellingSettings) -> DayOutcome:
+def _finish(outcome: DayOutcome, path: Path, lab: LabellingSettings, final: Path) -> DayOutcome:
     try:
-        _read_day(outcome, path, lab)
+        _read_day(outcome, path, lab, final)
     except Exception as exc:
         return outcome.fail(f"reading {path}: {short_reason(exc)}", f"{outcome.day}.parquet")
     return outcome
@@ -114,17 +114,25 @@ def produce_day(day: dt.date, settings: Settings) -> DayOutcome:
     """Labels one day (the tail from D+1's book when it exists); never raises for a bad day."""
     lab = settings.labelling
     outcome = DayOutcome(day, blocking=(CLASS_BALANCE,))
+    final = labelled_day_path(settings.paths.labelled_dir, lab.suffix, day)
     try:
-        path = label_day_files(settings.paths.preprocessed_dir, settings.paths.labelled_dir, day,
-                               lookahead=lab.lookahead, threshold_short=lab.threshold_short,
-                               threshold_long=lab.threshold_long, price_column=lab.price_column)
+        # written beside the day's file first: published only once the blocking check passed
+        staged = label_day_files(settings.paths.preprocessed_dir, settings.paths.labelled_dir, day,
+                                 lookahead=lab.lookahead, threshold_short=lab.threshold_short,
+                                 threshold_long=lab.threshold_long, price_column=lab.price_column,
+                                 output=staging_path(final))
     except FileNotFoundError as exc:
         return outcome.fail(f"{exc}; materialize preprocessed_book first", f"{day}.parquet")
     except ValueError as exc:
         return outcome.fail(str(exc), f"{day}.parquet")
     except Exception as exc:
         return outcome.fail(short_reason(exc), f"{day}.parquet")
-    return _finish(outcome, path, lab)
+    _finish(outcome, staged, lab, final)
+    if outcome.produced:
+        publish(outcome, staged, final)
+    else:
+        staged.unlink(missing_ok=True)
+    return outcome
 
 
 def check_day(day: dt.date, settings: Settings) -> DayOutcome:
@@ -134,4 +142,4 @@ def check_day(day: dt.date, settings: Settings) -> DayOutcome:
     path = labelled_day_path(settings.paths.labelled_dir, lab.suffix, day)
     if not path.is_file():
         return outcome.fail(f"{path} does not exist; materialize labelled_frame first", f"{day}.parquet")
-    return _finish(outcome, path, lab)
+    return _finish(outcome, path, lab, path)

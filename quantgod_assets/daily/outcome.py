@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,10 @@ from typing import Any
 
 from ..orderbook.quality import CheckOutcome
 
-__all__ = ["CheckOutcome", "DayOutcome", "FilePath", "Markdown", "Url", "describe_failures", "short_reason"]
+__all__ = [
+    "CheckOutcome", "DayOutcome", "FilePath", "Markdown", "Url", "describe_failures", "publish", "short_reason",
+    "staging_path",
+]
 
 
 class FilePath(str):
@@ -45,8 +49,13 @@ class DayOutcome:
 
     @property
     def produced(self) -> bool:
-        """The day's output was written (its checks may still have failed)."""
+        """The day's output was made and checked (its blocking checks may still have failed)."""
         return self.error is None
+
+    @property
+    def published(self) -> bool:
+        """The day's output replaced the previous one: made, and every blocking check passed."""
+        return self.error is None and not self.blocking_failures
 
     @property
     def blocking_failures(self) -> list[CheckOutcome]:
@@ -70,6 +79,27 @@ class DayOutcome:
         self.error = error
         self.log(logging.ERROR, f"Failed: {where}: {error}" if where else f"Failed: {error}")
         return self
+
+
+def staging_path(final: Path) -> Path:
+    """Where a day's output is written and checked before it may replace `final`: a hidden file
+    beside it (same file system, so the rename is atomic) that no `*.parquet` glob matches."""
+    return final.with_name(f".{final.name}.staged")
+
+
+def publish(outcome: DayOutcome, staged: Path, final: Path) -> None:
+    """Renames `staged` over `final` when the day passed its blocking checks, else drops it.
+
+    So a day that fails a blocking check never replaces the good file a previous run wrote.
+    """
+    if outcome.published:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
+        outcome.path = final
+        return
+    staged.unlink(missing_ok=True)
+    kept = "the previous file is kept" if final.exists() else "no file was written"
+    outcome.log(logging.WARNING, f"Not published: {final.as_posix()} ({kept})")
 
 
 def short_reason(exc: BaseException, limit: int = 300) -> str:
