@@ -7,6 +7,10 @@ import datetime as dt
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 EXIT_BAD_INPUT = 2
 
@@ -82,7 +86,7 @@ class DayNotPreprocessedError(FileNotFoundError):
     """The day asked for has no preprocessed file."""
 
 
-def write_day_plots(day: dt.date, settings, out: Path, n_levels: int) -> list[tuple[Path | str, str]]:
+def write_day_plots(day: dt.date, settings: Settings, out: Path, n_levels: int) -> list[tuple[Path | str, str]]:
     """The day's diagnostics as PNGs in `out`: `{day}_micro_price.png`, `{day}_labels_by_hour.png`
     (when the day is labelled with the current settings), `{day}_feature_histograms.png` (raw and
     scaled with the day's own mean / std) and `{day}_feature_correlation.png`. Returns

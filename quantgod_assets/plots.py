@@ -10,12 +10,13 @@ markdown, `png_markdown`) and `quantgod plots --date D` writes to `logs/debug_pl
 - `feature_histograms_png`: chosen features before and after scaling, side by side.
 - `correlation_png`: the correlation matrix of chosen features.
 - `training_curve_figure` / `training_curve_png`: loss and validation F1 per epoch.
-- `confusion_png`: the test confusion matrix (`ml.tracking.confusion_figure`).
+- `confusion_figure` / `confusion_png`: the test confusion matrix, counts and row shares.
 
 The functions that compute something return it next to the picture (`Plotted.data`), so tests
 and callers check the numbers, not the pixels. Figures are `matplotlib.figure.Figure` objects
 (no pyplot state): safe in worker processes and threads. This module imports neither dagster nor
-torch; matplotlib is imported when a picture is drawn.
+torch nor anything of `ml/` (the ML code imports it, not the other way round); matplotlib is
+imported when a picture is drawn.
 """
 
 from __future__ import annotations
@@ -23,16 +24,20 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .labelling import CLASS_NAMES
+
 __all__ = [
     "CLASS_COLORS",
     "CLASS_NAMES",
     "Plotted",
+    "confusion_figure",
     "confusion_png",
     "correlation_png",
     "default_features",
@@ -47,7 +52,6 @@ __all__ = [
     "training_curve_png",
 ]
 
-CLASS_NAMES = ("SELL", "NEUTRAL", "BUY")
 CLASS_COLORS = ("#c0392b", "#7f8c8d", "#27ae60")
 PERIODS = ("hour", "day", "week", "month")
 MAX_SAMPLE_ROWS = 200_000  # rows drawn for histograms and correlations (a year has 525,600)
@@ -208,13 +212,16 @@ def label_periods_png(periods: Mapping[str, Mapping[str, int]], title: str, peri
 # Features
 
 
+# a book-level feature's name: side, what, level (`bid_px_bps_0`, `ask_sz_log_12`; see
+# `ml.features.feature_names`); every other name is a row feature (mid return, spread, imbalances)
+LEVEL_FEATURE = re.compile(r"^(bid|ask)_[a-z_]+_\d+$")
+
+
 def default_features(names: Sequence[str], limit: int) -> list[int]:
     """Column indices worth a look: the row features (mid return, spread, micro price, imbalances)
     first, then the levels from the best one outwards (`bid_px_bps_0`, `bid_sz_log_0`, ...)."""
-    from .ml.features import ROW_FEATURES
-
-    row = [i for i, n in enumerate(names) if n in ROW_FEATURES]
-    rest = [i for i, n in enumerate(names) if n not in ROW_FEATURES]
+    row = [i for i, n in enumerate(names) if not LEVEL_FEATURE.match(n)]
+    rest = [i for i, n in enumerate(names) if LEVEL_FEATURE.match(n)]
     return (row + rest)[: max(int(limit), 0)]
 
 
@@ -251,16 +258,15 @@ def feature_histograms_png(
 ) -> Plotted:
     """Histograms of chosen features, raw (left) and scaled (right) in pairs.
 
-    `scaler`: an `ml.dataset.Scaler` over all of `names` (the model's, fitted on training rows);
-    None fits one on the drawn rows of the chosen columns (rows where they are all finite).
+    `scaler`: anything with `mean` / `std` over all of `names` (the model's `ml.dataset.Scaler`,
+    fitted on training rows); None uses the drawn rows' own mean / std (rows where the chosen
+    columns are all finite; std 1 for a constant column, as the Scaler does).
     `rows`: a boolean mask or indices of the rows to draw (e.g. the training rows); at most
     200,000 are sampled. `columns`: names or indices (default: `default_features`).
 
     `data`: {"names", "raw" [n, k] float64, "scaled" [n, k] float64 (NaN where not finite),
     "mean", "std" (what the scaling used)}.
     """
-    from .ml.dataset import Scaler
-
     features = np.asarray(features)
     idx = _columns(features, names, columns, max_features)
     chosen = [names[i] for i in idx]
@@ -271,8 +277,8 @@ def feature_histograms_png(
         finite = np.isfinite(raw).all(axis=1)
         if not finite.any():
             raise ValueError(f"no row with every one of {chosen} finite: nothing to scale")
-        fitted = Scaler.fit(raw, finite, chosen)
-        mean, std = fitted.mean, fitted.std
+        mean, std = raw[finite].mean(axis=0), raw[finite].std(axis=0)
+        std[~(std > 1e-12)] = 1.0
     else:
         mean, std = np.asarray(scaler.mean)[idx], np.asarray(scaler.std)[idx]
     scaled = (raw - mean) / std
@@ -399,9 +405,27 @@ def training_curve_png(history: Sequence[Any], title: str = "Training curve") ->
     return fig_png(training_curve_figure(history, title))
 
 
-def confusion_png(confusion: Any, title: str = "Test confusion matrix") -> bytes:
-    """The confusion matrix (counts and row shares) as PNG: `ml.tracking.confusion_figure`
-    (imported here, not at module import: it loads mlflow)."""
-    from .ml.tracking import confusion_figure
+def confusion_figure(confusion: Any, class_names: Sequence[str] = CLASS_NAMES, title: str = "Test confusion matrix"):
+    """A matplotlib Figure (Agg backend, no display needed): counts and row-normalised shares."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    shares = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig = _figure(4.8, 4.2, dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(len(class_names)), labels=list(class_names))
+    ax.set_yticks(range(len(class_names)), labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]:,}\n{shares[i, j]:.0%}", ha="center", va="center",
+                    color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
+    fig.tight_layout()
+    return fig
 
+
+def confusion_png(confusion: Any, title: str = "Test confusion matrix") -> bytes:
+    """The confusion matrix (counts and row shares) as PNG."""
     return fig_png(confusion_figure(confusion, title=title))

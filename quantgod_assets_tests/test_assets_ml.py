@@ -223,11 +223,11 @@ def test_ml_settings_defaults_profile_and_overrides(tmp_path, monkeypatch):
     s = load_settings()
     assert s.optimization.storage == "sqlite:///optuna_study.db" and s.optimization.study_name is None
     assert s.optimization.study_for(SUFFIX) == SUFFIX
-    assert (s.optimization.pruner_startup_trials, s.optimization.pruner_warmup_steps) == (5, 2)
-    assert s.optimization.search_space["arch"]["choices"] == ["tcn_lstm", "transformer"]
-    assert s.training.mlflow_tracking_uri == "sqlite:///mlflow.db" and s.training.arch == "tcn_lstm"
-    assert (s.training.data_start, s.training.data_end) == (None, None)
-    assert s.training.split == (0.70, 0.15, 0.15) and s.training.fee == 0.00055
+    assert (s.optimization.pruner.n_startup_trials, s.optimization.pruner.n_warmup_steps) == (5, 2)
+    assert s.optimization.search_space["arch"].choices == ("tcn_lstm", "transformer")
+    assert s.training.mlflow.tracking_uri == "sqlite:///mlflow.db" and s.training.arch == "tcn_lstm"
+    assert (s.training.data.start, s.training.data.end) == (None, None)
+    assert s.training.split.fractions == (0.70, 0.15, 0.15) and s.training.backtest.fee == 0.00055
     assert s.paths.model_path == env.data_dir / "models" / "quantgod_cloud_model.pth"
     assert s.paths.best_params_path == env.data_dir / "optimization" / "best_params.json"
 
@@ -238,7 +238,7 @@ def test_ml_settings_defaults_profile_and_overrides(tmp_path, monkeypatch):
     assert (s.optimization.n_trials, s.optimization.epochs_per_trial) == (2, 2)
     assert "n_heads" not in s.optimization.search_space  # a profile's search space replaces the whole space
     assert s.optimization.storage == "postgresql://u:p@db/optuna"
-    assert s.training.mlflow_tracking_uri == "http://mlflow:5000"
+    assert s.training.mlflow.tracking_uri == "http://mlflow:5000"
     assert s.training.model_params()["seq_len"] == 30 and s.training.model_params()["n_levels"] == 10
     assert s.training.epochs == 2 and s.training.lr == 0.001  # the rest stays
 
@@ -254,11 +254,11 @@ def test_ml_settings_defaults_profile_and_overrides(tmp_path, monkeypatch):
         load_settings()
     (env.config_dir / "training.yaml").write_text("model_type: transformer\ndata: {start: 2025-03-10}\n")
     s = load_settings()
-    assert s.training.arch == "transformer" and s.training.data_start == dt.date(2025, 3, 10)
+    assert s.training.arch == "transformer" and s.training.data.start == dt.date(2025, 3, 10)
 
 
 def test_unpartitioned_materialize_command():
-    from quantgod_assets.assets.launch import materialize_command
+    from quantgod_assets.launch import materialize_command
 
     command = materialize_command(None, select="model")
     assert command[-2:] == ["--select", "model"] and "--partition" not in " ".join(command)

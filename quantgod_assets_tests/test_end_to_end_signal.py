@@ -10,7 +10,7 @@ import datetime as dt
 import pytest
 
 from quantgod_assets.labelling import label_day_files
-from quantgod_assets.ml.pipeline import train_final_model
+from quantgod_assets.ml.final import train_final_model
 from quantgod_assets.orderbook.etl import convert_day
 from quantgod_assets.orderbook.synthetic import generate_days
 from quantgod_assets.settings import load_settings

@@ -232,7 +232,8 @@ def test_cli_generate_reports_progress_and_matches_generate_days(tmp_path):
 
 def test_model_feature_pictures_use_the_training_scaler(tmp_path, monkeypatch):
     """What the `model` asset attaches: histograms with the model's scaler, and the correlations."""
-    from quantgod_assets.ml.pipeline import feature_pictures, prepare_data
+    from quantgod_assets.ml.data import prepare_data
+    from quantgod_assets.ml.final import feature_pictures
     from quantgod_assets.settings import load_settings
     from quantgod_assets_tests.builders import write_pre_days
 

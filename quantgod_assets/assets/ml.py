@@ -1,4 +1,4 @@
-"""labelled_frame -> optimization -> model: the thin Dagster layer over `ml.pipeline`.
+"""labelled_frame -> optimization -> model: the thin Dagster layer over `ml.search` and `ml.final`.
 
 Both assets are not partitioned: they read the labelled days of one range (training.yaml `data`,
 null = every labelled day present) of the current label suffix, and fail naming the days missing
@@ -11,18 +11,22 @@ in it. `dagster asset materialize -m quantgod_assets.definitions --select optimi
   test split next to the baselines, backtested; log `logs/training/training_{YYYYMMDD_HHMMSS}.log`;
   one MLflow run, the model registered (alias `champion` when it is the best so far).
 
-torch, optuna and mlflow are imported when an asset runs, not when the definitions load.
+The stages log to the `quantgod_assets.ml` loggers; while an asset runs, those lines go to its
+file log and, through it, to the Dagster run log (`_stage_log`). torch, optuna and mlflow are
+imported when an asset runs, not when the definitions load.
 """
 
-
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 
-from ..logs import run_log
+from ..logs import ForwardingHandler, run_log
+from ..plots import png_markdown
 from ..resources import QuantGodSettings
-from .book import run_started
-from .day_pipeline import png_markdown
+from .reporting import run_started
 
 LABELS = dg.AssetKey("labelled_frame")
 OPTIMIZATION = dg.AssetKey("optimization")
@@ -43,10 +47,20 @@ def _data_failure(exc: Exception, log) -> dg.Failure:
 
 
 def _data_errors() -> tuple[type[Exception], ...]:
-    from ..ml.dataset import MissingDaysError
-    from ..ml.pipeline import NoLabelledDaysError
+    from ..ml.data import MissingDaysError, NoLabelledDaysError
 
     return (MissingDaysError, NoLabelledDaysError)
+
+
+@contextmanager
+def _stage_log(context: dg.AssetExecutionContext, module: str, logs_dir: Any,
+               suffix: str | None = None) -> Iterator[logging.Logger]:
+    """The run's file log (forwarding to the Dagster run log), fed the ML stages' lines."""
+    from ..ml.lines import lines_to
+
+    with (run_log(module, logs_dir, suffix, forward_to=context.log, when=run_started(context)) as log,
+          lines_to(ForwardingHandler(log))):
+        yield log
 
 
 @dg.asset(
@@ -60,14 +74,13 @@ def _data_errors() -> tuple[type[Exception], ...]:
     "{DATA_DIR}/optimization/best_params.json.",
 )
 def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.MaterializeResult:
-    from ..ml.pipeline import run_optimization
+    from ..ml.reports import trials_table
+    from ..ml.search import run_optimization
 
     settings = quantgod.load()
-    suffix = settings.labelling.suffix
-    with run_log("optimization", settings.paths.logs_dir, suffix, forward_to=context.log,
-                 when=run_started(context)) as log:
+    with _stage_log(context, "optimization", settings.paths.logs_dir, settings.labelling.suffix) as log:
         try:
-            outcome = run_optimization(settings, log=log)
+            outcome = run_optimization(settings)
         except _data_errors() as exc:
             raise _data_failure(exc, log) from exc
         log_path = str(log.log_path)  # type: ignore[attr-defined]
@@ -81,7 +94,7 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
         "trials_complete": outcome.n_complete,
         "trials_pruned": outcome.n_pruned,
         "trials_failed": outcome.n_failed,
-        "trials": dg.MetadataValue.md(outcome.trials_markdown()),
+        "trials": dg.MetadataValue.md(trials_table(outcome)),
         "days": len(outcome.days),
         "first_day": str(outcome.days[0]),
         "last_day": str(outcome.days[-1]),
@@ -106,12 +119,13 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
     "and registered in MLflow.",
 )
 def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.MaterializeResult:
-    from ..ml.pipeline import train_final_model
+    from ..ml.final import train_final_model
+    from ..ml.reports import backtest_table, comparison_table
 
     settings = quantgod.load()
-    with run_log("training", settings.paths.logs_dir, forward_to=context.log, when=run_started(context)) as log:
+    with _stage_log(context, "training", settings.paths.logs_dir) as log:
         try:
-            final = train_final_model(settings, log=log, run_tags={"dagster_run_id": context.run.run_id})
+            final = train_final_model(settings, run_tags={"dagster_run_id": context.run.run_id})
         except _data_errors() as exc:
             raise _data_failure(exc, log) from exc
         log_path = str(log.log_path)  # type: ignore[attr-defined]
@@ -119,10 +133,10 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
     metadata: dict[str, Any] = {
         "test_f1_macro": round(test["f1_macro"], 4),
         "test_f1_weighted": round(test["f1_weighted"], 4),
-        "test_vs_baselines": dg.MetadataValue.md(final.comparison_markdown()),
+        "test_vs_baselines": dg.MetadataValue.md(comparison_table(final)),
         "confusion_matrix": dg.MetadataValue.md(png_markdown(final.confusion_png, "confusion matrix")),
         "training_curve": dg.MetadataValue.md(png_markdown(final.curve_png, "training curve")),
-        "backtest": dg.MetadataValue.md(final.backtest_markdown()),
+        "backtest": dg.MetadataValue.md(backtest_table(final)),
         "backtest_net_return": float(final.backtests["model"]["net_return"]),
         "backtest_trades": int(final.backtests["model"]["n_trades"]),
         "model_path": dg.MetadataValue.path(str(final.model_path.resolve())),
@@ -148,7 +162,7 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
         metadata[f"baseline_{name}_f1_macro"] = round(base["f1_macro"], 4)
     if final.mlflow_run_id:
         metadata["mlflow_run_id"] = final.mlflow_run_id
-        metadata["mlflow_tracking_uri"] = settings.training.mlflow_tracking_uri
+        metadata["mlflow_tracking_uri"] = settings.training.mlflow.tracking_uri
         metadata["registered_version"] = str(final.registered_version)
         metadata["champion"] = bool(final.promoted)
     return dg.MaterializeResult(metadata=metadata)

@@ -1,1 +1,12 @@
-"""Pure ML code: dataset, features, splits, baselines, metrics. No dagster; torch imported late."""
+"""The ML stages as plain functions over the typed settings, without Dagster:
+
+    data.py     labelled range → features, windows, purged split, scaler (`prepare_data`)
+    search.py   the Optuna study → best_params.json (`run_optimization`; trials in tune.py)
+    final.py    the final model, test split vs baselines, backtest (`train_final_model`)
+    reports.py  Markdown tables of their results
+    tracking.py MLflow (study runs, the final run, the registry alias)
+    lines.py    where their log lines go (`lines_to`)
+
+Below them: dataset, features, splits, models, train, device, baselines, backtest, metrics.
+Importing this package loads neither torch, optuna, mlflow nor dagster.
+"""

@@ -27,7 +27,6 @@ __all__ = [
     "LabelledRange",
     "MissingDaysError",
     "Scaler",
-    "SequenceDataset",
     "TrainingArrays",
     "WindowIndex",
     "build_training_arrays",

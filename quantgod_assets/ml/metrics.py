@@ -6,10 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from ..labelling import CLASS_NAMES
+
 __all__ = ["CLASS_NAMES", "classification_scores", "confusion_matrix", "macro_f1", "per_class_f1"]
-
-CLASS_NAMES = ("SELL", "NEUTRAL", "BUY")
-
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 3) -> np.ndarray:
     """int64 [n_classes, n_classes]: rows are the true class, columns the predicted one."""

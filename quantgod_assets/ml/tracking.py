@@ -4,7 +4,8 @@ registered, with alias `champion` moved only when the test F1 macro beats the cu
 
 The default store is a local SQLite file (`sqlite:///mlflow.db`) with artifacts in a folder
 beside it, so everything works offline; `mlflow ui --backend-store-uri sqlite:///mlflow.db`
-shows the runs.
+shows the runs. Where: training.yaml `mlflow:` (`MlflowSettings`); the pictures come from
+`plots.py`.
 """
 
 from __future__ import annotations
@@ -12,36 +13,39 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from ..labelling import CLASS_NAMES
+from ..plots import confusion_figure
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .data import PreparedData
+    from .final import FinalModel
+
 __all__ = [
-    "DEFAULT_EXPERIMENT",
-    "DEFAULT_MODEL_NAME",
-    "DEFAULT_TRACKING_URI",
     "FinalRun",
     "StudyTracker",
-    "confusion_figure",
     "current_champion",
     "log_final_model",
+    "log_final_run",
     "promote_if_better",
     "setup_mlflow",
+    "study_parent_run",
 ]
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_EXPERIMENT = "quantgod"
-DEFAULT_MODEL_NAME = "quantgod"
 CHAMPION = "champion"
 CHAMPION_METRIC = "test_f1_macro"
-CLASS_NAMES = ("SELL", "NEUTRAL", "BUY")
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -65,8 +69,8 @@ def _param_value(value: Any) -> Any:
 
 
 def setup_mlflow(
-    tracking_uri: str = DEFAULT_TRACKING_URI,
-    experiment: str = DEFAULT_EXPERIMENT,
+    tracking_uri: str,
+    experiment: str,
     artifact_location: str | Path | None = None,
 ) -> str:
     """Points MLflow (tracking and registry) at `tracking_uri`, creates `experiment` when missing
@@ -101,6 +105,20 @@ def setup_mlflow(
 # Optuna studies
 
 
+def study_parent_run(tracking_uri: str, experiment: str, study_name: str) -> str | None:
+    """The id of the study's parent run, or None (none yet, or the store unreachable)."""
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        runs = client.search_runs([found.experiment_id], max_results=1,
+                                  filter_string=f"tags.optuna_study = '{study_name}' and tags.run_kind = 'study'")
+        return runs[0].info.run_id if runs else None
+    except Exception:  # noqa: BLE001 - a link in the metadata, not worth failing for
+        return None
+
+
 class StudyTracker:
     """The MLflow side of one study: `with tracker.study(params):` opens (or re-opens, when the
     study resumes) the parent run; `with tracker.trial(number, params):` a nested run inside it;
@@ -108,9 +126,9 @@ class StudyTracker:
 
     def __init__(
         self,
-        tracking_uri: str = DEFAULT_TRACKING_URI,
-        experiment: str = DEFAULT_EXPERIMENT,
-        study_name: str = "study",
+        tracking_uri: str,
+        experiment: str,
+        study_name: str,
         artifact_location: str | Path | None = None,
     ):
         self.tracking_uri = tracking_uri
@@ -186,32 +204,6 @@ class StudyTracker:
 
 # ---------------------------------------------------------------------------------------------
 # The final model
-
-
-def confusion_figure(confusion: Any, class_names: Sequence[str] = CLASS_NAMES, title: str = "Test confusion matrix"):
-    """A matplotlib Figure (Agg backend, no display needed): counts and row-normalised shares."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    cm = np.asarray(confusion, dtype=np.int64)
-    shares = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig = Figure(figsize=(4.8, 4.2), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(len(class_names)), labels=list(class_names))
-    ax.set_yticks(range(len(class_names)), labels=list(class_names))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{cm[i, j]:,}\n{shares[i, j]:.0%}", ha="center", va="center",
-                    color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def current_champion(client: MlflowClient, name: str, alias: str = CHAMPION,
@@ -312,10 +304,10 @@ def log_final_model(
     test_metrics: Mapping[str, Any],
     confusion: Any,
     input_example: np.ndarray,
-    tracking_uri: str = DEFAULT_TRACKING_URI,
-    experiment: str = DEFAULT_EXPERIMENT,
+    tracking_uri: str,
+    experiment: str,
     run_name: str = "final_model",
-    registered_model_name: str | None = DEFAULT_MODEL_NAME,
+    registered_model_name: str | None = None,
     alias: str = CHAMPION,
     artifact_location: str | Path | None = None,
     artifacts: Sequence[str | Path] = (),
@@ -354,3 +346,54 @@ def log_final_model(
             mlflow.set_tag("champion", str(promoted).lower())
         return FinalRun(run.info.run_id, info.model_uri, str(version) if version is not None else None,
                         promoted, previous)
+
+
+def log_final_run(settings: Settings, final: FinalModel, model: Any, data: PreparedData,
+                  run_tags: Mapping[str, Any] | None) -> None:
+    """The `model` asset's MLflow run (training.yaml `mlflow:`): params, per-epoch and test
+    metrics, baselines and backtests, the pictures and the bundle; fills `final`'s run fields."""
+    tr, lab = settings.training, settings.labelling
+    test = {k: v for k, v in final.test.items() if k != "confusion"}
+    extra_metrics: dict[str, Any] = {"best_val_f1_macro": final.best_val_f1_macro,
+                                     "best_epoch": final.best_epoch, "n_parameters": final.n_parameters}
+    for name, base in final.baselines.items():
+        for key in ("f1_macro", "f1_weighted", "f1_sell", "f1_neutral", "f1_buy"):
+            extra_metrics[f"baseline_{name}_{key}"] = base[key]
+    for name, bt in final.backtests.items():
+        prefix = "backtest" if name == "model" else f"backtest_{name}"
+        for key in ("net_return", "gross_return", "hit_rate", "sharpe", "n_trades", "max_drawdown"):
+            extra_metrics[f"{prefix}_{key}"] = bt[key]
+    for part, size in final.sizes.items():
+        extra_metrics[f"n_{part}_windows"] = size
+    params = {**final.params, "params_source": final.params_source, "label_suffix": lab.suffix,
+              "lookahead": lab.lookahead, "n_features": data.n_features,
+              "data_start": data.labelled.start.isoformat(), "data_end": data.labelled.end.isoformat(),
+              "n_days": len(data.labelled.days), "fee": tr.backtest.fee}
+    with tempfile.TemporaryDirectory(prefix="quantgod_final_") as temp:
+        curve = Path(temp) / "training_curve.png"
+        curve.write_bytes(final.curve_png)
+        pictures = [curve]
+        for name, png in (("feature_histograms.png", final.features_png),
+                          ("feature_correlation.png", final.correlation_png)):
+            if png:
+                (Path(temp) / name).write_bytes(png)
+                pictures.append(Path(temp) / name)
+        run = log_final_model(
+            model, params=params, history=final.history, test_metrics=test, confusion=final.test["confusion"],
+            input_example=_input_example(data), tracking_uri=tr.mlflow.tracking_uri,
+            experiment=tr.mlflow.experiment, run_name=f"final_{lab.suffix}",
+            registered_model_name=tr.mlflow.registered_model, artifacts=[final.model_path, *pictures],
+            extra_metrics=extra_metrics, tags={"label_suffix": lab.suffix, **(run_tags or {})},
+        )
+    final.mlflow_run_id = run.run_id
+    final.mlflow_model_uri = run.model_uri
+    final.registered_version = run.registered_version
+    final.promoted = run.promoted
+    final.previous_champion = run.previous_champion_score
+
+
+def _input_example(data: PreparedData) -> np.ndarray:
+    """Two scaled test windows (float32 [2, seq_len, F]): the model's input example."""
+    ends = data.split.test[:2] if data.split.test.size >= 2 else data.split.val[:2]
+    offsets = np.arange(-data.seq_len + 1, 1)
+    return data.scaler.transform(data.features[ends[:, None] + offsets])

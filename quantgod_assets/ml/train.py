@@ -3,7 +3,7 @@
 `train_model` is the loop the `model` asset and every Optuna trial share: class-weighted
 cross-entropy, AdamW + CosineAnnealingLR (stepped per epoch), early stopping on validation
 F1 macro, the best weights kept (and checkpointed) whenever it improves, and the log lines the
-team reads. `save_model` / `load_model` write and read ONE .pth holding everything needed to
+team reads (on this module's logger). `save_model` / `load_model` write and read ONE .pth holding everything needed to
 predict: weights, architecture spec, feature names, scaling statistics, label settings.
 """
 
@@ -16,17 +16,21 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..settings import LoopSettings
 from .device import autocast, configure_device, make_batches, pick_device
 from .metrics import confusion_matrix, per_class_f1
 from .models import build_from_spec, count_parameters
+
+if TYPE_CHECKING:
+    from ..settings import TrainingSettings
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -45,50 +49,25 @@ BUNDLE_FORMAT = "quantgod-model/1"
 SHORT_NAMES = ("S", "N", "B")
 LONG_NAMES = ("sell", "neutral", "buy")
 
-LogFn = Callable[[str], Any]
-
-
-def as_log(log: logging.Logger | LogFn | None) -> LogFn:
-    """A `str -> None` from a Logger (its .info), a callable, or None (drop the lines)."""
-    if log is None:
-        return lambda _msg: None
-    if isinstance(log, logging.Logger) or hasattr(log, "info"):
-        return log.info
-    return log
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
 # Config and results
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    min_lr: float = 1e-6  # CosineAnnealingLR's eta_min
-    class_weights: tuple[float, ...] = (2.0, 1.0, 2.0)
-    patience: int = 5  # epochs without a better val F1 macro before stopping
-    grad_clip: float | None = 1.0
-    log_every: int = 200  # batches between progress lines
-    seed: int = 42
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA
+class TrainConfig(LoopSettings):
+    """The loop's settings: training.yaml's (`LoopSettings`, defaults there) plus the knobs only
+    code sets."""
+
     eval_batch_size: int | None = None  # default: 2 × batch_size
-    max_batches_per_epoch: int | None = None  # cap for smoke runs and benchmarks
     checkpoint_path: str | None = None  # state_dict written on each improvement
     num_workers: int = 0  # DataLoader workers, for datasets that are not window datasets
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> TrainConfig:
-        """From a settings / best_params dict; unknown keys are ignored."""
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        if "class_weights" in kwargs and kwargs["class_weights"] is not None:
-            kwargs["class_weights"] = tuple(float(w) for w in kwargs["class_weights"])
-        return cls(**kwargs)
+    def from_settings(cls, training: TrainingSettings, **changes: Any) -> TrainConfig:
+        """training.yaml's loop settings with `changes` over them (validated: an unknown name fails)."""
+        return cls.model_validate({**training.model_dump(include=set(LoopSettings.model_fields)), **changes})
 
 
 @dataclass
@@ -127,13 +106,6 @@ class TrainResult:
     device: str
     n_parameters: int
     best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
-
-    @property
-    def best_metrics(self) -> EpochMetrics | None:
-        for m in self.history:
-            if m.epoch == self.best_epoch:
-                return m
-        return None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -258,20 +230,21 @@ def train_model(
     model: nn.Module,
     train_ds: Any,
     val_ds: Any,
-    cfg: TrainConfig | Mapping[str, Any] | None = None,
-    log: logging.Logger | LogFn | None = None,
+    cfg: TrainConfig | None = None,
     on_epoch: Callable[[EpochMetrics], Any] | None = None,
     checkpoint_fn: Callable[[nn.Module, EpochMetrics], Any] | None = None,
+    quiet: bool = False,
 ) -> TrainResult:
     """Trains `model` in place and leaves it holding the best-validation-F1-macro weights.
 
     `on_epoch(metrics)` is called after each epoch (Optuna reports and prunes from there; an
     exception it raises stops training and propagates). `checkpoint_fn(model, metrics)` is
     called on each improvement (the `model` asset saves the full bundle there); otherwise
-    `cfg.checkpoint_path`, when set, receives the state_dict.
+    `cfg.checkpoint_path`, when set, receives the state_dict. `quiet` drops the loop's lines (an
+    Optuna trial logs its own, shorter ones).
     """
-    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
-    say = as_log(log)
+    cfg = cfg or TrainConfig()
+    say = (lambda _line: None) if quiet else log.info
     device = pick_device(cfg.device)
     configure_device(device)
     torch.manual_seed(cfg.seed)
@@ -460,7 +433,3 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     model.spec = copy.deepcopy(bundle["spec"])  # type: ignore[attr-defined]
     model.to(pick_device(device)).eval()
     return model, bundle
-
-
-def epoch_history_dicts(result: TrainResult) -> list[dict[str, Any]]:
-    return [asdict(m) for m in result.history]

@@ -5,7 +5,8 @@ and a MedianPruner; each trial trains with the shared `train_model` loop and rep
 validation F1 macro every epoch. The datasets depend on searched parameters (`seq_len`,
 `n_levels`), so the caller passes `make_datasets(params) -> (train_ds, val_ds, n_features)`.
 
-`n_trials` is the study's total budget: a resumed study runs only the trials still missing,
+What to search and how long come from optimization.yaml (`OptimizationSettings`), everything a
+trial does not search from training.yaml (`TrainingSettings`). `n_trials` is the study's total budget: a resumed study runs only the trials still missing,
 so re-running after a crash finishes the search instead of starting it over.
 """
 
@@ -20,26 +21,31 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import optuna
 import torch
+from pydantic import ValidationError
 
+from ..settings import OptimizationSettings, SearchParam, TrainingSettings
 from .models import build_model
-from .train import EpochMetrics, TrainConfig, as_log, train_model
+from .train import EpochMetrics, TrainConfig, train_model
 
 __all__ = [
-    "DEFAULT_STORAGE_URL",
     "format_trial_start",
     "load_best_params",
     "make_study",
+    "open_study",
     "run_study",
     "suggest_params",
 ]
 
-DEFAULT_STORAGE_URL = "sqlite:///optuna_study.db"
+_DEFAULT = OptimizationSettings()  # optimization.yaml's defaults, for make_study's own
 
 MakeDatasets = Callable[[dict[str, Any]], tuple[Any, Any, int]]
+SearchSpace = Mapping[str, SearchParam | Mapping[str, Any] | Any]
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,8 +63,23 @@ def _condition_holds(condition: Mapping[str, Any] | None, params: Mapping[str, A
     return True
 
 
-def suggest_params(trial: optuna.Trial, search_space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Draws one value per entry of `search_space`, in order:
+SEARCH_TYPES = get_args(SearchParam.model_fields["type"].annotation)
+
+
+def _entry(name: str, spec: SearchParam | Mapping[str, Any] | Any) -> SearchParam:
+    """A typed entry from optimization.yaml, or the same written as a dict (or a bare fixed value)."""
+    if isinstance(spec, SearchParam):
+        return spec
+    if isinstance(spec, Mapping) and spec.get("type") not in SEARCH_TYPES:
+        raise ValueError(f"search space entry {name!r}: unknown type {spec.get('type')!r}; one of {SEARCH_TYPES}")
+    try:
+        return OptimizationSettings.model_validate({"search_space": {name: spec}}).search_space[name]
+    except ValidationError as exc:
+        raise ValueError(f"search space entry {name!r}: {exc.errors()[0]['msg']}") from exc
+
+
+def suggest_params(trial: optuna.Trial, search_space: SearchSpace) -> dict[str, Any]:
+    """Draws one value per entry of `search_space` (`SearchParam`s, or their dicts), in order:
 
     - `{"type": "categorical", "choices": [...]}`
     - `{"type": "float", "low", "high", "log"?: bool, "step"?: float}`
@@ -69,29 +90,31 @@ def suggest_params(trial: optuna.Trial, search_space: Mapping[str, Mapping[str, 
     (architecture-specific parameters).
     """
     params: dict[str, Any] = {}
-    for name, spec in search_space.items():
-        if not isinstance(spec, Mapping):
-            params[name] = spec
+    for name, raw in search_space.items():
+        spec = _entry(name, raw)
+        if not _condition_holds(spec.when, params):
             continue
-        if not _condition_holds(spec.get("when"), params):
-            continue
-        kind = str(spec.get("type", "categorical")).lower()
-        if kind == "categorical":
-            params[name] = trial.suggest_categorical(name, list(spec["choices"]))
-        elif kind == "float":
-            kwargs: dict[str, Any] = {"log": bool(spec.get("log", False))}
-            if spec.get("step") is not None:
-                kwargs["step"] = float(spec["step"])
-            params[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), **kwargs)
-        elif kind == "int":
-            params[name] = trial.suggest_int(
-                name, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)), log=bool(spec.get("log", False))
-            )
-        elif kind in ("fixed", "const", "constant"):
-            params[name] = spec["value"]
-        else:
-            raise ValueError(f"search space entry {name!r}: unknown type {kind!r}")
+        if spec.type == "categorical":
+            params[name] = trial.suggest_categorical(name, list(spec.choices or ()))
+        elif spec.type == "float":
+            step = float(spec.step) if spec.step is not None else None
+            params[name] = trial.suggest_float(name, float(spec.low), float(spec.high), log=spec.log, step=step)
+        elif spec.type == "int":
+            params[name] = trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1),
+                                             log=spec.log)
+        else:  # fixed
+            params[name] = spec.value
     return params
+
+
+def _fixed_params(search_space: SearchSpace) -> dict[str, Any]:
+    entries = {name: _entry(name, raw) for name, raw in search_space.items()}
+    return {name: spec.value for name, spec in entries.items() if spec.type == "fixed"}
+
+
+def _space_json(search_space: SearchSpace) -> str:
+    """The space as written in the file (logged with the study's parent run)."""
+    return json.dumps({name: _entry(name, raw).as_dict() for name, raw in search_space.items()})
 
 
 _SHORT = (
@@ -139,12 +162,12 @@ def _ensure_sqlite_folder(storage_url: str) -> None:
 
 
 def make_study(
-    storage_url: str = DEFAULT_STORAGE_URL,
-    study_name: str = "quantgod",
-    seed: int = 42,
-    n_startup_trials: int = 5,
-    n_warmup_steps: int = 2,
-    sampler_startup_trials: int = 10,
+    storage_url: str,
+    study_name: str,
+    seed: int = _DEFAULT.seed,
+    n_startup_trials: int = _DEFAULT.pruner.n_startup_trials,
+    n_warmup_steps: int = _DEFAULT.pruner.n_warmup_steps,
+    sampler_startup_trials: int = _DEFAULT.sampler_startup_trials,
 ) -> optuna.Study:
     """The study at `storage_url`, created or loaded (resumed): maximize, TPE(seed), MedianPruner.
 
@@ -168,6 +191,12 @@ def make_study(
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler_startup_trials),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
     )
+
+
+def open_study(optimization: OptimizationSettings, study_name: str) -> optuna.Study:
+    """`make_study` with optimization.yaml's storage, seed, pruner and sampler settings."""
+    return make_study(optimization.storage, study_name, optimization.seed, optimization.pruner.n_startup_trials,
+                      optimization.pruner.n_warmup_steps, optimization.sampler_startup_trials)
 
 
 def _free_accelerator_memory() -> None:
@@ -202,54 +231,45 @@ _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, o
 
 def run_study(
     make_datasets: MakeDatasets,
-    search_space: Mapping[str, Mapping[str, Any]],
-    n_trials: int = 20,
-    storage_url: str = DEFAULT_STORAGE_URL,
-    study_name: str = "quantgod",
-    seed: int = 42,
-    n_startup_trials: int = 5,
-    n_warmup_steps: int = 2,
-    epochs: int = 5,
-    log: logging.Logger | Callable[[str], Any] | None = None,
+    optimization: OptimizationSettings,
+    training: TrainingSettings,
+    study_name: str,
+    *,
     mlflow_tracking_uri: str | None = None,
-    best_params_path: str | Path | None = None,
-    train_defaults: Mapping[str, Any] | None = None,
-    mlflow_experiment: str = "quantgod-optimization",
     mlflow_artifact_location: str | Path | None = None,
-    timeout: float | None = None,
-    sampler_startup_trials: int = 10,
+    best_params_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Runs (or resumes) the study until it holds `n_trials` finished trials; returns the best
-    params (the searched ones plus any fixed entries of the search space).
+    """Runs (or resumes) the study until it holds `optimization.n_trials` finished trials; returns
+    the best params (the searched ones plus any fixed entries of the search space).
 
-    Each trial: params from `search_space` → `make_datasets(params)` → `build_model(arch, …)`
-    → `train_model` for `epochs` (no early stopping: the pruner decides), reporting validation
-    F1 macro each epoch. `train_defaults` (batch_size, weight_decay, class_weights, device…) fill
-    what the space does not search. A CUDA out-of-memory error prunes the trial after freeing
-    memory. With `mlflow_tracking_uri`, one parent run per study and a nested run per trial.
+    Each trial: params from `optimization.search_space` → `make_datasets(params)` →
+    `build_model(arch, …)` → `train_model` for `epochs_per_trial` (no early stopping: the pruner
+    decides), reporting validation F1 macro each epoch. `training` (batch_size, weight_decay,
+    class_weights, device, model sizes…) fills what the space does not search. A CUDA
+    out-of-memory error prunes the trial after freeing memory. With `mlflow_tracking_uri`, one
+    parent run per study (in `optimization.mlflow_experiment`) and a nested run per trial.
     """
-    say = as_log(log)
-    study = make_study(storage_url, study_name, seed, n_startup_trials, n_warmup_steps, sampler_startup_trials)
+    opt = optimization
+    storage_url, seed, epochs = opt.storage, opt.seed, opt.epochs_per_trial
+    study = open_study(opt, study_name)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state in _FINISHED]
-    remaining = max(int(n_trials) - len(finished), 0)
+    remaining = max(int(opt.n_trials) - len(finished), 0)
     if finished:
-        say(f"Resuming study '{study_name}' ({storage_url}): {len(finished)} trials done, {remaining} to run")
+        log.info(f"Resuming study '{study_name}' ({storage_url}): {len(finished)} trials done, {remaining} to run")
     else:
-        say(f"Study '{study_name}' ({storage_url}): {remaining} trials, {epochs} epochs each, seed {seed}")
+        log.info(f"Study '{study_name}' ({storage_url}): {remaining} trials, {epochs} epochs each, seed {seed}")
 
     if mlflow_tracking_uri:
         from .tracking import StudyTracker
 
-        tracker: Any = StudyTracker(mlflow_tracking_uri, mlflow_experiment, study_name, mlflow_artifact_location)
+        tracker: Any = StudyTracker(mlflow_tracking_uri, opt.mlflow_experiment, study_name, mlflow_artifact_location)
     else:
         tracker = _NullTracker()
 
-    defaults = dict(train_defaults or {})
-
     def objective(trial: optuna.Trial) -> float:
-        params = suggest_params(trial, search_space)
+        params = suggest_params(trial, opt.search_space)
         number = trial.number
-        say(format_trial_start(number, params))
+        log.info(format_trial_start(number, params))
         with tracker.trial(number, params):
             oom = False
             invalid: str | None = None
@@ -258,20 +278,20 @@ def run_study(
                 train_ds, val_ds, n_features = make_datasets(dict(params))
                 datasets = (train_ds, val_ds)
                 torch.manual_seed(seed + number)
-                model = build_model(params.get("arch", defaults.get("arch", "tcn_lstm")), n_features,
-                                    {**defaults, **params})
-                cfg = TrainConfig.from_dict({**defaults, **params, "epochs": epochs, "patience": 0,
-                                             "seed": seed + number, "checkpoint_path": None})
+                settings = training.with_params(params)
+                model = build_model(settings.arch, n_features, settings.model_params())
+                cfg = TrainConfig.from_settings(settings, epochs=epochs, patience=0, seed=seed + number,
+                                                max_batches_per_epoch=opt.max_batches_per_epoch)
 
                 def on_epoch(m: EpochMetrics) -> None:
-                    say(_format_epoch(number, m))
+                    log.info(_format_epoch(number, m))
                     tracker.log_epoch(m.as_mlflow(), m.epoch)
                     trial.report(m.f1_macro, m.epoch)
                     if trial.should_prune():
-                        say(f"Trial {number} pruned at epoch {m.epoch}/{m.epochs} (F1 Macro: {m.f1_macro:.4f})")
+                        log.info(f"Trial {number} pruned at epoch {m.epoch}/{m.epochs} (F1 Macro: {m.f1_macro:.4f})")
                         raise optuna.TrialPruned(f"epoch {m.epoch}: F1 Macro {m.f1_macro:.4f}")
 
-                result = train_model(model, train_ds, val_ds, cfg, log=None, on_epoch=on_epoch)
+                result = train_model(model, train_ds, val_ds, cfg, on_epoch=on_epoch, quiet=True)
             except torch.OutOfMemoryError:
                 oom = True  # handled below, once the traceback (and the tensors it holds) is gone
             except ValueError as exc:
@@ -281,23 +301,23 @@ def run_study(
             if oom:
                 model = datasets = None  # noqa: F841 - drop the references before collecting
                 _free_accelerator_memory()
-                say(f"Trial {number} — CUDA OOM! Clearing cache and pruning...")
+                log.info(f"Trial {number} — CUDA OOM! Clearing cache and pruning...")
                 raise optuna.TrialPruned("CUDA out of memory")
             if invalid is not None:
-                say(f"Trial {number} — invalid parameters ({invalid}), pruning")
+                log.info(f"Trial {number} — invalid parameters ({invalid}), pruning")
                 raise optuna.TrialPruned(invalid)
             value = float(result.best_f1_macro)
-            say(f"Trial {number} DONE | best F1 Macro: {value:.4f} (epoch {result.best_epoch})")
+            log.info(f"Trial {number} DONE | best F1 Macro: {value:.4f} (epoch {result.best_epoch})")
             tracker.log_trial_value(value)
             trial.set_user_attr("best_epoch", result.best_epoch)
             trial.set_user_attr("n_parameters", result.n_parameters)
             return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tracker.study({"study_name": study_name, "storage_url": storage_url, "n_trials": n_trials,
-                        "epochs": epochs, "seed": seed, "search_space": json.dumps(search_space)}):
+    with tracker.study({"study_name": study_name, "storage_url": storage_url, "n_trials": opt.n_trials,
+                        "epochs": epochs, "seed": seed, "search_space": _space_json(opt.search_space)}):
         if remaining:
-            study.optimize(objective, n_trials=remaining, timeout=timeout, gc_after_trial=True)
+            study.optimize(objective, n_trials=remaining, timeout=opt.timeout_s, gc_after_trial=True)
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -306,10 +326,8 @@ def run_study(
                 f"study '{study_name}' has no completed trial ({len(pruned)} pruned, {len(trials)} in all)"
             )
         best = study.best_trial
-        fixed = {k: (v["value"] if isinstance(v, Mapping) else v) for k, v in search_space.items()
-                 if not isinstance(v, Mapping) or str(v.get("type", "")).lower() in ("fixed", "const", "constant")}
-        best_params = {**fixed, **best.params}
-        say(f"Best trial {best.number} | F1 Macro: {best.value:.4f} | {len(complete)} complete, "
+        best_params = {**_fixed_params(opt.search_space), **best.params}
+        log.info(f"Best trial {best.number} | F1 Macro: {best.value:.4f} | {len(complete)} complete, "
             f"{len(pruned)} pruned | params: {json.dumps(best_params, sort_keys=True)}")
         tracker.log_best(best_params, float(best.value), len(trials))
 

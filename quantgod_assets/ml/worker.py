@@ -14,7 +14,7 @@ still add at most one trial per extra worker). Optuna hands each worker distinct
     python -m quantgod_assets.ml.worker --objective toy --storage /tmp/s.log --study smoke --n-trials 8 --workers 2
 
 Objectives:
-    quantgod  the `optimization` asset's own search (`pipeline.run_optimization`), one trial per
+    quantgod  the `optimization` asset's own search (`search.run_optimization`), one trial per
               call; best_params.json is rewritten after every trial, so it always holds the best so far.
     toy       a quadratic in two parameters: no data, no torch.
 
@@ -25,7 +25,6 @@ module does not import dagster.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import socket
@@ -103,35 +102,40 @@ def run_quantgod_worker(n_trials: int | None = None, storage: str | None = None,
     and rewrites best_params.json. Returns how many calls this worker made.
     """
     from ..settings import load_settings
-    from .pipeline import run_optimization
-    from .tune import make_study
+    from .lines import lines_to
+    from .search import run_optimization
+    from .tune import open_study
 
     settings = load_settings()
-    opt = settings.optimization
-    changes: dict[str, Any] = {}
-    if storage:
-        changes["storage"] = storage
-    if study_name:
-        changes["study_name"] = study_name
-    if n_trials:
-        changes["n_trials"] = n_trials
-    opt = dataclasses.replace(opt, **changes)
+    changes: dict[str, Any] = {"storage": storage, "study_name": study_name, "n_trials": n_trials}
+    opt = settings.optimization.model_copy(update={k: v for k, v in changes.items() if v})
     name = opt.study_for(settings.labelling.suffix)
-    study = make_study(opt.storage, name, opt.seed, opt.pruner_startup_trials, opt.pruner_warmup_steps,
-                       opt.sampler_startup_trials)
+    study = open_study(opt, name)
     me = f"worker {socket.gethostname()}:{os.getpid()}"
     calls = 0
-    while True:
-        finished = len(study.get_trials(deepcopy=False, states=_taken_states()[:3]))
-        if count_taken(study) >= opt.n_trials:
-            say(f"{me}: study '{name}' holds {finished} finished trials of {opt.n_trials}: done")
-            return calls
-        one_more = dataclasses.replace(settings, optimization=dataclasses.replace(opt, n_trials=finished + 1))
-        try:
-            run_optimization(one_more, log=lambda line: say(f"{me} | {line}"), mlflow=mlflow)
-        except RuntimeError as exc:  # "no completed trial" yet: the first trials were pruned
-            say(f"{me}: {exc}")
-        calls += 1
+    with lines_to(_SayHandler(say, f"{me} | ")):
+        while True:
+            finished = len(study.get_trials(deepcopy=False, states=_taken_states()[:3]))
+            if count_taken(study) >= opt.n_trials:
+                say(f"{me}: study '{name}' holds {finished} finished trials of {opt.n_trials}: done")
+                return calls
+            one_more = settings.model_copy(update={"optimization": opt.model_copy(update={"n_trials": finished + 1})})
+            try:
+                run_optimization(one_more, mlflow=mlflow)
+            except RuntimeError as exc:  # "no completed trial" yet: the first trials were pruned
+                say(f"{me}: {exc}")
+            calls += 1
+
+
+class _SayHandler(logging.Handler):
+    """The ML lines, prefixed with the worker's name, through `say` (print by default)."""
+
+    def __init__(self, say: Callable[[str], Any], prefix: str):
+        super().__init__()
+        self.say, self.prefix = say, prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say(self.prefix + record.getMessage())
 
 
 def spawn_workers(n: int, argv: Sequence[str]) -> int:

@@ -10,10 +10,17 @@ import torch
 from mlflow import MlflowClient
 
 from quantgod_assets.ml.models import build_model
-from quantgod_assets.ml.tracking import confusion_figure, log_final_model
+from quantgod_assets.ml.tracking import log_final_model
 from quantgod_assets.ml.train import TrainConfig, train_model
 from quantgod_assets.ml.tune import run_study
-from quantgod_assets_tests.builders import SPACE, make_datasets, planted_signal, split_windows
+from quantgod_assets.plots import confusion_figure
+from quantgod_assets.settings import OptimizationSettings, TrainingSettings
+from quantgod_assets_tests.builders import (
+    SPACE,
+    make_datasets,
+    planted_signal,
+    split_windows,
+)
 
 
 @pytest.fixture
@@ -27,9 +34,11 @@ def store(tmp_path, monkeypatch):
 
 def test_study_has_a_parent_run_and_a_nested_run_per_trial(store):
     uri, tmp_path = store
-    run_study(make_datasets, SPACE, n_trials=2, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
-              study_name="labels_h15_t8", seed=3, epochs=2, train_defaults={"device": "cpu"},
-              mlflow_tracking_uri=uri, mlflow_experiment="opt", mlflow_artifact_location=tmp_path / "art")
+    search = {"search_space": SPACE, "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "seed": 3,
+              "mlflow_experiment": "opt"}
+    cpu = TrainingSettings(device="cpu")
+    run_study(make_datasets, OptimizationSettings.model_validate({**search, "n_trials": 2, "epochs_per_trial": 2}),
+              cpu, "labels_h15_t8", mlflow_tracking_uri=uri, mlflow_artifact_location=tmp_path / "art")
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("opt")
     assert experiment.artifact_location.startswith("file://") and "art" in experiment.artifact_location
@@ -47,9 +56,8 @@ def test_study_has_a_parent_run_and_a_nested_run_per_trial(store):
         assert run.data.tags["optuna_state"] == "COMPLETE"
 
     # resuming the study re-opens the same parent run
-    run_study(make_datasets, SPACE, n_trials=3, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
-              study_name="labels_h15_t8", seed=3, epochs=1, train_defaults={"device": "cpu"},
-              mlflow_tracking_uri=uri, mlflow_experiment="opt")
+    run_study(make_datasets, OptimizationSettings.model_validate({**search, "n_trials": 3, "epochs_per_trial": 1}),
+              cpu, "labels_h15_t8", mlflow_tracking_uri=uri)
     runs = client.search_runs([experiment.experiment_id])
     assert len([r for r in runs if r.data.tags.get("run_kind") == "study"]) == 1
     assert len([r for r in runs if r.data.tags.get("run_kind") == "trial"]) == 3

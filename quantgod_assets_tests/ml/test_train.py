@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from quantgod_assets.ml.device import make_batches, pick_device, window_arrays
+from quantgod_assets.ml.lines import lines_to
 from quantgod_assets.ml.models import build_model
 from quantgod_assets.ml.train import (
     TrainConfig,
@@ -81,15 +82,10 @@ def test_trained_model_beats_the_majority_baseline(data, tmp_path):
     model = build_model("tcn_lstm", x.shape[1], TINY)
     cfg = TrainConfig(epochs=6, batch_size=64, lr=3e-3, patience=3, log_every=10, device="cpu",
                       checkpoint_path=str(tmp_path / "ckpt.pth"))
-    logger = logging.getLogger("test.train")
-    logger.setLevel(logging.INFO)
     handler = ListHandler()
-    logger.addHandler(handler)
     epochs_seen = []
-    try:
-        result = train_model(model, train, val, cfg, log=logger, on_epoch=epochs_seen.append)
-    finally:
-        logger.removeHandler(handler)
+    with lines_to(handler):
+        result = train_model(model, train, val, cfg, on_epoch=epochs_seen.append)
     text = "\n".join(handler.lines)
     assert "Device: cpu | Parameters: " in text
     assert "✅ Best model saved (F1 Macro: " in text
@@ -107,12 +103,13 @@ def test_early_stopping_and_best_weights_restored(data):
     x, _y, (train, val, _test) = data
     torch.manual_seed(0)
     model = build_model("tcn_lstm", x.shape[1], TINY)
-    lines = []
+    handler = ListHandler()
     # lr 0: the model never changes, so after the first epoch there is never a gain
-    result = train_model(model, train, val, TrainConfig(epochs=10, batch_size=128, lr=0.0, min_lr=0.0,
-                                                        patience=2, device="cpu"), log=lines.append)
+    with lines_to(handler):
+        result = train_model(model, train, val, TrainConfig(epochs=10, batch_size=128, lr=0.0, min_lr=0.0,
+                                                            patience=2, device="cpu"))
     assert result.stopped_early and len(result.history) == 3
-    assert any("Early stopping" in line for line in lines)
+    assert any("Early stopping" in line for line in handler.lines)
 
 
 def test_transformer_trains_too(data):

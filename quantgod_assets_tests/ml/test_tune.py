@@ -3,32 +3,53 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import optuna
 import pytest
 import torch
 
 from quantgod_assets.ml import tune
-from quantgod_assets.ml.tune import format_trial_start, load_best_params, run_study, suggest_params
+from quantgod_assets.ml.lines import lines_to
+from quantgod_assets.ml.tune import (
+    format_trial_start,
+    load_best_params,
+    run_study,
+    suggest_params,
+)
+from quantgod_assets.settings import OptimizationSettings, TrainingSettings
 from quantgod_assets_tests.builders import SPACE, make_datasets
 
 
-def run(tmp_path, lines, n_trials=2, **kwargs):
-    return run_study(
-        make_datasets,
-        SPACE,
+class Lines(logging.Handler):
+    """The ML lines (`lines_to`) collected into a list."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def search(space=SPACE, **changes) -> OptimizationSettings:
+    return OptimizationSettings.model_validate({"search_space": space, **changes})
+
+
+CPU = TrainingSettings(device="cpu")
+
+
+def run(tmp_path, lines, n_trials=2):
+    optimization = search(
         n_trials=n_trials,
-        storage_url=f"sqlite:///{tmp_path / 'optuna_study.db'}",
-        study_name="labels_h15_t8",
+        storage=f"sqlite:///{tmp_path / 'optuna_study.db'}",
         seed=7,
-        n_startup_trials=5,  # no pruning among these few trials (the pruner has its own test)
-        n_warmup_steps=0,
-        epochs=2,
-        log=lines.append,
-        best_params_path=tmp_path / "optimization" / "best_params.json",
-        train_defaults={"device": "cpu"},
-        **kwargs,
+        pruner={"n_startup_trials": 5, "n_warmup_steps": 0},  # no pruning among these few trials
+        epochs_per_trial=2,
     )
+    with lines_to(Lines(lines)):
+        return run_study(make_datasets, optimization, CPU, "labels_h15_t8",
+                         best_params_path=tmp_path / "optimization" / "best_params.json")
 
 
 def load(tmp_path):
@@ -134,7 +155,7 @@ def test_invalid_head_count_is_pruned_not_fatal(tmp_path):
              "d_model": {"type": "categorical", "choices": [10]}, "n_heads": {"type": "categorical", "choices": [4]},
              "n_layers": 1, "seq_len": 8, "batch_size": 128}
     lines: list[str] = []
-    with pytest.raises(RuntimeError, match="no completed trial"):
-        run_study(make_datasets, space, n_trials=1, storage_url=f"sqlite:///{tmp_path / 'o.db'}",
-                  study_name="bad", epochs=1, log=lines.append, train_defaults={"device": "cpu"})
+    optimization = search(space, n_trials=1, storage=f"sqlite:///{tmp_path / 'o.db'}", epochs_per_trial=1)
+    with pytest.raises(RuntimeError, match="no completed trial"), lines_to(Lines(lines)):
+        run_study(make_datasets, optimization, CPU, "bad")
     assert any("invalid parameters" in line for line in lines)
