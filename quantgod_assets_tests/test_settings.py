@@ -135,3 +135,103 @@ def test_missing_default_raw_root_also_names_the_setting(configs, clean_env, tmp
     clean_env.chdir(tmp_path)
     with pytest.raises(RawRootMissingError, match="QUANTGOD_RAW_ROOT.*mount may be down"):
         load_settings().paths.require_raw_root()
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema: a misspelt key fails at load, naming the key and the file
+
+
+@pytest.mark.parametrize(
+    "name, text, key, hint",
+    [
+        ("etl.yaml", "max_silense_s: 30\n", "max_silense_s", "max_silence_s"),
+        ("labelling.yaml", "lookahed: 30\n", "lookahed", "lookahead"),
+        ("optimization.yaml", "n_trial: 3\n", "n_trial", "n_trials"),
+        ("training.yaml", "epoch: 3\n", "epoch", "epochs"),
+    ],
+)
+def test_unknown_key_in_each_file_names_the_key_and_the_file(configs, name, text, key, hint):
+    with (configs / name).open("a") as fh:
+        fh.write(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == f"{configs / name}: unknown key '{key}' (did you mean '{hint}'?)"
+
+
+@pytest.mark.parametrize(
+    "name, text, key",
+    [
+        ("etl.yaml", "download: {enbled: true}\n", "download.enbled"),
+        ("etl.yaml", "checks: {gap_warn: 0.1}\n", "checks.gap_warn"),
+        ("etl.yaml", "paths: {data: out}\n", "paths.data"),
+        ("optimization.yaml", "pruner: {n_startup: 1}\n", "pruner.n_startup"),
+        ("optimization.yaml", "search_space: {lr: {type: float, low: 0.1, high: 1, lgo: true}}\n",
+         "search_space.lr.lgo"),
+        ("training.yaml", "mlflow: {uri: 'sqlite:///x.db'}\n", "mlflow.uri"),
+        ("training.yaml", "split: {train: 0.7, valid: 0.3}\n", "split.valid"),
+        ("training.yaml", "data: {begin: 2025-03-01}\n", "data.begin"),
+        ("training.yaml", "backtest: {fees: 0.001}\n", "backtest.fees"),
+    ],
+)
+def test_unknown_nested_key_is_named_with_its_section(configs, name, text, key):
+    (configs / name).write_text(text)
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'") as info:
+        load_settings()
+    assert str(configs / name) in str(info.value)
+
+
+def test_a_typo_in_a_profile_fails_even_when_the_profile_is_not_chosen(configs, clean_env):
+    clean_env.delenv("QUANTGOD_ML_PROFILE", raising=False)
+    text = (configs / "training.yaml").read_text().replace("    epochs: 2\n", "    epoch: 2\n")
+    (configs / "training.yaml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == f"{configs / 'training.yaml'}: profiles.small: unknown key 'epoch' (did you mean 'epochs'?)"
+
+
+def test_profile_merge_is_typed(configs, clean_env):
+    from quantgod_assets.settings import SearchParam, TrainingSettings
+
+    clean_env.setenv("QUANTGOD_ML_PROFILE", "small")
+    s = load_settings()
+    assert isinstance(s.training, TrainingSettings) and s.training.profile == "small"
+    assert (s.training.seq_len, s.training.n_levels, s.training.tcn_channels) == (30, 10, 16)
+    assert s.training.patience == 0 and s.training.max_batches_per_epoch == 40
+    # nested sections not named by the profile keep the file's values
+    assert s.training.mlflow.experiment == "quantgod" and s.training.split.fractions == (0.70, 0.15, 0.15)
+    assert s.optimization.profile == "small" and s.optimization.pruner.n_startup_trials == 5
+    assert all(isinstance(p, SearchParam) for p in s.optimization.search_space.values())
+    assert s.optimization.search_space["seq_len"].type == "fixed" and s.optimization.search_space["seq_len"].value == 30
+    # a profile value of the wrong type fails like the file's own would
+    text = (configs / "training.yaml").read_text().replace("    seq_len: 30\n", "    seq_len: thirty\n")
+    (configs / "training.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="profiles.small: seq_len='thirty' is not valid"):
+        load_settings()
+
+
+def test_search_space_names_must_be_training_settings(configs):
+    (configs / "optimization.yaml").write_text("search_space:\n  lstm_hiden: {type: categorical, choices: [8]}\n")
+    with pytest.raises(ConfigError, match=r"optimization.yaml: search_space key\(s\) \['lstm_hiden'\]"):
+        load_settings()
+
+
+def test_old_model_type_names_are_read_as_arch(configs):
+    (configs / "training.yaml").write_text("model_type: transformer\n")
+    (configs / "optimization.yaml").write_text("search_space:\n  model_type: {type: fixed, value: transformer}\n")
+    s = load_settings()
+    assert s.training.arch == "transformer"
+    assert list(s.optimization.search_space) == ["arch"]
+    assert not hasattr(s.training, "model_type")
+
+
+def test_settings_are_frozen_and_params_are_validated(configs):
+    import pydantic
+
+    s = load_settings()
+    with pytest.raises(pydantic.ValidationError):
+        s.training.epochs = 3
+    tuned = s.training.with_params({"lr": 0.002, "tcn_channels": 32})
+    assert (tuned.lr, tuned.tcn_channels, tuned.epochs) == (0.002, 32, s.training.epochs)
+    assert s.training.lr == 0.001  # the original is untouched
+    with pytest.raises(ConfigError, match="unknown key 'lstm_hiden'"):
+        s.training.with_params({"lstm_hiden": 8})
