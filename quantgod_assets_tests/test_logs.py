@@ -113,3 +113,39 @@ def test_experiment_logs_are_all_kept(tmp_path, module):
     close_log(open_log(module, tmp_path))
     assert len(list((tmp_path / module).iterdir())) == 41
     assert prune_logs(tmp_path / module, module) == []
+
+
+def test_ml_lines_reach_the_file_and_the_forwarded_run_log(tmp_path):
+    """What the ML assets do: the stages log on their module loggers; `lines_to` hands those lines
+    to the run's file log, which forwards them (INFO and up) to Dagster's run log."""
+    from quantgod_assets.logs import ForwardingHandler
+    from quantgod_assets.ml.lines import lines_to
+
+    seen: list[tuple[int, str]] = []
+
+    class Target(logging.Handler):
+        def emit(self, record):
+            seen.append((record.levelno, record.getMessage()))
+
+    target = logging.getLogger("test.forward.ml")
+    target.propagate = False
+    target.setLevel(logging.DEBUG)
+    handler = Target()
+    target.addHandler(handler)
+    stage = logging.getLogger("quantgod_assets.ml.final")
+    try:
+        with run_log("training", tmp_path, forward_to=target) as log, lines_to(ForwardingHandler(log)):
+            path = log.log_path
+            stage.info("Model saved: data/models/quantgod_cloud_model.pth")
+            stage.warning("feature pictures skipped: ValueError: no finite row")
+            stage.debug("not a line for either")
+        stage.info("after the run: nowhere")
+    finally:
+        target.removeHandler(handler)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("[INFO]  Model saved: data/models/quantgod_cloud_model.pth")
+    assert lines[1].endswith("[WARNING] feature pictures skipped: ValueError: no finite row")
+    assert seen == [(logging.INFO, "Model saved: data/models/quantgod_cloud_model.pth"),
+                    (logging.WARNING, "feature pictures skipped: ValueError: no finite row")]
+    assert logging.getLogger("quantgod_assets.ml").handlers == []

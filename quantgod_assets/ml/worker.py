@@ -36,9 +36,6 @@ from typing import Any
 
 __all__ = ["count_taken", "main", "run_quantgod_worker", "run_toy_worker", "spawn_workers", "toy_objective"]
 
-log = logging.getLogger("quantgod.worker")
-
-
 def _taken_states() -> tuple[Any, ...]:
     import optuna
 

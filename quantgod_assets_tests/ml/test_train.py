@@ -182,3 +182,14 @@ def test_device_copy_is_shared_and_released_with_the_matrix():
     del feats, a, b
     gc.collect()
     assert key not in device_mod._DEVICE_COPIES
+
+
+def test_train_config_comes_from_the_training_settings():
+    from quantgod_assets.settings import TrainingSettings
+
+    training = TrainingSettings(epochs=7, lr=0.002, tcn_channels=8)
+    cfg = TrainConfig.from_settings(training, patience=0, checkpoint_path="x.pth")
+    assert (cfg.epochs, cfg.lr, cfg.patience, cfg.checkpoint_path) == (7, 0.002, 0, "x.pth")
+    assert cfg.weight_decay == training.weight_decay and cfg.class_weights == (2.0, 1.0, 2.0)
+    with pytest.raises(ValueError, match="epoch"):  # a misspelt name fails, it is not dropped
+        TrainConfig.from_settings(training, epoch=3)
