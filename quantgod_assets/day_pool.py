@@ -6,6 +6,7 @@ Plain Python (no dagster): the workers import only what `fn` needs.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -45,8 +46,8 @@ def run_days(
     unfinished = _run_pooled(fn, days, workers, on_result)
     if unfinished:
         # A dead worker (the OOM killer, a crash in native code) breaks the whole pool and every
-        # day still in it, and which day killed it is unknown: give each of those days a process
-        # of its own, so only the day that kills its worker again fails.
+        # day still in it, and which day killed it is unknown: each of those days is tried once
+        # more in a process of its own, so only a day that kills its worker again fails.
         with ThreadPoolExecutor(max_workers=min(workers, len(unfinished))) as threads:
             list(threads.map(lambda day: _run_isolated(fn, day, on_result), unfinished))
 
@@ -73,12 +74,45 @@ def _run_pooled(fn: Callable[[Day], Any], days: Sequence[Day], workers: int,
     return sorted(broken, key=order.__getitem__)
 
 
+class WorkerDied(RuntimeError):
+    """A day's own worker process ended without a result (killed by a signal, or crashed)."""
+
+    def __init__(self, exitcode: int | None):
+        self.exitcode = exitcode
+        if exitcode is not None and exitcode < 0:
+            hint = "; out of memory?" if -exitcode == signal.SIGKILL else ""
+            super().__init__(f"worker killed (signal {-exitcode}{hint})")
+        else:
+            super().__init__(f"worker died (exit code {exitcode})")
+
+
+def _call_and_send(fn: Callable[[Day], Any], day: Day, send: Any) -> None:
+    try:
+        result = ("ok", fn(day))
+    except Exception as exc:
+        result = ("error", exc)
+    send.send(result)
+    send.close()
+
+
 def _run_isolated(fn: Callable[[Day], Any], day: Day,
                   on_result: Callable[[Day, Any, BaseException | None], None]) -> None:
-    with ProcessPoolExecutor(max_workers=1, mp_context=pool_context()) as pool:
-        try:
-            result = pool.submit(fn, day).result()
-        except Exception as exc:  # BrokenProcessPool too: this day's own worker died
-            on_result(day, None, exc)
-        else:
-            on_result(day, result, None)
+    """`fn(day)` in a process of its own, whose exit code says how it died if it did."""
+    context = pool_context()
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_call_and_send, args=(fn, day, send), daemon=True)
+    process.start()
+    send.close()  # the child holds the other end: its death is then EOF here
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        process.join()
+        on_result(day, None, WorkerDied(process.exitcode))
+        return
+    finally:
+        receive.close()
+    process.join()
+    if status == "ok":
+        on_result(day, value, None)
+    else:
+        on_result(day, None, value)

@@ -171,8 +171,12 @@ def test_blocking_gap_check_fails_the_run_with_the_intervals(qg_env):
     result = materialize([preprocessed_book], partition=DAY1)
     assert not result.success
     # a day failing a blocking check never replaces the previous one, and is not recorded
-    assert path.read_bytes() == good and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    assert path.read_bytes() == good and sorted(p.name for p in path.parent.iterdir()) == [path.name, "rejected"]
+    rejected = path.parent / "rejected" / path.name
+    assert pl.read_parquet(rejected).height == 1440
     assert result.asset_materializations_for_node("preprocessed_book") == []
+    failure = result.failure_data_for_node("preprocessed_book").user_failure_data.description
+    assert "check gaps failed" in failure and str(rejected) in failure
     [gaps] = [e for e in result.get_asset_check_evaluations() if e.check_name == "gaps"]
     assert not gaps.passed and gaps.severity == dg.AssetCheckSeverity.ERROR
     assert gaps.metadata["invalid_share"].value > 0.9
@@ -180,7 +184,7 @@ def test_blocking_gap_check_fails_the_run_with_the_intervals(qg_env):
     assert "above the 10% limit" in gaps.description
     text = "".join(p.read_text() for p in (qg_env.logs_dir / "etl").glob("etl_*.log"))
     assert "[WARNING] Significant gaps" in text or "[ERROR] Significant gaps" in text
-    assert f"[WARNING] Not published: {path.as_posix()} (the previous file is kept)" in text
+    assert f"[WARNING] Not published: {path.as_posix()} (the previous file is kept); the rejected output is" in text
 
 
 def test_checks_fail_through_dagster_on_a_day_built_to_fail_them(qg_env):

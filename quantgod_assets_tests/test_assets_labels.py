@@ -184,11 +184,13 @@ def test_class_balance_fails_a_one_class_day_and_blocks_downstream(lab_env):
     assert "SELL, BUY absent" in check.description
     # the day is neither published nor recorded: the good file of the first run stays, no temp file left
     assert labelled(lab_env, DAY1).read_bytes() == good
-    assert sorted(p.name for p in labelled(lab_env, DAY1).parent.iterdir()) == ["2025-03-14.parquet"]
+    folder = labelled(lab_env, DAY1).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["2025-03-14.parquet", "rejected"]
+    assert pl.read_parquet(folder / "rejected" / "2025-03-14.parquet")["target"].drop_nulls().unique().to_list() == [1]
     assert result.asset_materializations_for_node("labelled_frame") == []
     text = next((lab_env.logs_dir / "labelling").glob(f"labelling_{SUFFIX}_*.log")).read_text()
     assert "[ERROR] Failed: 2025-03-14.parquet: check class_balance failed" in text
-    assert "Not published: " in text and "(the previous file is kept)" in text
+    assert "Not published: " in text and "(the previous file is kept); the rejected output is " in text
 
 
 def test_class_balance_warns_on_a_rare_class(lab_env):

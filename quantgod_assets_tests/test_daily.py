@@ -42,11 +42,11 @@ def test_a_killed_worker_fails_only_its_own_day(caplog):
         outcomes = run_stage(days, partial(_day_or_die, doomed=days[2]), workers=2, log=log)
     assert [o.day for o in outcomes] == days
     assert [o.reason is None for o in outcomes] == [True, True, False, True, True]
-    assert "worker process died" in outcomes[2].reason
+    assert outcomes[2].reason == "worker killed (signal 9; out of memory?)"
     messages = _records(caplog)
     assert {f"done {d}" for d in days if d != days[2]} <= set(messages)
     assert "Done: 4 of 5 day(s) succeeded" in " ".join(messages)
-    assert f"- {days[2]}: its worker process died" in describe_failures(outcomes)
+    assert f"- {days[2]}: worker killed (signal 9; out of memory?)" in describe_failures(outcomes)
 
 
 def test_a_failed_blocking_check_is_the_days_reason_a_warning_is_not():
@@ -73,10 +73,12 @@ def test_the_label_stage_on_a_pool_matches_the_duckdb_distribution(tmp_path, mon
     # the last book day has no BUY minute: checked, failed its blocking check, never published
     assert [o.published for o in outcomes] == [True, True, False, False]
     assert outcomes[2].reason.startswith("check class_balance failed") and not outcomes[2].path.exists()
+    assert outcomes[2].rejected.is_file() and str(outcomes[2].rejected) in outcomes[2].reason
     per_day = [class_distribution_of(o) for o in outcomes[:2]]
     folder = settings.paths.labelled_dir / label_suffix()
     assert labelled_distribution(folder) == combine_distributions(per_day)
-    assert sorted(p.name for p in folder.iterdir()) == [f"{d}.parquet" for d in days[:2]]  # nothing staged left
+    assert sorted(p.name for p in folder.glob("*")) == [f"{d}.parquet" for d in days[:2]] + ["rejected"]
+    assert not list(folder.glob(".*"))  # nothing staged left
     first = outcomes[0]
     assert first.metadata["next_day_present"] is True and outcomes[2].metadata["next_day_present"] is False
     assert first.metadata["rows"] == pl.read_parquet(first.path).height == 1440
@@ -86,3 +88,18 @@ def test_the_label_stage_on_a_pool_matches_the_duckdb_distribution(tmp_path, mon
 
 def class_distribution_of(outcome: DayOutcome) -> dict:
     return outcome.stats["distribution"]
+
+
+def test_a_write_clears_the_temp_files_a_killed_write_left_and_follows_the_umask(tmp_path):
+    from quantgod_assets.storage import write_parquet_atomic
+
+    output = tmp_path / "2025-03-14.parquet"
+    stale = tmp_path / ".2025-03-14.parquet.k1ll3d.tmp"  # what a kill -9 during the write leaves
+    stale.write_bytes(b"half a file")
+    other_day = tmp_path / ".2025-03-15.parquet.abc.tmp"  # another day's write may be running
+    other_day.write_bytes(b"")
+    write_parquet_atomic(pl.DataFrame({"x": [1.0]}), output, {"quantgod.date": "2025-03-14"})
+    assert not stale.exists() and other_day.exists()
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~mask

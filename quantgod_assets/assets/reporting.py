@@ -123,6 +123,8 @@ def days_failure(outcomes: Sequence[DayOutcome]) -> dg.Failure:
             "failed_days": dg.MetadataValue.json([o.day.isoformat() for o in failed]),
             "succeeded_days": dg.MetadataValue.json([o.day.isoformat() for o in outcomes if not o.reason]),
             "reasons": dg.MetadataValue.md(table),
+            "rejected_outputs": dg.MetadataValue.json(
+                {o.day.isoformat(): str(o.rejected) for o in outcomes if o.rejected}),
         },
     )
 

@@ -45,6 +45,7 @@ class DayOutcome:
     blocking: tuple[str, ...] = ()  # names of the checks whose failure fails the day
     metadata: dict[str, Any] = field(default_factory=dict)  # the materialization's, plain values
     stats: dict[str, Any] = field(default_factory=dict)  # the stage's own numbers for its run summary
+    rejected: Path | None = None  # an output that failed a blocking check, kept for inspection
     lines: list[tuple[int, str]] = field(default_factory=list)  # (logging level, line) for the run log
 
     @property
@@ -67,9 +68,10 @@ class DayOutcome:
         if self.error:
             return self.error
         bad = self.blocking_failures
-        if bad:
-            return "; ".join(f"check {c.name} failed: {c.description}" for c in bad)
-        return None
+        if not bad:
+            return None
+        kept = f" (rejected output: {self.rejected})" if self.rejected else ""
+        return "; ".join(f"check {c.name} failed: {c.description}" for c in bad) + kept
 
     def log(self, level: int, line: str) -> None:
         self.lines.append((level, line))
@@ -88,18 +90,25 @@ def staging_path(final: Path) -> Path:
 
 
 def publish(outcome: DayOutcome, staged: Path, final: Path) -> None:
-    """Renames `staged` over `final` when the day passed its blocking checks, else drops it.
+    """Renames `staged` over `final` when the day passed its blocking checks, else moves it to
+    `rejected/` beside `final` (for inspection; out of the outputs' `*.parquet` globs).
 
     So a day that fails a blocking check never replaces the good file a previous run wrote.
     """
     if outcome.published:
-        final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, final)
         outcome.path = final
         return
-    staged.unlink(missing_ok=True)
-    kept = "the previous file is kept" if final.exists() else "no file was written"
-    outcome.log(logging.WARNING, f"Not published: {final.as_posix()} ({kept})")
+    outcome.rejected = rejected_path(final)
+    outcome.rejected.parent.mkdir(exist_ok=True)
+    os.replace(staged, outcome.rejected)
+    kept = "the previous file is kept" if final.exists() else "no file was published"
+    outcome.log(logging.WARNING, f"Not published: {final.as_posix()} ({kept}); "
+                                 f"the rejected output is {outcome.rejected.as_posix()}")
+
+
+def rejected_path(final: Path) -> Path:
+    return final.parent / "rejected" / final.name
 
 
 def short_reason(exc: BaseException, limit: int = 300) -> str:

@@ -13,9 +13,8 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 
-from ..day_pool import run_days
+from ..day_pool import WorkerDied, run_days
 from .outcome import DayOutcome, describe_failures, short_reason
 
 __all__ = ["run_stage", "workers_note"]
@@ -61,8 +60,8 @@ def run_stage(
 
 
 def _worker_failure(exc: BaseException | None) -> str:
-    if isinstance(exc, BrokenProcessPool):
-        return "its worker process died (killed, e.g. by the OOM killer, or crashed); the other days went on"
+    if isinstance(exc, WorkerDied):
+        return str(exc)
     return f"worker failed: {short_reason(exc or RuntimeError('no result'))}"
 
 
