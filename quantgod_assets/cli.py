@@ -141,6 +141,8 @@ def write_day_plots(day: dt.date, settings: Settings, out: Path, n_levels: int) 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import EtlSettings  # the defaults' one home (etl.yaml's schema)
+
     parser = argparse.ArgumentParser(prog="quantgod", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     etl.add_argument("-o", "--output", type=Path, required=True, help="the Parquet file to write")
     etl.add_argument("--date", type=_date, help="the UTC day (default: from the file name)")
     etl.add_argument("--symbol", help="the symbol (default: from the file name)")
-    etl.add_argument("--max-silence-s", type=float, default=60.0,
+    etl.add_argument("--max-silence-s", type=float, default=EtlSettings().max_silence_s,
                      help="a sample is invalid when the last message is older than this")
     etl.add_argument("--skip-bad-lines", action="store_true",
                      help="count and skip malformed lines instead of failing the file")

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from ..settings import BacktestSettings
+
 __all__ = ["BacktestResult", "DEFAULT_FEE", "backtest_signals", "labels_to_positions"]
 
-DEFAULT_FEE = 0.00055  # per side, fraction of notional
+DEFAULT_FEE = BacktestSettings().fee  # per side, fraction of notional (training.yaml backtest.fee)
 MINUTES_PER_YEAR = 365 * 24 * 60
 
 
