@@ -54,6 +54,7 @@ TIERS = {
     "test_assets_labels.py": "dagster",
     "test_assets_ml.py": "training",
     "test_cli_dagster.py": "cli",
+    "test_daily.py": "unit",
     "test_definitions.py": "dagster",
     "test_deploy.py": "dagster",
     "test_end_to_end_signal.py": "training",
@@ -94,8 +95,31 @@ TIER_OF_TEST = {
     "orderbook/test_etl.py::test_cli_etl_names_the_bad_file": "cli",
 }
 
-# "module::test function" measured above ~3 s (`@pytest.mark.slow` in a module counts as well)
-SLOW: set[str] = set()
+# "module::test function" above ~3 s on a 2-core machine (`pytest --durations=0`, seconds measured
+# there in the comments; `@pytest.mark.slow` written in a module counts as well)
+SLOW = {
+    "test_assets_ml.py::test_optimization_then_model_in_process",  # 25
+    "ml/test_train.py::test_trained_model_beats_the_majority_baseline",  # 24
+    "test_end_to_end_signal.py::test_model_on_generated_days_beats_the_majority_class",  # 21
+    "orderbook/test_engine_vs_reference.py::test_engine_matches_reference_on_random_streams",  # 20
+    "ml/test_tracking.py::test_study_has_a_parent_run_and_a_nested_run_per_trial",  # 15
+    "orderbook/test_synthetic.py::test_full_day_at_100ms_ends_with_next_day_snapshot",  # 15
+    "test_assets_ml.py::test_model_through_the_cli_with_default_stores",  # 12+
+    "ml/test_tracking.py::test_final_model_run_and_champion_alias",  # 9
+    "test_cli_dagster.py::test_cli_one_day",  # 9
+    "orderbook/test_synthetic.py::test_full_days_end_with_the_next_days_snapshot",  # 8.5
+    "test_cli_dagster.py::test_cli_blocking_check_failure_ends_the_run_failed",  # 8
+    "test_cli_dagster.py::test_cli_two_day_range_is_one_run",  # 8
+    "test_cli_dagster.py::test_cli_range_with_a_corrupt_day_finishes_the_others",  # 8
+    "test_assets_labels.py::test_cli_range_labels_two_days_in_one_run",  # 7
+    "ml/test_tune.py::test_study_file_holds_the_trials_and_resumes",  # 7
+    "orderbook/test_synthetic.py::test_imbalance_leads_the_next_hour",  # 7
+    "test_plots.py::test_cli_plots_writes_the_days_pictures",  # 6
+    "ml/test_tune.py::test_a_study_with_only_pruned_trials_fails_clearly",  # 3.5
+    "test_deploy.py::test_two_worker_processes_share_a_journal_study",  # 3.5
+    "test_ui_browser.py::test_ui_shows_the_asset_graph_and_a_materialized_partition",  # CLI run + webserver + browser
+    "test_tiers.py::test_selecting_by_tier_leaves_no_test_out",  # collects the whole suite in a subprocess
+}
 
 TESTS_DIR = Path(__file__).resolve().parent
 
