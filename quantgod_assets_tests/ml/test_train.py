@@ -115,7 +115,7 @@ def test_early_stopping_and_best_weights_restored(data):
 def test_transformer_trains_too(data):
     x, _y, (train, val, _test) = data
     model = build_model("transformer", x.shape[1], {"d_model": 16, "n_heads": 2, "n_layers": 1, "seq_len": 16})
-    result = train_model(model, train, val, {"epochs": 1, "batch_size": 128, "device": "cpu"})
+    result = train_model(model, train, val, TrainConfig(epochs=1, batch_size=128, device="cpu"))
     assert result.history and 0.0 <= result.best_f1_macro <= 1.0
 
 
