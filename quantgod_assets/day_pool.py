@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 Day = TypeVar("Day")
 
 
-def pool_context() -> multiprocessing.context.BaseContext:
+def pool_context() -> multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext:
     # fork after threads (Dagster's, polars') can deadlock; forkserver starts clean workers cheaply.
     if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("forkserver")

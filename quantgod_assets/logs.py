@@ -137,7 +137,8 @@ def open_log(
     folder = Path(logs_dir) / module
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / log_file_name(module, config_suffix, when)
-    prune_logs(folder, module, keep=None if KEEP_NEWEST.get(module) is None else KEEP_NEWEST[module] - 1)
+    newest = KEEP_NEWEST.get(module)
+    prune_logs(folder, module, keep=None if newest is None else newest - 1)
     logger = logging.getLogger(f"quantgod.{module}.{next(_counter)}")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False

@@ -167,7 +167,7 @@ def preprocessed_book_days(
             "days": len(days),
             "first_day": str(days[0]),
             "last_day": str(days[-1]),
-            "mean_valid_share": round(float(frame["valid_share"].mean()), 6),
+            "mean_valid_share": round(float(frame.select(pl.col("valid_share").mean()).item()), 6),
             "days_table": dg.MetadataValue.md(markdown_table(frame.tail(31))),
         },
         check_results=[

@@ -22,7 +22,7 @@ from numba.extending import intrinsic
 # without numba's reference counting they skip an atomic incref/decref pair on every call,
 # which was over half the kernel's time (measured: parse 2.1 -> 1.3 ns a byte, replay 50 -> 24
 # ns a level). Only the batch entry points, which allocate, keep it.
-helper = njit(cache=True, nogil=True, _nrt=False)
+helper = njit(cache=True, nogil=True, _nrt=False)  # type: ignore[call-overload]  # _nrt: numba's own switch, not in its stubs
 
 # memchr (see _memchr) by its address in the C library, so compiled and cached code links
 # to it on every platform, whatever symbols the process exports.

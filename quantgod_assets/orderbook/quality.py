@@ -165,7 +165,7 @@ def check_gaps(
     invalid_share = 1.0 - valid / SECONDS_PER_DAY
     if intervals is None:
         intervals = minute_gap_intervals(frame["valid_seconds"].fill_null(0).to_numpy())
-    intervals = [tuple(i) for i in intervals]
+    intervals = [(str(start), str(end)) for start, end in intervals]
     metadata: dict[str, Any] = {
         "invalid_share": round(invalid_share, 6),
         "invalid_seconds": SECONDS_PER_DAY - valid,

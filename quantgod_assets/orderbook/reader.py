@@ -22,10 +22,10 @@ import struct
 import threading
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, Protocol, TypeVar
 
 from isal import igzip, isal_zlib
 
@@ -110,10 +110,23 @@ class _DeflateAsGzip(io.RawIOBase):
         super().close()
 
 
+Item = TypeVar("Item")
+
+
+class ByteStream(Protocol):
+    """What the engine reads from: bytes into a buffer it owns, 0 at the end."""
+
+    def readinto(self, buffer: Any, /) -> int: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class _SizedMember(io.RawIOBase):
     """The inflated member; at its end the byte count must be the directory's (all 64 bits)."""
 
-    def __init__(self, inflated: BinaryIO, member: zipfile.ZipInfo, where: str) -> None:
+    def __init__(self, inflated: ByteStream, member: zipfile.ZipInfo, where: str) -> None:
         self._inflated = inflated
         self._expected = member.file_size
         self._where = where
@@ -133,7 +146,7 @@ class _SizedMember(io.RawIOBase):
 
 
 @contextmanager
-def _gzip_stream(raw: BinaryIO) -> Iterator[BinaryIO]:
+def _gzip_stream(raw: io.RawIOBase | io.BufferedReader) -> Iterator[ByteStream]:
     """ISA-L's gzip reader over `raw`; both closed at the end."""
     with raw:
         if _GZIP_READER is not None:
@@ -162,12 +175,12 @@ def _read_errors(path: Path, where: str) -> Iterator[None]:
         elif "length" in text:
             text = f"the bytes inflated are not the size it says ({text})"
         raise OrderBookInputError(f"{where}: {text}") from exc
-    except (EOFError, zlib.error, isal_zlib.error, OSError) as exc:
+    except (EOFError, zlib.error, isal_zlib.error, OSError) as exc:  # type: ignore[misc]  # isal_zlib.error is a class its stubs do not declare
         raise OrderBookInputError(f"{where}: truncated or corrupt compressed data ({exc})") from exc
 
 
 @contextmanager
-def open_day_stream(path: str | Path) -> Iterator[BinaryIO]:
+def open_day_stream(path: str | Path) -> Iterator[ByteStream]:
     """The decompressed bytes of one day's file as a binary stream, whatever its packing.
 
     Read and readinto errors inside the `with` block come out as OrderBookInputError.
@@ -186,7 +199,7 @@ def open_day_stream(path: str | Path) -> Iterator[BinaryIO]:
         # stored, bzip2, lzma: the standard library's reader, which checks the CRC too
         with _read_errors(path, f"{path}: corrupt ZIP member {member.filename!r}"), \
                 zipfile.ZipFile(path) as archive, archive.open(member) as stream:
-            yield stream
+            yield stream  # type: ignore[misc]  # a ZipExtFile has readinto; typeshed says IO[bytes]
     elif name.endswith(".gz"):
         with _read_errors(path, str(path)), _gzip_stream(open(path, "rb")) as stream:
             yield stream
@@ -242,7 +255,7 @@ def pooled_chunks(path: str | Path, pool: ChunkPool) -> Iterator[memoryview]:
 _END = object()
 
 
-def prefetched(chunks: Iterator[bytes], depth: int = PREFETCH_CHUNKS) -> Iterator[bytes]:
+def prefetched(chunks: Iterator[Item], depth: int = PREFETCH_CHUNKS) -> Generator[Item, None, None]:
     """Runs `chunks` in a background thread, `depth` chunks ahead; errors re-raise here."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

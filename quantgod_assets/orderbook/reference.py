@@ -391,7 +391,7 @@ def _minute_row(samples: list[_Sample], m: int, out_levels: int, n_msgs: int) ->
 @functools.cache
 def _level_names(out_levels: int) -> tuple[tuple[str, str, str, str], ...]:
     names = level_columns(out_levels)
-    return tuple(tuple(names[4 * i : 4 * i + 4]) for i in range(out_levels))
+    return tuple((names[4 * i], names[4 * i + 1], names[4 * i + 2], names[4 * i + 3]) for i in range(out_levels))
 
 
 @functools.cache

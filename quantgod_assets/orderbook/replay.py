@@ -122,7 +122,7 @@ class _Parser:
             self.skip_bad_lines,
         )
 
-    def batches(self, chunks: Iterable[bytes], release: Release | None = None) -> Iterator[_Batch]:
+    def batches(self, chunks: Iterable[Chunk], release: Release | None = None) -> Iterator[_Batch]:
         """One batch (or more, when one fills) per chunk.
 
         Chunks are parsed where they lie (no copy of the day's bytes): only the line cut by a
@@ -130,6 +130,7 @@ class _Parser:
         Each chunk goes to `release` once parsed (its bytes are not read after that).
         """
         carry = b""
+        segments: list[tuple[Chunk, int, bool]]  # (bytes, where its lines start, the day's end)
         for chunk in chunks_then_end(chunks):
             if chunk is None:
                 segments = [(carry, 0, True)]
@@ -175,7 +176,8 @@ class _Parser:
         )
 
 
-Release = Callable[[bytes | memoryview], None]
+Chunk = bytes | memoryview  # a chunk of the decompressed day; views come from reused buffers
+Release = Callable[[Chunk], None]
 
 
 def _give_back(release: Release | None, chunk) -> None:
@@ -183,7 +185,7 @@ def _give_back(release: Release | None, chunk) -> None:
         release(chunk)
 
 
-def chunks_then_end(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
+def chunks_then_end(chunks: Iterable[Chunk]) -> Iterator[Chunk | None]:
     yield from chunks
     yield None
 
@@ -232,7 +234,7 @@ class _Replayer:
 
 
 def replay_stream(
-    chunks: Iterable[bytes],
+    chunks: Iterable[Chunk],
     day: dt.date,
     config: ReplayConfig = ReplayConfig(),
     source_name: str = "<stream>",

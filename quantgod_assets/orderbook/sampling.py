@@ -48,4 +48,4 @@ def minute_frame(replay: DayReplay) -> pl.DataFrame:
     columns["n_msgs"] = pl.Series(replay.minute_msgs, dtype=pl.Int64)
     columns["valid_seconds"] = pl.Series(stats[:, 6].astype(np.int16), dtype=pl.Int16)
     frame = pl.DataFrame(columns)
-    return frame.select(book_columns(n_levels)).cast(dict(book_schema(n_levels)))
+    return frame.select(book_columns(n_levels)).cast(book_schema(n_levels))

@@ -781,7 +781,7 @@ class _Market:
                     if i < n:
                         which ^= 1
                         job = pool.submit(fill, i, buffers[which])
-                    f.write(memoryview(full)[:nbytes])
+                    f.write(full.data[:nbytes])
                     if i >= n:
                         break
             os.replace(tmp, path)
