@@ -19,6 +19,7 @@ imported when an asset runs, not when the definitions load.
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -53,7 +54,7 @@ def _data_errors() -> tuple[type[Exception], ...]:
 
 
 @contextmanager
-def _stage_log(context: dg.AssetExecutionContext, module: str, logs_dir: Any,
+def _stage_log(context: dg.AssetExecutionContext, module: str, logs_dir: Path,
                suffix: str | None = None) -> Iterator[logging.Logger]:
     """The run's file log (forwarding to the Dagster run log), fed the ML stages' lines."""
     from ..ml.lines import lines_to
