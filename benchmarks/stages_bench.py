@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import pyarrow.parquet as pq
+from etl_bench import read_to_end, zipfile_read_to_end  # benchmarks/ is on sys.path when run
 
 from quantgod_assets.orderbook import _kernel as k
 from quantgod_assets.orderbook import replay as r
@@ -34,8 +34,6 @@ from quantgod_assets.orderbook.reader import iter_chunks, prefetched
 from quantgod_assets.orderbook.sampling import minute_frame
 from quantgod_assets.orderbook.synthetic import generate_day
 from quantgod_assets.storage import write_parquet_atomic
-
-from etl_bench import read_to_end, zipfile_read_to_end  # benchmarks/ is on sys.path when run
 
 DAY = dt.date(2025, 3, 14)
 PIECE = 4 << 20

@@ -112,7 +112,9 @@ def bench_arch(arch: str, params: dict, data: SyntheticWindows, args, device: to
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     result["peak_host_mb"] = peak_host_mb()
-    del model, optimizer
+    # drop the references before the next architecture is built (the step closure shares these cells, so
+    # rebinding frees them the way del would, without leaving step() a name that no longer exists)
+    model = optimizer = None
     return result
 
 
@@ -163,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{arch:12s} | CUDA out of memory at batch {args.batch_size}")
             torch.cuda.empty_cache()
             continue
-        memory = f"peak GPU {r['peak_gpu_mb']:,.0f} MB" if "peak_gpu_mb" in r else f"peak RSS {r['peak_host_mb']:,.0f} MB"
+        if "peak_gpu_mb" in r:
+            memory = f"peak GPU {r['peak_gpu_mb']:,.0f} MB"
+        else:
+            memory = f"peak RSS {r['peak_host_mb']:,.0f} MB"
         print(
             f"{arch:12s} | {r['n_parameters']:>10,} params | {r['samples_per_s']:>10,.1f} samples/s | "
             f"{r['step_ms']:8.1f} ms/step | {memory} | data: {r['placement']}"

@@ -108,7 +108,8 @@ def materialize_range(
             from .settings import REPO_CONFIGS
 
             local = Path(cwd or ".") / "configs"
-            source = Path(run_env.get("QUANTGOD_CONFIG_DIR") or (local if (local / "etl.yaml").is_file() else REPO_CONFIGS))
+            default = local if (local / "etl.yaml").is_file() else REPO_CONFIGS
+            source = Path(run_env.get("QUANTGOD_CONFIG_DIR") or default)
             if not source.is_absolute() and cwd is not None and "QUANTGOD_CONFIG_DIR" in run_env:
                 source = Path(cwd) / source
             run_env["QUANTGOD_CONFIG_DIR"] = str(write_config_overrides(source, Path(temp), config_overrides))

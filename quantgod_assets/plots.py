@@ -122,7 +122,7 @@ def distribution_png(dist: Mapping[str, Any], title: str) -> bytes:
     for bar, name, share in zip(bars, CLASS_NAMES, shares):
         ax.annotate(f"{share:.1f}%\n{dist['counts'][name]:,}", (bar.get_x() + bar.get_width() / 2, share),
                     ha="center", va="bottom", fontsize=6)
-    ax.set_ylim(0, max(shares + [1.0]) * 1.3)
+    ax.set_ylim(0, max([*shares, 1.0]) * 1.3)
     ax.set_ylabel("% of labelled minutes", fontsize=7)
     ax.set_title(title, fontsize=8)
     ax.tick_params(labelsize=7)

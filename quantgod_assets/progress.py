@@ -42,7 +42,7 @@ def _is_tty(stream: Any) -> bool:
 def _seconds(value: float) -> str:
     if value < 60:
         return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
-    minutes, seconds = divmod(int(round(value)), 60)
+    minutes, seconds = divmod(round(value), 60)
     if minutes < 60:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)

@@ -158,7 +158,9 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
     if final.features_png:
         metadata["feature_histograms"] = dg.MetadataValue.md(png_markdown(final.features_png, "feature histograms"))
     if final.correlation_png:
-        metadata["feature_correlation"] = dg.MetadataValue.md(png_markdown(final.correlation_png, "feature correlation"))
+        metadata["feature_correlation"] = dg.MetadataValue.md(
+            png_markdown(final.correlation_png, "feature correlation")
+        )
     for name, base in final.baselines.items():
         metadata[f"baseline_{name}_f1_macro"] = round(base["f1_macro"], 4)
     if final.mlflow_run_id:

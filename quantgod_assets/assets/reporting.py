@@ -42,7 +42,7 @@ def selected_checks(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -
 
 
 def _metadata_value(value: Any) -> Any:
-    if isinstance(value, FilePath) or isinstance(value, Path):
+    if isinstance(value, (FilePath, Path)):
         return dg.MetadataValue.path(str(value))
     if isinstance(value, Url):
         return dg.MetadataValue.url(str(value))

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..settings import BacktestSettings
 
-__all__ = ["BacktestResult", "DEFAULT_FEE", "backtest_signals", "labels_to_positions"]
+__all__ = ["DEFAULT_FEE", "BacktestResult", "backtest_signals", "labels_to_positions"]
 
 DEFAULT_FEE = BacktestSettings().fee  # per side, fraction of notional (training.yaml backtest.fee)
 MINUTES_PER_YEAR = 365 * 24 * 60

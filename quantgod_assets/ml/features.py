@@ -21,9 +21,9 @@ import numpy as np
 import polars as pl
 
 __all__ = [
-    "FeatureBlock",
     "MAX_LEVELS",
     "MIN_LEVELS",
+    "FeatureBlock",
     "book_mid",
     "feature_names",
     "frame_features",

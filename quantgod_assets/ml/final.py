@@ -198,8 +198,9 @@ def train_final_model(
         backtests[name] = _backtest(data, parts["test"].predictions, fee)
 
     s, n, b = test["f1_sell"], test["f1_neutral"], test["f1_buy"]
-    log.info(f"Test ({test['n']:,} windows) | F1 Macro: {test['f1_macro']:.4f} | F1 Weighted: {test['f1_weighted']:.4f} | "
-             f"F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}] | Accuracy: {test['accuracy']:.4f}")
+    log.info(f"Test ({test['n']:,} windows) | F1 Macro: {test['f1_macro']:.4f} | "
+             f"F1 Weighted: {test['f1_weighted']:.4f} | F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}] | "
+             f"Accuracy: {test['accuracy']:.4f}")
     for name, base in baselines.items():
         log.info(f"Baseline {name:<11} | F1 Macro: {base['f1_macro']:.4f} | F1 [S/N/B]: "
                  f"[{base['f1_sell']:.3f}/{base['f1_neutral']:.3f}/{base['f1_buy']:.3f}]")
@@ -253,6 +254,6 @@ def feature_pictures(data: PreparedData) -> tuple[bytes | None, bytes | None]:
                                       title="Training rows: features raw and scaled (the model's scaler)")
         corr = correlation_png(data.features, names, rows=rows, title="Training rows: feature correlation")
         return hist.png, corr.png
-    except Exception as exc:  # noqa: BLE001 - a picture is never worth failing the model
+    except Exception as exc:  # a picture is never worth failing the model
         log.warning(f"feature pictures skipped: {type(exc).__name__}: {exc}")
         return None, None

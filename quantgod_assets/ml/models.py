@@ -247,7 +247,9 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "ff_mult": 4,
     },
 }
-_ALIASES = {"hybrid_tcn_lstm": "tcn_lstm", "tcn-lstm": "tcn_lstm", "tcn": "tcn_lstm", "transformer_encoder": "transformer"}
+_ALIASES = {
+    "hybrid_tcn_lstm": "tcn_lstm", "tcn-lstm": "tcn_lstm", "tcn": "tcn_lstm", "transformer_encoder": "transformer",
+}
 _CLASSES = {"tcn_lstm": HybridTCNLSTM, "transformer": TransformerClassifier}
 
 
@@ -307,7 +309,8 @@ def plain_copy(model: nn.Module) -> nn.Module:
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
             # weight_norm also left a (local, unpicklable) hook that maps old-style g/v keys
             hooks = module._load_state_dict_pre_hooks
-            for key in [k for k, h in hooks.items() if "weight_norm" in getattr(getattr(h, "hook", h), "__qualname__", "")]:
+            stale = [k for k, h in hooks.items() if "weight_norm" in getattr(getattr(h, "hook", h), "__qualname__", "")]
+            for key in stale:
                 del hooks[key]
     copy_.spec = dict(spec)  # type: ignore[attr-defined]
     return copy_.to(device).eval()

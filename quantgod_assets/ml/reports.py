@@ -25,7 +25,8 @@ def trials_table(outcome: OptimizationOutcome, limit: int = 50) -> str:
 
 def comparison_table(final: FinalModel) -> str:
     """Test scores of the model and the baselines, side by side."""
-    rows = ["| model | F1 macro | F1 weighted | F1 SELL | F1 NEUTRAL | F1 BUY | net return | trades | hit rate | Sharpe |",
+    rows = ["| model | F1 macro | F1 weighted | F1 SELL | F1 NEUTRAL | F1 BUY "
+            "| net return | trades | hit rate | Sharpe |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, scores in [("model", final.test), *final.baselines.items()]:
         bt = final.backtests.get(name, {})

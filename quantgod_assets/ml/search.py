@@ -76,7 +76,8 @@ def run_optimization(
     study_name = opt.study_for(settings.labelling.suffix)
     log.info(f"Optimization: study '{study_name}' at {opt.storage} | labels {settings.labelling.suffix} | "
              f"days {labelled.start}..{labelled.end} ({len(labelled.days)}) | "
-             f"{opt.n_trials} trials x {opt.epochs_per_trial} epochs" + (f" | profile {opt.profile}" if opt.profile else ""))
+             f"{opt.n_trials} trials x {opt.epochs_per_trial} epochs"
+             + (f" | profile {opt.profile}" if opt.profile else ""))
 
     cache: dict[int, TrainingArrays] = {}  # one feature matrix per n_levels, shared by the trials
 

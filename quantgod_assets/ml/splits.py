@@ -89,8 +89,8 @@ def train_val_test_split(
     purge = purge_minutes(lookahead, seq_len)
     times = _times(ends, minutes)
     n = ends.size
-    cut_1 = int(round(n * fractions[0]))
-    cut_2 = int(round(n * (fractions[0] + fractions[1])))
+    cut_1 = round(n * fractions[0])
+    cut_2 = round(n * (fractions[0] + fractions[1]))
     train = ends[:cut_1]
     val_candidates, val_times = ends[cut_1:cut_2], times[cut_1:cut_2]
     test_candidates, test_times = ends[cut_2:], times[cut_2:]
@@ -120,7 +120,7 @@ def walk_forward_folds(
         raise ValueError("need n_folds >= 1 and 0 < initial_train_fraction < 1")
     purge = purge_minutes(lookahead, seq_len)
     times = _times(ends, minutes)
-    first = int(round(ends.size * initial_train_fraction))
+    first = round(ends.size * initial_train_fraction)
     bounds = np.linspace(first, ends.size, n_folds + 1).round().astype(np.int64)
     folds = []
     empty = np.empty(0, dtype=np.int64)

@@ -115,7 +115,7 @@ def study_parent_run(tracking_uri: str, experiment: str, study_name: str) -> str
         runs = client.search_runs([found.experiment_id], max_results=1,
                                   filter_string=f"tags.optuna_study = '{study_name}' and tags.run_kind = 'study'")
         return runs[0].info.run_id if runs else None
-    except Exception:  # noqa: BLE001 - a link in the metadata, not worth failing for
+    except Exception:  # a link in the metadata, not worth failing for
         return None
 
 
@@ -259,7 +259,6 @@ def _history_dicts(history: Sequence[Any]) -> list[dict[str, float]]:
 
 
 def _log_pytorch_model(model: Any, name: str, input_example: np.ndarray, registered_model_name: str | None):
-    import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
 
@@ -288,7 +287,7 @@ def _log_with_fallback(export, name, signature, example, registered_model_name, 
             export, name=name, signature=signature, input_example=example,
             registered_model_name=registered_model_name, pip_requirements=requirements,
         )
-    except Exception:  # noqa: BLE001 - torch.export cannot trace every model; pickle can
+    except Exception:  # torch.export cannot trace every model; pickle can
         return mlflow.pytorch.log_model(
             export, name=name, signature=signature, input_example=example,
             registered_model_name=registered_model_name, pip_requirements=requirements,

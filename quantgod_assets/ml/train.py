@@ -413,7 +413,7 @@ def save_model(
         "label_settings": _plain(label_settings or {}),
         "metrics": _plain(metrics or {}),
         "extra": _plain(extra or {}),
-        "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "saved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch_version": str(torch.__version__),
     }
     if bundle["feature_names"] and len(bundle["feature_names"]) != int(bundle["spec"]["n_features"]):

@@ -6,8 +6,8 @@ validation F1 macro every epoch. The datasets depend on searched parameters (`se
 `n_levels`), so the caller passes `make_datasets(params) -> (train_ds, val_ds, n_features)`.
 
 What to search and how long come from optimization.yaml (`OptimizationSettings`), everything a
-trial does not search from training.yaml (`TrainingSettings`). `n_trials` is the study's total budget: a resumed study runs only the trials still missing,
-so re-running after a crash finishes the search instead of starting it over.
+trial does not search from training.yaml (`TrainingSettings`). `n_trials` is the study's total budget: a resumed
+study runs only the trials still missing, so re-running after a crash finishes the search instead of starting it over.
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def format_trial_start(number: int, params: Mapping[str, Any]) -> str:
 
 def _format_epoch(number: int, m: EpochMetrics) -> str:
     s, n, b = m.f1_per_class
-    return f"Trial {number}, Epoch {m.epoch}/{m.epochs} | F1 Macro: {m.f1_macro:.4f} | F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}]"
+    return (f"Trial {number}, Epoch {m.epoch}/{m.epochs} | F1 Macro: {m.f1_macro:.4f} | "
+            f"F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +349,7 @@ def write_best_params(path: str | Path, best_params: Mapping[str, Any], best: op
         "storage_url": storage_url,
         "n_complete": n_complete,
         "n_pruned": n_pruned,
-        "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))

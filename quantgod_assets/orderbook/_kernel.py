@@ -165,7 +165,7 @@ def _skip_space(buf, p, end):
 def _equals(buf, start, stop, word):
     if stop - start != word.shape[0]:
         return False
-    for i in range(word.shape[0]):
+    for i in range(word.shape[0]):  # noqa: SIM110 - numba without its runtime: a plain loop, no generator
         if buf[start + i] != word[i]:
             return False
     return True
@@ -335,7 +335,7 @@ def _skip_value(buf, p, end):
     if c == QUOTE:
         q = _string_end(buf, p + 1, end)
         return -1 if q < 0 else q + 1
-    if c == LBRACE or c == LBRACKET:
+    if c == LBRACE or c == LBRACKET:  # noqa: SIM109 - numba: two compares, no tuple
         depth = 0
         while p < end:
             c = buf[p]
@@ -344,9 +344,9 @@ def _skip_value(buf, p, end):
                 if q < 0:
                     return -1
                 p = q
-            elif c == LBRACE or c == LBRACKET:
+            elif c == LBRACE or c == LBRACKET:  # noqa: SIM109 - numba: two compares, no tuple
                 depth += 1
-            elif c == RBRACE or c == RBRACKET:
+            elif c == RBRACE or c == RBRACKET:  # noqa: SIM109 - numba: two compares, no tuple
                 depth -= 1
                 if depth == 0:
                     return p + 1

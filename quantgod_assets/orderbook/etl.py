@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from ..storage import write_parquet_atomic
 from .reader import OrderBookInputError
@@ -29,6 +28,7 @@ ARCHIVE_NAME = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})_(?P<symbol>[A-Z0-9]+)(?:_(?!ob\d)[a-z]+)?(?:_ob(?P<depth>\d+))?"
 )
 MIN_REPORTED_GAP_S = 60
+DEFAULT_REPLAY_CONFIG = ReplayConfig()  # frozen, so one default shared by every call is safe
 
 
 def parse_archive_name(path: str | Path) -> tuple[dt.date, str, int]:
@@ -105,7 +105,7 @@ def convert_day(
     *,
     day: dt.date | None = None,
     symbol: str | None = None,
-    config: ReplayConfig = ReplayConfig(),
+    config: ReplayConfig = DEFAULT_REPLAY_CONFIG,
 ) -> EtlSummary:
     """Replays one day's file and writes its 1440 one-minute rows to `output_path` (Parquet, zstd)."""
     source, output = Path(input_path), Path(output_path)

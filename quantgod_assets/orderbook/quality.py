@@ -126,11 +126,14 @@ def check_schema(frame: pl.DataFrame | pl.Schema, rows: int | None = None) -> Ch
         metadata["unexpected"] = unexpected[:50]
     if not missing and not unexpected and have != want:
         position = next(i for i, (a, b) in enumerate(zip(have, want)) if a != b)
-        problems.append(f"columns out of order from position {position}: {have[position]!r} where {want[position]!r} belongs")
+        problems.append(
+            f"columns out of order from position {position}: {have[position]!r} where {want[position]!r} belongs"
+        )
         metadata["first_out_of_order"] = position
     wrong_types = {c: f"{schema[c]} (expected {expected[c]})" for c in want if c in schema and schema[c] != expected[c]}
     if wrong_types:
-        problems.append(f"{len(wrong_types)} column(s) of the wrong type (first: {next(iter(wrong_types))}: {next(iter(wrong_types.values()))})")
+        first, first_type = next(iter(wrong_types.items()))
+        problems.append(f"{len(wrong_types)} column(s) of the wrong type (first: {first}: {first_type})")
         metadata["wrong_types"] = dict(list(wrong_types.items())[:20])
     if rows is not None:
         metadata["rows"] = rows
@@ -174,7 +177,10 @@ def check_gaps(
         "gap_intervals": [f"{a}-{b}" for a, b in intervals[:100]],
         "gap_count": len(intervals),
     }
-    details = markdown_table(pl.DataFrame({"start": [a for a, _ in intervals[:20]], "end": [b for _, b in intervals[:20]]})) if intervals else None
+    details: str | None = None
+    if intervals:
+        shown = intervals[:20]
+        details = markdown_table(pl.DataFrame({"start": [a for a, _ in shown], "end": [b for _, b in shown]}))
     text = f"{invalid_share:.2%} of seconds invalid in {len(intervals)} gap(s) of 60 s or more"
     if invalid_share > fail_share:
         return CheckOutcome("gaps", False, ERROR, f"{text}: above the {fail_share:.0%} limit", metadata, details)

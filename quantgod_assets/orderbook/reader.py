@@ -70,7 +70,7 @@ class _DeflateAsGzip(io.RawIOBase):
 
     def __init__(self, path: Path, member: zipfile.ZipInfo) -> None:
         self.where = f"{path}: corrupt or truncated ZIP member {member.filename!r}"
-        self._raw = open(path, "rb")
+        self._raw = open(path, "rb")  # noqa: SIM115 - the stream owns the file until its close()
         try:
             self._raw.seek(member.header_offset)
             header = self._raw.read(LOCAL_HEADER.size)

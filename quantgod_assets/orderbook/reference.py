@@ -221,7 +221,7 @@ def _imbalance(bids: list[Level], asks: list[Level], depth: int) -> float:
 
 
 def _day_start_ms(day: dt.date) -> int:
-    midnight = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+    midnight = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
     return int(midnight.timestamp()) * 1000
 
 

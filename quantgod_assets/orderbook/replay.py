@@ -68,7 +68,7 @@ class DayReplay:
 
 
 def day_start_ms(day: dt.date) -> int:
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 MESSAGES_PER_BATCH = 16_384
@@ -199,7 +199,7 @@ class _Replayer:
         self.params = np.zeros(k.PARAMS_SIZE, dtype=np.int64)
         self.params[k.P_DAY_START] = start
         self.params[k.P_DAY_END] = start + SECONDS_PER_DAY * 1000
-        self.params[k.P_MAX_SILENCE_MS] = int(round(config.max_silence_s * 1000))
+        self.params[k.P_MAX_SILENCE_MS] = round(config.max_silence_s * 1000)
         self.params[k.P_OUT_LEVELS] = levels
         self.params[k.P_CAPTURE_SECONDS] = config.capture_seconds
         self.params[k.P_MAX_LEVELS] = config.book_capacity

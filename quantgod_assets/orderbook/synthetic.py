@@ -30,10 +30,10 @@ This module does not import dagster.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 import math
 import os
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -118,7 +118,7 @@ def fault_times(duration_s: int | None = None) -> dict[str, tuple[int, int]]:
 
 
 def _day_start_ms(day: dt.date) -> int:
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()) * 1000
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()) * 1000
 
 
 # =============================================================================================
@@ -525,7 +525,7 @@ def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos,
         p0 = p
         p = _put(out, p, w_topic)
         p = _put_uint(out, p, ts[i])
-        if kind == K_SNAPSHOT or kind == K_RESTART:
+        if kind == K_SNAPSHOT or kind == K_RESTART:  # noqa: SIM109 - numba: two compares, no tuple
             st[ST_PENDING] = 0
             if kind == K_RESTART:
                 st[ST_U] = 1
@@ -723,7 +723,7 @@ class _Market:
         seq = self._seqs(n_delta)
 
         if not self.book_ready:
-            b0 = int(math.floor(math.exp(self.path.log_price if n_delta == 0 else log_price[0]) * TICKS_PER_UNIT))
+            b0 = math.floor(math.exp(self.path.log_price if n_delta == 0 else log_price[0]) * TICKS_PER_UNIT)
             _init_book(b0, b0 + 1, self.path.skew_now(), self.depth, self.st, self.sz, self.stamp, self.pos,
                        self.ent_t, self.ent_s, self.n_ent, self.rng)
             self.book_ready = True
