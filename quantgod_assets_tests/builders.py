@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
+import itertools
 import json
 import shutil
 import socket
@@ -303,7 +304,7 @@ def split_windows(x, y, seq_len, fractions=(0.6, 0.2, 0.2)):
     bounds = np.cumsum([0] + [int(f * n) for f in fractions])
     bounds[-1] = n
     out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         ends = np.arange(a + seq_len - 1, b)
         out.append(windows(x, y, ends, seq_len))
     return out
