@@ -271,7 +271,8 @@ def feature_histograms_png(
     idx = _columns(features, names, columns, max_features)
     chosen = [names[i] for i in idx]
     sample = _sample_rows(features, rows, MAX_SAMPLE_ROWS, seed)
-    raw = features[np.ix_(sample, idx)].astype(np.float64) if idx else np.zeros((sample.size, 0))
+    columns_at = np.asarray(idx, dtype=np.intp)
+    raw = features[np.ix_(sample, columns_at)].astype(np.float64) if idx else np.zeros((sample.size, 0))
     raw[~np.isfinite(raw)] = np.nan
     if scaler is None:
         finite = np.isfinite(raw).all(axis=1)
@@ -338,7 +339,7 @@ def correlation_png(
     idx = _columns(features, names, columns, max_features)
     chosen = [names[i] for i in idx]
     sample = _sample_rows(features, rows, MAX_SAMPLE_ROWS, seed)
-    values = features[np.ix_(sample, idx)].astype(np.float64)
+    values = features[np.ix_(sample, np.asarray(idx, dtype=np.intp))].astype(np.float64)
     values = values[np.isfinite(values).all(axis=1)]
     k = len(idx)
     corr = np.eye(k)

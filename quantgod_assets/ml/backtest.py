@@ -106,7 +106,7 @@ def backtest_signals(
         for t in candidates:
             if t >= free_from:
                 taken.append(t)
-                free_from = t + span
+                free_from = int(t) + span
         candidates = np.asarray(taken, dtype=np.int64)
 
     candidates = candidates.astype(np.int64)

@@ -164,10 +164,12 @@ def make_batches(
 
     features, targets, ends, seq_len, scaler = arrays
     offsets = torch.arange(-seq_len + 1, 1, dtype=torch.int64)
-    mean = std = None
+    scaling: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std)
     if scaler is not None:
-        mean = torch.as_tensor(np.asarray(scaler.mean), dtype=torch.float32)
-        std = torch.as_tensor(np.asarray(scaler.std), dtype=torch.float32)
+        scaling = (
+            torch.as_tensor(np.asarray(scaler.mean), dtype=torch.float32),
+            torch.as_tensor(np.asarray(scaler.std), dtype=torch.float32),
+        )
     # y for every window, indexed by window number (small: int64 per window)
     y_all = torch.as_tensor(np.asarray(targets)[ends].astype(np.int64))
     ends_t = torch.as_tensor(ends)
@@ -190,8 +192,8 @@ def make_batches(
         store = torch.from_numpy(feats) if feats.dtype == np.float32 else torch.as_tensor(feats, dtype=torch.float32)
 
     pin = placement == "pinned"
-    if mean is not None and placement != "host":
-        mean, std = mean.to(device), std.to(device)
+    if scaling is not None and placement != "host":
+        scaling = (scaling[0].to(device), scaling[1].to(device))
 
     def iterate(epoch_seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if shuffle:
@@ -209,8 +211,8 @@ def make_batches(
             if pin:
                 x = x.pin_memory().to(device, non_blocking=True)
                 y = y.pin_memory().to(device, non_blocking=True)
-            if mean is not None:
-                x = (x - mean) / std
+            if scaling is not None:
+                x = (x - scaling[0]) / scaling[1]
             yield x, y
 
     return BatchSource(n, batch_size, shuffle, device, placement, iterate, seed)

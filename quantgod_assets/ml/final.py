@@ -118,6 +118,8 @@ def _backtest(data: PreparedData, predictions: np.ndarray, fee: float) -> dict[s
     test window ends; trades enter at t+1 and hold `lookahead` minutes."""
     from .backtest import backtest_signals
 
+    if data.prices is None:
+        raise ValueError("the backtest needs the label prices: prepare_data(..., with_prices=True)")
     ends = data.split.test
     first = int(ends[0])
     signals = np.ones(data.arrays.n_rows - first, dtype=np.int64)

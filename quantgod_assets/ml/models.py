@@ -182,6 +182,8 @@ class TransformerClassifier(nn.Module):
     """Linear projection + sinusoidal positions → pre-norm Transformer encoder → [last step,
     mean over steps] → linear head."""
 
+    positions: torch.Tensor  # a registered buffer: declared so it reads as a tensor, not Module.__getattr__'s union
+
     def __init__(
         self,
         n_features: int,
@@ -282,7 +284,7 @@ def build_model(arch: str, n_features: int, params: Mapping[str, Any]) -> nn.Mod
     best params); the spec is attached as `model.spec` for saving."""
     spec = model_spec(arch, n_features, params)
     model = build_from_spec(spec)
-    model.spec = spec  # type: ignore[attr-defined]
+    model.spec = spec  # type: ignore[assignment]  # Module.__setattr__ is typed for tensors and modules; spec is plain data
     return model
 
 
@@ -305,12 +307,15 @@ def plain_copy(model: nn.Module) -> nn.Module:
     copy_.load_state_dict(model.state_dict())
     for module in list(copy_.modules()):
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
+            parametrizations = module.parametrizations
+            if not isinstance(parametrizations, nn.ModuleDict):  # what torch's parametrize always installs
+                raise TypeError(f"unexpected parametrizations container {type(parametrizations).__name__}")
+            for name in list(parametrizations.keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
             # weight_norm also left a (local, unpicklable) hook that maps old-style g/v keys
             hooks = module._load_state_dict_pre_hooks
             stale = [k for k, h in hooks.items() if "weight_norm" in getattr(getattr(h, "hook", h), "__qualname__", "")]
             for key in stale:
                 del hooks[key]
-    copy_.spec = dict(spec)  # type: ignore[attr-defined]
+    copy_.spec = dict(spec)  # type: ignore[assignment]  # Module.__setattr__ is typed for tensors and modules; spec is plain data
     return copy_.to(device).eval()

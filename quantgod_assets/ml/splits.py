@@ -83,9 +83,10 @@ def train_val_test_split(
     row number is taken as the minute.
     """
     ends = _prepare(ends)
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    given = tuple(float(f) for f in fractions)
+    if len(given) != 3 or min(given) < 0 or not np.isclose(sum(given), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {given}")
+    fractions = (given[0], given[1], given[2])
     purge = purge_minutes(lookahead, seq_len)
     times = _times(ends, minutes)
     n = ends.size

@@ -96,7 +96,10 @@ def setup_mlflow(
         try:
             experiment_id = client.create_experiment(experiment, artifact_location=location)
         except MlflowException:  # created meanwhile by a parallel worker
-            experiment_id = client.get_experiment_by_name(experiment).experiment_id
+            created = client.get_experiment_by_name(experiment)
+            if created is None:  # not a race after all: the create failed for another reason
+                raise
+            experiment_id = created.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -213,7 +216,7 @@ def current_champion(client: MlflowClient, name: str, alias: str = CHAMPION,
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None, None
-    value = version.tags.get(metric) if version.tags else None
+    value: str | float | None = version.tags.get(metric) if version.tags else None  # a tag is text, a metric a float
     if value is None and version.run_id:
         value = client.get_run(version.run_id).data.metrics.get(metric)
     return version.version, (float(value) if value is not None else None)

@@ -430,6 +430,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         raise ValueError(f"{path} is not a {BUNDLE_FORMAT} bundle")
     model = build_from_spec(bundle["spec"])
     model.load_state_dict(bundle["state_dict"])
-    model.spec = copy.deepcopy(bundle["spec"])  # type: ignore[attr-defined]
+    model.spec = copy.deepcopy(bundle["spec"])
     model.to(pick_device(device)).eval()
     return model, bundle

@@ -78,6 +78,13 @@ def _entry(name: str, spec: SearchParam | Mapping[str, Any] | Any) -> SearchPara
         raise ValueError(f"search space entry {name!r}: {exc.errors()[0]['msg']}") from exc
 
 
+def _bounds(name: str, spec: SearchParam) -> tuple[int | float, int | float]:
+    """(low, high) of a float or int entry; SearchParam's validator already requires both."""
+    if spec.low is None or spec.high is None:
+        raise ValueError(f"search space entry {name!r}: a {spec.type} entry needs low and high")
+    return spec.low, spec.high
+
+
 def suggest_params(trial: optuna.Trial, search_space: SearchSpace) -> dict[str, Any]:
     """Draws one value per entry of `search_space` (`SearchParam`s, or their dicts), in order:
 
@@ -97,11 +104,12 @@ def suggest_params(trial: optuna.Trial, search_space: SearchSpace) -> dict[str, 
         if spec.type == "categorical":
             params[name] = trial.suggest_categorical(name, list(spec.choices or ()))
         elif spec.type == "float":
+            low, high = _bounds(name, spec)
             step = float(spec.step) if spec.step is not None else None
-            params[name] = trial.suggest_float(name, float(spec.low), float(spec.high), log=spec.log, step=step)
+            params[name] = trial.suggest_float(name, float(low), float(high), log=spec.log, step=step)
         elif spec.type == "int":
-            params[name] = trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1),
-                                             log=spec.log)
+            low, high = _bounds(name, spec)
+            params[name] = trial.suggest_int(name, int(low), int(high), step=int(spec.step or 1), log=spec.log)
         else:  # fixed
             params[name] = spec.value
     return params
@@ -327,6 +335,8 @@ def run_study(
                 f"study '{study_name}' has no completed trial ({len(pruned)} pruned, {len(trials)} in all)"
             )
         best = study.best_trial
+        if best.value is None:  # best_trial is a completed trial, which always has its value
+            raise RuntimeError(f"study '{study_name}': the best trial {best.number} has no value")
         best_params = {**_fixed_params(opt.search_space), **best.params}
         log.info(f"Best trial {best.number} | F1 Macro: {best.value:.4f} | {len(complete)} complete, "
             f"{len(pruned)} pruned | params: {json.dumps(best_params, sort_keys=True)}")
