@@ -126,8 +126,8 @@ def label_day(
     prices = _price_frame(day_frame, price_column, "day_frame")
     if next_day_frame is not None and next_day_frame.height:
         following = _price_frame(next_day_frame, price_column, "next_day_frame")
-        first_next, last_day = following["ts"].min(), prices["ts"].max()  # datetimes (typed loosely by polars)
-        if day_frame.height and first_next <= last_day:  # type: ignore[operator]
+        first_next, last_day = following["ts"].min(), prices["ts"].max()
+        if day_frame.height and first_next <= last_day:  # type: ignore[operator]  # polars types min/max as any literal; both are datetimes
             raise ValueError(f"next_day_frame starts at {first_next!s}, not after the day's last minute {last_day!s}")
         prices = pl.concat([prices, following.cast(prices.schema)])
     if prices["ts"].is_duplicated().any():

@@ -156,7 +156,7 @@ def open_log(
         forward = ForwardingHandler(forward_to)
         forward.setLevel(logging.INFO)
         logger.addHandler(forward)
-    logger.log_path = path  # type: ignore[attr-defined]
+    logger.log_path = path  # type: ignore[attr-defined]  # a plain attribute on the stdlib Logger: where its file is
     return logger
 
 

@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, TextIO, TypeVar
 
 __all__ = ["ENV_PROGRESS", "Progress", "track"]
@@ -172,7 +172,9 @@ class Progress:
 def track(items: Iterable[T], total: int | None = None, label: str = "progress", **kwargs: Any) -> Iterator[T]:
     """Yields `items`, counting one step after each (the total from `len(items)` when not given)."""
     if total is None:
-        total = len(items)  # type: ignore[arg-type]
+        if not isinstance(items, Sized):  # what len() would refuse anyway, said plainly
+            raise TypeError(f"track() needs total= for a {type(items).__name__}, which has no len()")
+        total = len(items)
     with Progress(total, label, **kwargs) as progress:
         for item in items:
             yield item

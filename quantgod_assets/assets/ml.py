@@ -84,7 +84,7 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
             outcome = run_optimization(settings)
         except _data_errors() as exc:
             raise _data_failure(exc, log) from exc
-        log_path = str(log.log_path)  # type: ignore[attr-defined]
+        log_path = str(log.log_path)  # type: ignore[attr-defined]  # open_log sets it on the Logger it returns
     metadata: dict[str, Any] = {
         "study_name": outcome.study_name,
         "storage": outcome.storage,
@@ -129,7 +129,7 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
             final = train_final_model(settings, run_tags={"dagster_run_id": context.run.run_id})
         except _data_errors() as exc:
             raise _data_failure(exc, log) from exc
-        log_path = str(log.log_path)  # type: ignore[attr-defined]
+        log_path = str(log.log_path)  # type: ignore[attr-defined]  # open_log sets it on the Logger it returns
     test = final.test
     metadata: dict[str, Any] = {
         "test_f1_macro": round(test["f1_macro"], 4),
