@@ -104,7 +104,7 @@ def test_download_falls_back_to_500_on_404(tmp_path, server, zip_bytes):
 def test_dropped_connection_leaves_no_archive(tmp_path, server, zip_bytes):
     server.files[_url_path(200)] = zip_bytes
     server.drop_after[_url_path(200)] = len(zip_bytes) // 2
-    with pytest.raises(DownloadError, match="127.0.0.1"):
+    with pytest.raises(DownloadError, match=r"127\.0\.0\.1"):
         download_archive(DAY, "BTCUSDT", tmp_path, server.base_url, timeout_s=10)
     assert _leftovers(tmp_path) == []  # neither the archive name nor the temporary file
     assert find_archive(tmp_path, DAY, "BTCUSDT") is None
@@ -118,7 +118,7 @@ def test_a_body_that_is_not_a_zip_is_refused(tmp_path, server):
 
 
 def test_missing_everywhere_is_not_found(tmp_path, server):
-    with pytest.raises(ArchiveNotFoundError, match="ob200.*404.*ob500.*404"):
+    with pytest.raises(ArchiveNotFoundError, match=r"ob200.*404.*ob500.*404"):
         download_archive(DAY, "BTCUSDT", tmp_path, server.base_url)
     assert _leftovers(tmp_path) == []
 

@@ -28,7 +28,7 @@ BOOK = dg.AssetKey("preprocessed_book")
 def good_frame() -> pl.DataFrame:
     schema = book_schema()
     n = MINUTES_PER_DAY
-    start = dt.datetime(2025, 3, 14, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2025, 3, 14, tzinfo=dt.UTC)
     data: dict[str, object] = {"ts": [start + dt.timedelta(minutes=i) for i in range(n)]}
     mid = 80_000 + np.cumsum(np.full(n, 0.5))
     for i in range(OUT_LEVELS):

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from quantgod_assets.assets.labels import NEXT_DAY_MAPPING, label_distribution, labelled_frame
-from quantgod_assets.launch import materialize_range
 from quantgod_assets.labelling import labelled_distribution, month_table
+from quantgod_assets.launch import materialize_range
 from quantgod_assets.orderbook.schema import book_columns
 from quantgod_assets.partitions import daily_partitions
 from quantgod_assets.resources import resources
@@ -258,11 +258,13 @@ def test_label_distribution_over_all_labelled_days(lab_env):
 def test_label_distribution_without_labels_says_what_to_run(lab_env):
     result = materialize([label_distribution])
     assert not result.success
-    assert "materialize labelled_frame first" in result.failure_data_for_node("label_distribution").user_failure_data.description
+    failure = result.failure_data_for_node("label_distribution").user_failure_data
+    assert "materialize labelled_frame first" in failure.description
 
 
 def test_month_table_splits_months():
-    table, months = month_table([("2025-01-31", 0, 5), ("2025-01-31", 1, 15), ("2025-02-01", 2, 4), ("2025-02-01", None, 1)])
+    table, months = month_table([("2025-01-31", 0, 5), ("2025-01-31", 1, 15),
+                                 ("2025-02-01", 2, 4), ("2025-02-01", None, 1)])
     assert table.splitlines()[2] == "| 2025-01 | 1 | 20 | 5 (25.0%) | 15 (75.0%) | 0 (0.0%) | 0 |"
     assert months["2025-02"] == {"days": 1, "labelled": 4, "counts": {"SELL": 0, "NEUTRAL": 0, "BUY": 4},
                                  "shares": {"SELL": 0.0, "NEUTRAL": 0.0, "BUY": 1.0}, "unlabelled": 1}

@@ -144,7 +144,8 @@ def test_optimization_then_model_in_process(ml_env):
     assert "Baseline majority" in text and "Backtest (fee 0.055 %/side" in text
 
     run = MlflowClient(tracking_uri=uri).get_run(meta["mlflow_run_id"].value)
-    assert {"test_f1_macro", "test_f1_weighted", "baseline_majority_f1_macro", "backtest_n_trades"} <= set(run.data.metrics)
+    wanted = {"test_f1_macro", "test_f1_weighted", "baseline_majority_f1_macro", "backtest_n_trades"}
+    assert wanted <= set(run.data.metrics)
     assert run.data.params["label_suffix"] == SUFFIX
     assert meta["champion"].value is True and meta["registered_version"].value == "1"
 

@@ -9,7 +9,7 @@ import sys
 import dagster as dg
 import polars as pl
 
-from quantgod_assets.assets.launch import materialize_range
+from quantgod_assets.launch import materialize_range
 
 from .builders import BAD_DAY, DAY1, DAY2, REPO
 
@@ -94,10 +94,20 @@ def test_cli_range_with_a_corrupt_day_finishes_the_others(qg_env):
 
 
 def test_cli_blocking_check_failure_ends_the_run_failed(qg_env):
-    # default limits: a ten-minute day is ~99 % gap, above the 10 % limit
+    # a first range with the gap limit relaxed: both days published and recorded
     qg_env.set_etl(gap_warn_share=0.01, gap_fail_share=0.10)
+    relaxed = {"etl.yaml": {"checks": {"gap_fail_share": 1.0}}}
+    assert run(qg_env, DAY1, DAY2, config_overrides=relaxed).returncode == 0
+    published = {day: qg_env.preprocessed(day).read_bytes() for day in (DAY1, DAY2)}
+    first = materializations(qg_env)
+    # default limits: a ten-minute day is ~99 % gap, above the 10 % limit
     done = run(qg_env, DAY1, DAY2)
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "2 of 2 day(s) failed" in output and "check gaps failed" in output
-    assert sorted(materializations(qg_env)) == ["2025-03-14", "2025-03-15"]  # written, and recorded
+    # neither day replaced the published one nor was recorded again; the rejected outputs are kept
+    assert materializations(qg_env) == first and sorted(first) == ["2025-03-14", "2025-03-15"]
+    for day, data in published.items():
+        path = qg_env.preprocessed(day)
+        assert path.read_bytes() == data and (path.parent / "rejected" / path.name).is_file()
+        assert f"rejected output: {path.parent / 'rejected' / path.name}" in output

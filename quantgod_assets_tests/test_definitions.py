@@ -7,8 +7,8 @@ import sys
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from quantgod_assets.launch import materialize_command
 from quantgod_assets.definitions import defs
+from quantgod_assets.launch import materialize_command
 from quantgod_assets.partitions import daily_partitions
 from quantgod_assets.resources import resources
 

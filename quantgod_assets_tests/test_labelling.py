@@ -171,7 +171,7 @@ def test_suffix_names(args, name):
 
 
 def test_suffixes_differ_when_settings_differ():
-    names = {label_suffix(h, s, l) for h in (30, 60, 90) for s in (-0.002, -0.004) for l in (0.004, 0.008)}
+    names = {label_suffix(h, s, lo) for h in (30, 60, 90) for s in (-0.002, -0.004) for lo in (0.004, 0.008)}
     assert len(names) == 12
 
 

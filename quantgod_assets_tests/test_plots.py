@@ -91,7 +91,7 @@ def test_label_periods_by_hour_from_a_labelled_frame(day_frame):
     frame = day_frame.select("ts").with_columns(
         pl.Series("target", ([0, 1, 2, None] * 360)[:1440], dtype=pl.Int8))
     periods = plots.label_periods(plots.frame_label_rows(frame), "hour")
-    assert len(periods) == 24 and list(periods)[0] == "00h"
+    assert len(periods) == 24 and next(iter(periods)) == "00h"
     assert periods["00h"] == {"SELL": 15, "NEUTRAL": 15, "BUY": 15, "unlabelled": 15}
 
 

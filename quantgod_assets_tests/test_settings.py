@@ -133,7 +133,7 @@ def test_missing_raw_root_names_the_setting_and_the_mount(configs, clean_env, tm
 
 def test_missing_default_raw_root_also_names_the_setting(configs, clean_env, tmp_path):
     clean_env.chdir(tmp_path)
-    with pytest.raises(RawRootMissingError, match="QUANTGOD_RAW_ROOT.*mount may be down"):
+    with pytest.raises(RawRootMissingError, match=r"QUANTGOD_RAW_ROOT.*mount may be down"):
         load_settings().paths.require_raw_root()
 
 
@@ -186,7 +186,8 @@ def test_a_typo_in_a_profile_fails_even_when_the_profile_is_not_chosen(configs, 
     (configs / "training.yaml").write_text(text)
     with pytest.raises(ConfigError) as info:
         load_settings()
-    assert str(info.value) == f"{configs / 'training.yaml'}: profiles.small: unknown key 'epoch' (did you mean 'epochs'?)"
+    expected = f"{configs / 'training.yaml'}: profiles.small: unknown key 'epoch' (did you mean 'epochs'?)"
+    assert str(info.value) == expected
 
 
 def test_profile_merge_is_typed(configs, clean_env):
@@ -205,7 +206,7 @@ def test_profile_merge_is_typed(configs, clean_env):
     # a profile value of the wrong type fails like the file's own would
     text = (configs / "training.yaml").read_text().replace("    seq_len: 30\n", "    seq_len: thirty\n")
     (configs / "training.yaml").write_text(text)
-    with pytest.raises(ConfigError, match="profiles.small: seq_len='thirty' is not valid"):
+    with pytest.raises(ConfigError, match=r"profiles\.small: seq_len='thirty' is not valid"):
         load_settings()
 
 

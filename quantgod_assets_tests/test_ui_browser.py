@@ -16,6 +16,7 @@ Screenshots of both pages are written to the test's tmp folder (`asset_graph.png
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from quantgod_assets.assets.launch import materialize_range
+from quantgod_assets.launch import materialize_range
 
 from .builders import DAY1
 
@@ -129,10 +130,8 @@ def stop(server: subprocess.Popen) -> None:
             server.wait(timeout=15)
         except ProcessLookupError:
             pass
-    try:  # children left in the group (the gRPC code server) go too
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # children left in the group go too
         os.killpg(server.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class PageText(HTMLParser):

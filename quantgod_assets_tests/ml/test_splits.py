@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -55,7 +57,7 @@ def test_footprints_of_the_splits_never_overlap_even_with_gaps(lookahead, seq_le
     parts = [p for p in (split.train, split.val, split.test) if p.size]
     assert np.array_equal(np.concatenate(parts), np.unique(np.concatenate(parts)))  # ordered, disjoint
     prints = [footprint(minutes[p], lookahead, seq_len) for p in parts]
-    for (_, end_a), (start_b, _) in zip(prints, prints[1:]):
+    for (_, end_a), (start_b, _) in itertools.pairwise(prints):
         assert end_a < start_b
     # and the purge removed only what it had to: the first dropped end would have overlapped
     dropped = np.setdiff1d(ends, np.concatenate(parts))

@@ -64,7 +64,8 @@ def test_study_has_a_parent_run_and_a_nested_run_per_trial(store):
 
 
 def _final(uri, tmp_path, model, f1, test_x, name="final"):
-    history = [{"epoch": 1, "val_f1_macro": 0.3, "train_loss": 1.0}, {"epoch": 2, "val_f1_macro": 0.35, "train_loss": 0.9}]
+    history = [{"epoch": 1, "val_f1_macro": 0.3, "train_loss": 1.0},
+               {"epoch": 2, "val_f1_macro": 0.35, "train_loss": 0.9}]
     bundle = tmp_path / "quantgod_cloud_model.pth"
     bundle.write_bytes(b"bundle")
     return log_final_model(

@@ -38,7 +38,7 @@ def data():
 
 
 def test_window_batches_match_getitem(data):
-    x, y, (train, _val, _test) = data
+    _x, _y, (train, _val, _test) = data
     assert window_arrays(train) is not None
     source = make_batches(train, 32, False, torch.device("cpu"))
     xb, yb = next(iter(source))
@@ -77,7 +77,7 @@ class ListHandler(logging.Handler):
 
 
 def test_trained_model_beats_the_majority_baseline(data, tmp_path):
-    x, y, (train, val, test) = data
+    x, _y, (train, val, test) = data
     torch.manual_seed(0)
     model = build_model("tcn_lstm", x.shape[1], TINY)
     cfg = TrainConfig(epochs=6, batch_size=64, lr=3e-3, patience=3, log_every=10, device="cpu",

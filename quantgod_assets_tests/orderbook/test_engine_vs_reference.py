@@ -8,6 +8,7 @@ frame must be equal: bit for bit, NaN (reference) matching null or NaN (engine).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import random
 from decimal import Decimal
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quantgod_assets.orderbook.reference import COUNT_KEYS, ReferenceResult, read_lines, reference_replay
+from quantgod_assets.orderbook.reference import ReferenceResult, read_lines, reference_replay
 from quantgod_assets.orderbook.replay import DayReplay, ReplayConfig, replay_file, replay_stream
 from quantgod_assets.orderbook.sampling import minute_frame
 from quantgod_assets.orderbook.schema import STAT_COLUMNS, level_columns
@@ -29,7 +30,7 @@ XRP = FIXTURES / "2024-12-01_XRPUSDT_ob500.data.zip"
 SPOT = FIXTURES / "2026-04-22_BTCUSDT_spot_ob200_first300s.jsonl.gz"
 
 DAY = dt.date(2024, 3, 5)
-T0 = int(dt.datetime(2024, 3, 5, tzinfo=dt.timezone.utc).timestamp()) * 1000
+T0 = int(dt.datetime(2024, 3, 5, tzinfo=dt.UTC).timestamp()) * 1000
 DAY_MS = 86_400_000
 
 
@@ -101,7 +102,7 @@ def both(lines: list[str], *, out_levels: int, max_silence_s: float, capture_sec
     data = "".join(line + "\r\n" for line in lines).encode()
     # cut the bytes anywhere: the engine must not care where chunks end
     cuts = sorted({0, len(data), *random.Random(len(data)).sample(range(len(data)), min(5, len(data)))})
-    chunks = [data[a:b] for a, b in zip(cuts, cuts[1:])]
+    chunks = [data[a:b] for a, b in itertools.pairwise(cuts)]
     config = ReplayConfig(max_silence_s=max_silence_s, out_levels=out_levels, capture_seconds=capture_seconds)
     eng = replay_stream(chunks, DAY, config)
     return ref, eng

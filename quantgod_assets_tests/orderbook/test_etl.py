@@ -42,7 +42,7 @@ def test_archive_names():
     assert parse_archive_name("2024-12-01_XRPUSDT_ob500.data.zip") == (dt.date(2024, 12, 1), "XRPUSDT", 500)
     assert parse_archive_name("2026-04-22_BTCUSDT_spot_ob200_first300s.jsonl.gz")[:2] == (
         dt.date(2026, 4, 22), "BTCUSDT")
-    with pytest.raises(OrderBookInputError, match="book.zip.*no date"):
+    with pytest.raises(OrderBookInputError, match=r"book\.zip.*no date"):
         parse_archive_name("/data/book.zip")
 
 
@@ -60,7 +60,7 @@ def test_every_packing_gives_the_same_day(tmp_path, kind):
     summary = convert_day(source, out)
     frame = pl.read_parquet(out)
     assert frame.height == 1440 and frame.columns == book_columns()
-    assert frame["ts"][0] == dt.datetime(2025, 3, 14, tzinfo=dt.timezone.utc)
+    assert frame["ts"][0] == dt.datetime(2025, 3, 14, tzinfo=dt.UTC)
     assert frame["bid_px_0"][0] == 100.0 and frame["bid_sz_0"][0] == 5.0  # second 59: u=60 → 1+59%5
     assert frame["valid_seconds"][:6].to_list() == [60] * 6 and frame["valid_seconds"][8] == 0
     assert summary.counts["n_messages"] == 400 and summary.rows == 1440
@@ -104,7 +104,7 @@ def test_crc_corrupt_zip_fails_naming_the_file(tmp_path):
 
 
 def test_malformed_line_fails_unless_skipped(tmp_path):
-    lines = LINES[:10] + ['{"topic":"orderbook.200.BTCUSDT","ts":' ] + LINES[10:]
+    lines = [*LINES[:10], '{"topic":"orderbook.200.BTCUSDT","ts":', *LINES[10:]]
     source = write_zip(tmp_path, ("\r\n".join(lines) + "\r\n").encode())
     out = tmp_path / "out.parquet"
     with pytest.raises(OrderBookInputError, match=f"{source}: line 11"):

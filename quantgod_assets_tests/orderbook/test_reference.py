@@ -24,7 +24,7 @@ XRP = FIXTURES / "2024-12-01_XRPUSDT_ob500.data.zip"
 SPOT = FIXTURES / "2026-04-22_BTCUSDT_spot_ob200_first300s.jsonl.gz"
 
 DAY = dt.date(2024, 1, 1)
-T0 = int(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc).timestamp()) * 1000
+T0 = int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000
 DAY_MS = 86_400_000
 
 
@@ -434,7 +434,7 @@ def test_spot_2026_five_full_minutes(spot_lines):
         assert row["spread"] == row["ask_px_0"] - row["bid_px_0"]
         assert row["mid_low"] <= row["mid_open"] <= row["mid_high"]
         assert -1.0 <= row["imbalance_200"] <= 1.0
-        bids, asks = r.captured[60 * m + 59]
+        bids, _asks = r.captured[60 * m + 59]
         assert [px for px, _ in bids] == [row[f"bid_px_{i}"] for i in range(len(bids))]
     assert all(len(r.captured[k][0]) == 200 and len(r.captured[k][1]) == 200 for k in range(300))
     assert math.isnan(r.minute_rows[5]["bid_px_0"])  # minute 5's close sample (359) is stale

@@ -216,16 +216,16 @@ def test_parsed_numbers_equal_python_float_bit_for_bit(mantissa, frac_digits, tr
     '[["100.50","2.0"],["0099","0.250"]]',  # trailing and leading zeros
 ])
 def test_every_spelling_of_levels_parses_the_same(spelling):
-    line = ('{"topic":"orderbook.200.X","ts":%d,"type":"snapshot","data":{"s":"X","b":%s,'
-            '"a":[["101","1"]],"u":1}}' % (T0 + 100, spelling))
+    line = (f'{{"topic":"orderbook.200.X","ts":{T0 + 100},"type":"snapshot","data":{{"s":"X","b":{spelling},'
+            '"a":[["101","1"]],"u":1}}')
     assert book_at(replay([line]), 0)[0] == [(100.5, 2.0), (99.0, 0.25)]
 
 
 @pytest.mark.parametrize("level", ['["100.5","2"x]', '["100.5""2"]', '["100.5","2"', '["1e2","2"]',
                                    '["100.5",,"2"]', '["","2"]', '[".5","2"x]'])
 def test_a_level_that_leaves_the_compact_shape_badly_is_an_error(level):
-    line = ('{"topic":"orderbook.200.X","ts":%d,"type":"snapshot","data":{"s":"X","b":[%s],'
-            '"a":[["101","1"]],"u":1}}' % (T0 + 100, level))
+    line = (f'{{"topic":"orderbook.200.X","ts":{T0 + 100},"type":"snapshot","data":{{"s":"X","b":[{level}],'
+            '"a":[["101","1"]],"u":1}}')
     with pytest.raises(OrderBookInputError, match="line 1, column"):
         replay([line])
 
@@ -250,7 +250,7 @@ def test_compact_levels_equal_python_float_bit_for_bit(raw):
 
 def test_numbers_beyond_exact_parsing_fail_clearly():
     line = msg("snapshot", T0 + 100, bids=[("100.1234567890123456", "1")], asks=[("101", "1")], u=1)
-    with pytest.raises(OrderBookInputError, match="line 1.*significant digits"):
+    with pytest.raises(OrderBookInputError, match=r"line 1.*significant digits"):
         replay([line])
 
 
@@ -364,7 +364,6 @@ def test_odd_numbers_fall_back_or_fail_cleanly(text):
 def test_the_galloping_search_agrees_with_the_whole_side_search_from_any_hint():
     # _find_from must give _find's answer whatever the hint: a good one (at or above the
     # answer), a stale one below it (an out-of-order message), or the top of the side
-    import random
 
     from quantgod_assets.orderbook import _kernel as kernel
 

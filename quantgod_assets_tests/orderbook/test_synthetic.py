@@ -36,7 +36,7 @@ def read_lines(path: Path) -> list[bytes]:
 
 
 def day_start_ms(day: dt.date) -> int:
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()) * 1000
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()) * 1000
 
 
 class DictBook:
@@ -105,7 +105,7 @@ def test_crlf_and_keys_and_numbers(short_day):
             for px, sz in data[side]:
                 assert isinstance(px, str) and PRICE_RE.match(px), px
                 assert isinstance(sz, str) and SIZE_RE.match(sz), sz
-                assert int(round(Decimal(px) * 10)) == Decimal(px) * 10  # tick 0.10
+                assert round(Decimal(px) * 10) == Decimal(px) * 10  # tick 0.10
     # a real BTC book: sizes like "0.125", lines near a kilobyte
     assert 600 < np.mean([len(line) for line in lines[1:]]) < 1400
 
@@ -253,7 +253,7 @@ def test_gap(tmp_path):
 def test_silence(tmp_path):
     msgs = [json.loads(line) for line in fault_day(tmp_path, "silence", duration_s=1200)]
     gaps = np.diff([m["ts"] for m in msgs])
-    start, length = fault_times(1200)["silence"]
+    _start, length = fault_times(1200)["silence"]
     assert length == 120_000
     assert int(np.sum(gaps >= length)) == 1 and gaps.max() < length + 1000
     assert np.all(np.diff([m["data"]["u"] for m in msgs]) == 1)
@@ -294,9 +294,8 @@ def test_truncated(tmp_path):
     path = generate_day(DAY, tmp_path, seed=7, faults=("truncated",), duration_s=60)
     whole = generate_day(DAY, tmp_path / "whole", seed=7, duration_s=60)
     assert path.stat().st_size == int(whole.stat().st_size * 0.7)
-    with pytest.raises((zipfile.BadZipFile, EOFError, OSError)):
-        with zipfile.ZipFile(path) as zf:
-            zf.read(zf.namelist()[0])
+    with pytest.raises((zipfile.BadZipFile, EOFError, OSError)), zipfile.ZipFile(path) as zf:
+        zf.read(zf.namelist()[0])
 
 
 def test_all_faults_together_and_unknown(tmp_path):
