@@ -30,8 +30,12 @@ def lines_to(handler: logging.Handler) -> Iterator[logging.Handler]:
     if handler.level == logging.NOTSET:
         handler.setLevel(logging.INFO)
     logger.addHandler(handler)
+    # the handler is where the lines go: a root handler some library set up (MLflow's does) would
+    # print each of them a second time as `INFO:quantgod_assets.ml...` on the console
+    propagate, logger.propagate = logger.propagate, False
     try:
         yield handler
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
