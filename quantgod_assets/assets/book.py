@@ -15,7 +15,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ..daily import book as book_day
-from ..daily.runner import run_stage, workers_note
+from ..daily.runner import day_span, run_stage, workers_note
 from ..logs import run_log
 from ..partitions import daily_partitions
 from ..resources import BOOK_VIEW, QuantGodSettings, book_view_sql
@@ -107,8 +107,7 @@ def preprocessed_book(context: dg.AssetExecutionContext, quantgod: QuantGodSetti
     materialize = BOOK in context.selected_asset_keys
     workers = settings.etl.worker_count(len(days)) if materialize else 1
     with run_log("etl", settings.paths.logs_dir, forward_to=context.log, when=run_started(context)) as log:
-        span = f"{days[0]}" if len(days) == 1 else f"{days[0]}...{days[-1]}"
-        log.info(f"ETL {span}: {len(days)} day(s), {settings.symbol}, {workers_note(workers)}")
+        log.info(f"ETL {day_span(days)}: {len(days)} day(s), {settings.symbol}, {workers_note(workers)}")
         if materialize:
             _preflight(settings, log)
         work = book_day.produce_day if materialize else book_day.check_day  # checks only: read the day

@@ -30,7 +30,7 @@ from dagster_duckdb import DuckDBResource
 
 from ..daily import labels as label_day
 from ..daily.outcome import Markdown
-from ..daily.runner import run_stage, workers_note
+from ..daily.runner import day_span, run_stage, workers_note
 from ..labelling import (
     combine_distributions,
     config_line,
@@ -107,9 +107,8 @@ def labelled_frame(context: dg.AssetExecutionContext, quantgod: QuantGodSettings
         raise dg.Failure(description=f"labelling settings in {settings.config_dir}: {exc}") from exc
     workers = settings.etl.worker_count(len(days)) if materialize else 1
     with run_log("labelling", settings.paths.logs_dir, suffix, forward_to=context.log, cumulative=True) as log:
-        span = f"{days[0]}" if len(days) == 1 else f"{days[0]}...{days[-1]}"
         log.info(config_line(lab.lookahead, lab.threshold_short, lab.threshold_long))
-        log.info(f"Labelling {span}: {len(days)} day(s), {lab.price_column}, "
+        log.info(f"Labelling {day_span(days)}: {len(days)} day(s), {lab.price_column}, "
                  f"{(settings.paths.labelled_dir / suffix).as_posix()}, {workers_note(workers)}")
         work = label_day.produce_day if materialize else label_day.check_day  # checks only: read the day
         outcomes = run_stage(days, partial(work, settings=settings), workers=workers, log=log,

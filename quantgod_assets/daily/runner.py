@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from ..day_pool import WorkerDied, run_days
 from .outcome import DayOutcome, describe_failures, short_reason
 
-__all__ = ["run_stage", "workers_note"]
+__all__ = ["day_span", "run_stage", "workers_note"]
 
 
 def write_lines(log: logging.Logger, outcome: DayOutcome) -> None:
@@ -63,6 +63,11 @@ def _worker_failure(exc: BaseException | None) -> str:
     if isinstance(exc, WorkerDied):
         return str(exc)
     return f"worker failed: {short_reason(exc or RuntimeError('no result'))}"
+
+
+def day_span(days: Sequence[dt.date]) -> str:
+    """`2025-03-14`, or `2025-03-10...2025-03-16` for a range (Dagster's own spelling)."""
+    return f"{days[0]}" if len(days) == 1 else f"{days[0]}...{days[-1]}"
 
 
 def workers_note(workers: int) -> str:
