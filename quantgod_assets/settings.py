@@ -13,7 +13,7 @@ Environment overrides:
     QUANTGOD_RAW_ROOT     the archive root (paths.raw_root in etl.yaml; default data/L2/raw)
     QUANTGOD_DATA_DIR     outputs (default data)
     QUANTGOD_LOGS_DIR     file logs (default logs)
-    QUANTGOD_SYMBOL       the symbol (default BTCUSDT)
+    QUANTGOD_SYMBOL       the symbol (default BTCUSDT; must match ^[A-Z0-9]{2,30}$)
     QUANTGOD_ML_PROFILE   a `profiles:` entry of optimization.yaml / training.yaml merged over them
                           (`small`: the CPU demo's 2 trials x 2 epochs, seq_len 30, 10 levels)
     QUANTGOD_OPTUNA_STORAGE  the Optuna storage URL (optimization.yaml `storage`)
@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,6 +44,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from .archive import SYMBOL_PATTERN
 
 __all__ = [
     "BacktestSettings",
@@ -183,7 +186,9 @@ class DownloadSettings(_Schema):
 
     enabled: Flag = False
     base_url: str = "https://quote-saver.bycsi.com/orderbook/linear"
-    timeout_s: float = 60.0
+    timeout_s: float = Field(60.0, gt=0)  # each socket read (and the connection)
+    deadline_s: float = Field(1800.0, gt=0)  # one file's whole transfer
+    max_bytes: int = Field(2 << 30, gt=0)  # one file's size (a real day is ~360 MB)
 
     @field_validator("base_url")
     @classmethod
@@ -240,11 +245,21 @@ class EtlSettings(_Schema):
         return max(1, min(wanted, days))
 
 
+def _symbol(value: str) -> str:
+    if not re.fullmatch(SYMBOL_PATTERN, value):
+        raise ValueError(f"must match {SYMBOL_PATTERN} (upper-case letters and digits, e.g. BTCUSDT)")
+    return value
+
+
+# the symbol becomes part of archive paths and download URLs: nothing that could change either
+Symbol = Annotated[str, AfterValidator(_symbol)]
+
+
 class _EtlFile(EtlSettings):
     """The whole of etl.yaml: the ETL settings plus the run-wide `paths:` and `symbol:`."""
 
     paths: Paths = Paths()
-    symbol: str = "BTCUSDT"
+    symbol: Symbol = "BTCUSDT"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,7 +495,7 @@ class OptimizationSettings(_Schema):
 
 class Settings(_Schema):
     paths: Paths
-    symbol: str
+    symbol: Symbol
     etl: EtlSettings
     labelling: LabellingSettings
     optimization: OptimizationSettings
@@ -618,6 +633,17 @@ def _check_search_space(optimization: OptimizationSettings, source: Path) -> Non
         raise ConfigError(f"{source}: search_space key(s) {unknown} are not training.yaml settings")
 
 
+def _env_symbol() -> str | None:
+    """QUANTGOD_SYMBOL, checked against the symbol rule (None when unset or empty)."""
+    value = os.environ.get(ENV_SYMBOL) or None
+    if value is not None:
+        try:
+            _symbol(value)
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_SYMBOL}={value!r} {exc}") from exc
+    return value
+
+
 def _read_etl(folder: Path) -> _EtlFile:
     path = folder / "etl.yaml"
     return _validate(_EtlFile, _read_yaml(path), str(path))
@@ -635,7 +661,7 @@ def load_settings(config_folder: str | Path | None = None) -> Settings:
     _check_search_space(optimization, optimization_path)
     return Settings(
         paths=_paths(etl.paths),
-        symbol=os.environ.get(ENV_SYMBOL) or etl.symbol,
+        symbol=_env_symbol() or etl.symbol,
         etl=EtlSettings.model_validate(etl.model_dump(include=set(EtlSettings.model_fields))),
         labelling=_validate(LabellingSettings, _read_yaml(labelling), str(labelling)),
         optimization=optimization,

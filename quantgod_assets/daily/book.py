@@ -9,11 +9,22 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import traceback
+from collections.abc import Collection
 from logging import DEBUG, ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-from ..archive import ArchiveNotFoundError, DownloadError, DownloadResult, download_archive, find_archive
+from ..archive import (
+    ArchiveNotFoundError,
+    CorruptArchiveError,
+    DownloadError,
+    DownloadResult,
+    InvalidSymbolError,
+    download_archive,
+    find_archive,
+    quarantine_archive,
+    verify_archive,
+)
 from ..orderbook.quality import CheckOutcome
 from ..plots import micro_price_png, png_markdown
 from ..settings import RawRootMissingError, Settings
@@ -37,22 +48,46 @@ def preflight(settings: Settings) -> None:
     paths.require_raw_root()
 
 
-def locate_archive(day: dt.date, settings: Settings, *, download: bool = True) -> tuple[Path, DownloadResult | None]:
-    """The day's archive under the root; downloaded first when missing and downloads are on."""
+def locate_archive(
+    day: dt.date, settings: Settings, *, download: bool = True, exclude: Collection[Path] = ()
+) -> tuple[Path, DownloadResult | None]:
+    """The day's archive under the root; downloaded first when missing and downloads are on.
+
+    `exclude`: archives on disk already found corrupt (passed over; the other depth is used)."""
     root = settings.paths.require_raw_root()
     depths = settings.etl.depths
-    found = find_archive(root, day, settings.symbol, depths)
+    found = find_archive(root, day, settings.symbol, depths, exclude=exclude)
     if found is not None:
         return found, None
     dl = settings.etl.download
     if not (download and dl.enabled):
         names = " or ".join(f"{day.isoformat()}_{settings.symbol}_ob{d}.data.zip" for d in depths)
+        corrupt = f" ({len(exclude)} found corrupt)" if exclude else ""
         raise ArchiveNotFoundError(
-            f"{day}: no archive {names} under {root} (searched recursively); "
+            f"{day}: no usable archive {names} under {root} (searched recursively){corrupt}; "
             "download is off (download.enabled in etl.yaml)"
         )
-    result = download_archive(day, settings.symbol, root, dl.base_url, depths=depths, timeout_s=dl.timeout_s)
+    result = download_archive(day, settings.symbol, root, dl.base_url, depths=depths, timeout_s=dl.timeout_s,
+                              deadline_s=dl.deadline_s, max_bytes=dl.max_bytes)
     return result.path, result
+
+
+def corrupt_reason(archive: Path, exc: Exception) -> str | None:
+    """Why `archive` is corrupt, when the conversion's `exc` comes from a corrupt file; else None.
+
+    The reader's own words (corrupt / truncated / bad CRC) say so at once; any other input error
+    (a malformed number: flipped bytes inflate to garbage before the CRC is reached) is checked
+    by inflating the member to the end (`verify_archive`)."""
+    text = str(exc)
+    if any(word in text.replace(str(archive), "").lower() for word in ("corrupt", "truncated", "bad crc-32")):
+        return text
+    try:
+        verify_archive(archive)
+    except CorruptArchiveError as corrupt:
+        return str(corrupt)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def archive_depth(path: Path) -> int:
@@ -137,6 +172,22 @@ def _preview(outcome: DayOutcome, frame: Any, settings: Settings, plot: bool) ->
         outcome.metadata["micro_price"] = Markdown(png_markdown(png))
 
 
+MAX_CORRUPT = 4  # archives set aside for one day at most (each depth on disk, then a download)
+
+
+def _set_aside(outcome: DayOutcome, archive: Path, reason: str, settings: Settings, *, download: bool) -> None:
+    """A corrupt archive on disk: moved to `{root}/corrupt/` when it can be fetched again (downloads
+    on), else left where it is and passed over; the next try is the other depth, or a download."""
+    fetch = download and settings.etl.download.enabled
+    if fetch:
+        moved = quarantine_archive(archive, settings.paths.raw_root)
+        where = f"moved to {moved}"
+    else:
+        where = "left in place (download is off)"
+    outcome.log(WARNING, f"Corrupt archive: {archive}: {reason}; {where}; trying another depth"
+                         + (" or a fresh download" if fetch else ""))
+
+
 def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot: bool = True) -> DayOutcome:
     """Finds, converts and checks one day; never raises for a bad day (see `DayOutcome.reason`)."""
     import polars as pl
@@ -148,16 +199,38 @@ def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot
     outcome = DayOutcome(day, blocking=BLOCKING_CHECKS)
     name = f"{day.isoformat()}_{settings.symbol}"
     try:
-        archive, downloaded = locate_archive(day, settings, download=download)
-        name = archive.name
-        if downloaded is not None:
-            outcome.log(INFO, f"Downloaded: {downloaded.url} -> {archive} "
-                              f"({downloaded.bytes / 1e6:.1f} MB in {downloaded.seconds:.1f} s)")
-        outcome.log(INFO, f"Processing: {name}")
         config = ReplayConfig(max_silence_s=settings.etl.max_silence_s, skip_bad_lines=settings.etl.skip_bad_lines)
         output = settings.paths.preprocessed_path(day)
         staged = staging_path(output)
-        summary = convert_day(archive, staged, day=day, symbol=settings.symbol, config=config)
+        corrupt: list[Path] = []  # archives on disk found corrupt this time (passed over when kept in place)
+        first_error: OrderBookInputError | None = None
+        while True:
+            try:
+                archive, downloaded = locate_archive(day, settings, download=download, exclude=corrupt)
+            except (ArchiveNotFoundError, DownloadError) as exc:
+                if first_error is None:
+                    raise
+                if isinstance(exc, ArchiveNotFoundError) and not (download and settings.etl.download.enabled):
+                    raise first_error from None  # nothing else on disk: the corruption is the day's reason
+                raise type(exc)(f"{first_error}; then: {exc}") from exc
+            name = archive.name
+            if downloaded is not None:
+                outcome.log(INFO, f"Downloaded: {downloaded.url} -> {archive} "
+                                  f"({downloaded.bytes / 1e6:.1f} MB in {downloaded.seconds:.1f} s)")
+            if corrupt and archive_depth(archive) != archive_depth(corrupt[0]):
+                outcome.log(WARNING, f"Fallback: converting {day} from {name} (ob{archive_depth(archive)}): "
+                                     f"the preferred {corrupt[0].name} is corrupt")
+            outcome.log(INFO, f"Processing: {name}")
+            try:
+                summary = convert_day(archive, staged, day=day, symbol=settings.symbol, config=config)
+                break
+            except OrderBookInputError as exc:
+                reason = corrupt_reason(archive, exc)
+                if reason is None or downloaded is not None or len(corrupt) >= MAX_CORRUPT:
+                    raise  # bad content in a sound file, or a verified download: nothing to retry
+                corrupt.append(archive)
+                first_error = first_error or exc
+                _set_aside(outcome, archive, reason, settings, download=download)
         outcome.log(INFO, f"Rows after resample: {summary.rows}")
         frame = pl.read_parquet(staged)
         outcome.checks = run_checks(frame, warn_share=settings.etl.gap_warn_share,
@@ -170,7 +243,8 @@ def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot
         outcome.metadata = _summary_metadata(summary, output, archive, downloaded)
         outcome.log(INFO, f"Summary: {summary.line()}")
         _preview(outcome, frame, settings, plot)
-    except (OrderBookInputError, ArchiveNotFoundError, DownloadError, RawRootMissingError) as exc:
+    except (OrderBookInputError, ArchiveNotFoundError, DownloadError, RawRootMissingError,
+            InvalidSymbolError) as exc:
         return outcome.fail(str(exc), name)
     except Exception as exc:  # a bug, not bad input: the short reason in the run, the traceback in the file
         outcome.log(DEBUG, "".join(traceback.format_exception(exc)).rstrip())
