@@ -9,13 +9,18 @@ unit test module that imports this file stays cheap to collect.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.server
+import io
 import itertools
 import json
 import shutil
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+import struct
+import threading
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -239,7 +244,11 @@ def msg(kind, ts, bids=(), asks=(), u=1, key_order=("topic", "ts", "type", "data
 
 class ArchiveServer(http.server.ThreadingHTTPServer):
     """Serves `files[path]` bytes on 127.0.0.1; `drop_after[path]` cuts the connection after that
-    many bytes; `requests` records the paths asked for."""
+    many bytes; `drip[path]` sends one byte every that many seconds (a stalled-but-alive server);
+    `announce[path]` is the Content-Length sent instead of the true one (None: no Content-Length,
+    the body ends when the connection closes); `requests` records the paths asked for.
+
+    `with ArchiveServer.running() as server:` serves on a daemon thread until the block ends."""
 
     daemon_threads = True
 
@@ -247,11 +256,27 @@ class ArchiveServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _ArchiveHandler)
         self.files: dict[str, bytes] = {}
         self.drop_after: dict[str, int] = {}  # path -> bytes sent before the connection is cut
+        self.drip: dict[str, float] = {}  # path -> seconds between single bytes
+        self.announce: dict[str, int | None] = {}  # path -> Content-Length sent (None: none)
         self.requests: list[str] = []
+        self.stopping = threading.Event()  # ends a drip at shutdown
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/orderbook/linear"
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[ArchiveServer]:
+        server = cls()
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.stopping.set()
+            server.shutdown()
+            server.server_close()
 
 
 class _ArchiveHandler(http.server.BaseHTTPRequestHandler):
@@ -268,8 +293,25 @@ class _ArchiveHandler(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(len(data)))
+        length = self.server.announce.get(self.path, len(data))
+        if length is not None:
+            self.send_header("Content-Length", str(length))
         self.end_headers()
+        try:
+            self._body(data)
+        except OSError:  # the client gave up (a deadline, a size cap): nothing more to send
+            self.close_connection = True
+
+    def _body(self, data: bytes) -> None:
+        pause = self.server.drip.get(self.path)
+        if pause is not None:
+            for k in range(len(data)):
+                if self.server.stopping.wait(pause):
+                    break
+                self.wfile.write(data[k : k + 1])
+                self.wfile.flush()
+            self.close_connection = True
+            return
         cut = self.server.drop_after.get(self.path)
         if cut is None:
             self.wfile.write(data)
@@ -278,6 +320,21 @@ class _ArchiveHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
         self.connection.shutdown(socket.SHUT_RDWR)
+
+
+def flip_member_bytes(data: bytes, count: int = 64) -> bytes:
+    """A ZIP's bytes with `count` bytes in the middle of its (one) member's compressed data
+    inverted: the directory and headers intact (the ZIP opens), the member corrupt."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        [member] = archive.infolist()
+    name_len, extra_len = struct.unpack_from("<HH", data, member.header_offset + 26)
+    start = member.header_offset + 30 + name_len + extra_len
+    middle = start + member.compress_size // 2
+    count = min(count, member.compress_size // 4)
+    out = bytearray(data)
+    for k in range(middle, middle + count):
+        out[k] ^= 0xFF
+    return bytes(out)
 
 
 # ---------------------------------------------------------------------------------------------

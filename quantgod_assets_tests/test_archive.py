@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import socket
-import threading
+import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,14 +12,19 @@ import pytest
 
 from quantgod_assets.archive import (
     ArchiveNotFoundError,
+    CorruptArchiveError,
     DownloadError,
+    InvalidSymbolError,
     archive_name,
     archive_url,
+    check_symbol,
     download_archive,
     find_archive,
+    quarantine_archive,
+    verify_archive,
 )
 
-from .builders import ArchiveServer
+from .builders import ArchiveServer, flip_member_bytes
 
 DAY = dt.date(2025, 3, 14)
 
@@ -58,14 +65,8 @@ def test_archive_url():
 
 @pytest.fixture
 def server() -> Iterator[ArchiveServer]:
-    srv = ArchiveServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with ArchiveServer.running() as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,90 @@ def test_unreachable_server_is_a_download_error(tmp_path):
     with pytest.raises(DownloadError):
         download_archive(DAY, "BTCUSDT", tmp_path, f"http://127.0.0.1:{port}/x", timeout_s=5)
     assert _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers that drip, lie and corrupt: every download ends in bounded time, nothing left behind
+
+
+def test_a_dripping_server_is_stopped_by_the_deadline(tmp_path, server, zip_bytes):
+    server.files[_url_path(200)] = zip_bytes
+    server.drip[_url_path(200)] = 0.5  # one byte every 0.5 s: no single read ever times out
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"127\.0\.0\.1.*deadline of 2 s exceeded.*download\.deadline_s"):
+        download_archive(DAY, "BTCUSDT", tmp_path, server.base_url, timeout_s=10, deadline_s=2)
+    assert time.monotonic() - started < 5
+    assert _leftovers(tmp_path) == []  # no .part file, nothing under the archive name
+
+
+def test_an_announced_size_over_the_cap_is_refused_before_the_body(tmp_path, server, zip_bytes):
+    server.files[_url_path(200)] = zip_bytes
+    server.announce[_url_path(200)] = 10 << 30  # the server says 10 GiB
+    with pytest.raises(DownloadError, match=r"127\.0\.0\.1.*10,737,418,240 bytes.*over the size cap of "
+                                            r"2,147,483,648 bytes.*download\.max_bytes"):
+        download_archive(DAY, "BTCUSDT", tmp_path, server.base_url, timeout_s=10)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_body_over_the_cap_without_a_length_is_cut_off(tmp_path, server, zip_bytes):
+    server.files[_url_path(200)] = zip_bytes
+    server.announce[_url_path(200)] = None  # no Content-Length: the body ends when the server closes
+    cap = len(zip_bytes) // 3
+    with pytest.raises(DownloadError, match=rf"the body .*over the size cap of {cap:,} bytes"):
+        download_archive(DAY, "BTCUSDT", tmp_path, server.base_url, timeout_s=10, max_bytes=cap)
+    assert _leftovers(tmp_path) == []
+    # the same body under a cap it fits: downloaded (a missing length is not itself a failure)
+    result = download_archive(DAY, "BTCUSDT", tmp_path, server.base_url, max_bytes=len(zip_bytes))
+    assert result.path.read_bytes() == zip_bytes
+
+
+def test_a_corrupt_member_behind_an_intact_directory_is_refused(tmp_path, server, zip_bytes):
+    bad = flip_member_bytes(zip_bytes)
+    with zipfile.ZipFile(io.BytesIO(bad)) as archive:
+        assert len(archive.namelist()) == 1  # the directory opens: only inflating finds it
+    server.files[_url_path(200)] = bad
+    with pytest.raises(DownloadError, match=r"127\.0\.0\.1.*the downloaded archive is corrupt"):
+        download_archive(DAY, "BTCUSDT", tmp_path, server.base_url)
+    assert _leftovers(tmp_path) == []
+    assert server.requests == [_url_path(200)]  # a corrupt ob200 is a failure, not a 404: no ob500 tried
+
+
+def test_verify_archive_inflates_the_member_to_the_end(tmp_path, zip_bytes):
+    good = _touch(tmp_path / archive_name(DAY, "BTCUSDT", 200), zip_bytes)
+    assert verify_archive(good) > len(zip_bytes)
+    bad = _touch(tmp_path / "bad" / archive_name(DAY, "BTCUSDT", 200), flip_member_bytes(zip_bytes))
+    with pytest.raises(CorruptArchiveError, match="corrupt"):
+        verify_archive(bad)
+    short = _touch(tmp_path / "short" / archive_name(DAY, "BTCUSDT", 200), zip_bytes[: len(zip_bytes) // 2])
+    with pytest.raises(CorruptArchiveError, match="corrupt or truncated"):
+        verify_archive(short)
+
+
+def test_quarantine_moves_the_archive_out_of_the_search(tmp_path, zip_bytes):
+    path = _touch(tmp_path / "2025" / archive_name(DAY, "BTCUSDT", 200), b"bad")
+    moved = quarantine_archive(path, tmp_path)
+    assert moved == tmp_path / "corrupt" / f"{path.name}.corrupt" and moved.read_bytes() == b"bad"
+    assert not path.exists() and find_archive(tmp_path, DAY, "BTCUSDT") is None
+    again = quarantine_archive(_touch(path, b"worse"), tmp_path)  # a second one keeps the first
+    assert again.name == f"{path.name}.2.corrupt" and moved.read_bytes() == b"bad"
+
+
+# ---------------------------------------------------------------------------------------------
+# The symbol: part of paths and URLs, so checked before either is built
+
+
+@pytest.mark.parametrize("symbol", ["x/../../../outside/PWNED", "../BTCUSDT", "BTC/USDT", "btcusdt", "B", "",
+                                    "BTCUSDT\n", "BTC USDT", "A" * 31, "BTCUSDT%2F.."])
+def test_a_symbol_outside_the_rule_is_refused_before_any_path_or_url(tmp_path, server, symbol):
+    for build in (lambda: archive_name(DAY, symbol, 200), lambda: archive_url(server.base_url, DAY, symbol, 200),
+                  lambda: find_archive(tmp_path, DAY, symbol),
+                  lambda: download_archive(DAY, symbol, tmp_path / "root", server.base_url)):
+        with pytest.raises(InvalidSymbolError, match=r"\^\[A-Z0-9\]\{2,30\}\$"):
+            build()
+    assert server.requests == []  # no request carried it
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "root").exists()
+
+
+def test_real_symbols_pass_the_rule():
+    for symbol in ("BTCUSDT", "ETHUSDT", "1000PEPEUSDT", "ETHPERP"):
+        assert check_symbol(symbol) == symbol

@@ -236,3 +236,42 @@ def test_settings_are_frozen_and_params_are_validated(configs):
     assert s.training.lr == 0.001  # the original is untouched
     with pytest.raises(ConfigError, match="unknown key 'lstm_hiden'"):
         s.training.with_params({"lstm_hiden": 8})
+
+
+def test_download_limits_have_defaults_and_are_read(configs):
+    d = load_settings().etl.download
+    assert (d.timeout_s, d.deadline_s, d.max_bytes) == (60, 1800, 2 << 30)
+    (configs / "etl.yaml").write_text("download: {timeout_s: 5, deadline_s: 30, max_bytes: 1000}\n")
+    d = load_settings().etl.download
+    assert (d.timeout_s, d.deadline_s, d.max_bytes) == (5, 30, 1000)
+    (configs / "etl.yaml").write_text("download: {deadline_s: 0}\n")
+    with pytest.raises(ConfigError, match=r"etl\.yaml: download\.deadline_s=0"):
+        load_settings()
+    (configs / "etl.yaml").write_text("download: {deadline: 30}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'download\.deadline' \(did you mean 'deadline_s'\?\)"):
+        load_settings()
+
+
+BAD_SYMBOLS = ["x/../../../outside/PWNED", "../BTCUSDT", "BTC/USDT", "btcusdt", "B", "BTC USDT", "A" * 31]
+
+
+@pytest.mark.parametrize("symbol", BAD_SYMBOLS)
+def test_a_symbol_variable_outside_the_rule_fails_at_load(configs, clean_env, symbol):
+    clean_env.setenv("QUANTGOD_SYMBOL", symbol)
+    with pytest.raises(ConfigError, match=r"QUANTGOD_SYMBOL=.*must match \^\[A-Z0-9\]\{2,30\}\$"):
+        load_settings()
+
+
+@pytest.mark.parametrize("symbol", BAD_SYMBOLS)
+def test_a_symbol_in_etl_yaml_outside_the_rule_fails_at_load(configs, symbol):
+    (configs / "etl.yaml").write_text(f"symbol: {symbol!r}\n")
+    with pytest.raises(ConfigError, match=r"etl\.yaml: symbol=.*must match \^\[A-Z0-9\]\{2,30\}\$") as info:
+        load_settings()
+    assert "QUANTGOD_SYMBOL" not in str(info.value)
+
+
+def test_good_symbols_load(configs, clean_env):
+    (configs / "etl.yaml").write_text("symbol: ETHUSDT\n")
+    assert load_settings().symbol == "ETHUSDT"
+    clean_env.setenv("QUANTGOD_SYMBOL", "1000PEPEUSDT")  # the variable wins, checked by the same rule
+    assert load_settings().symbol == "1000PEPEUSDT"
