@@ -147,6 +147,16 @@ def test_a_dripping_server_is_stopped_by_the_deadline(tmp_path, server, zip_byte
     assert _leftovers(tmp_path) == []  # no .part file, nothing under the archive name
 
 
+def test_a_stalled_server_is_stopped_by_the_read_timeout(tmp_path, server, zip_bytes):
+    server.files[_url_path(200)] = zip_bytes
+    server.drip[_url_path(200)] = 30  # headers, then silence
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"127\.0\.0\.1.*no data for 0\.5 s \(download\.timeout_s"):
+        download_archive(DAY, "BTCUSDT", tmp_path, server.base_url, timeout_s=0.5, deadline_s=60)
+    assert time.monotonic() - started < 5
+    assert _leftovers(tmp_path) == []
+
+
 def test_an_announced_size_over_the_cap_is_refused_before_the_body(tmp_path, server, zip_bytes):
     server.files[_url_path(200)] = zip_bytes
     server.announce[_url_path(200)] = 10 << 30  # the server says 10 GiB
