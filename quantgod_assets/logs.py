@@ -14,6 +14,10 @@ the record of experiments).
 
 `run_log(...)` opens a log for one run and can forward every line to another logger (Dagster's
 `context.log`), so the file and the run log say the same thing. This module does not import dagster.
+
+Secrets never reach a log: every handler `open_log` attaches carries a `RedactingFilter`
+(`secrets.py`), so a `scheme://user:password@` or `?password=` in a line (or its traceback) is
+written as `scheme://user:***@`, in the file and in the forwarded line alike.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from contextlib import contextmanager
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
+from .secrets import RedactingFilter, redact_text
+
 __all__ = [
     "DATE_FORMAT",
     "KEEP_NEWEST",
     "ForwardingHandler",
     "LogFormatter",
+    "RedactingFilter",
     "close_log",
     "log_file_name",
     "open_log",
@@ -51,7 +58,7 @@ _counter = itertools.count()
 
 
 class LogFormatter(logging.Formatter):
-    """`2026-02-18 10:32:01 [INFO]  message`."""
+    """`2026-02-18 10:32:01 [INFO]  message`, any URL password in it masked."""
 
     def __init__(self) -> None:
         super().__init__(datefmt=DATE_FORMAT)
@@ -61,7 +68,7 @@ class LogFormatter(logging.Formatter):
         line = f"{self.formatTime(record, self.datefmt)} {level} {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact_text(line)
 
 
 class ForwardingHandler(logging.Handler):
@@ -73,7 +80,7 @@ class ForwardingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.target.log(record.levelno, record.getMessage())
+            self.target.log(record.levelno, redact_text(record.getMessage()))
         except Exception:
             self.handleError(record)
 
@@ -142,19 +149,23 @@ def open_log(
     logger = logging.getLogger(f"quantgod.{module}.{next(_counter)}")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
+    logger.addFilter(RedactingFilter())
     handler = RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT, encoding="utf-8")
     handler.setFormatter(LogFormatter())
     handler.setLevel(logging.DEBUG)  # tracebacks go to the file only (DEBUG); the run log gets INFO and up
+    handler.addFilter(RedactingFilter())
     logger.addHandler(handler)
     if cumulative:
         history = RotatingFileHandler(folder / processing_log_name(module), mode="a", maxBytes=MAX_BYTES,
                                       backupCount=BACKUP_COUNT, encoding="utf-8")
         history.setFormatter(LogFormatter())
         history.setLevel(logging.DEBUG)
+        history.addFilter(RedactingFilter())
         logger.addHandler(history)
     if forward_to is not None:
         forward = ForwardingHandler(forward_to)
         forward.setLevel(logging.INFO)
+        forward.addFilter(RedactingFilter())
         logger.addHandler(forward)
     logger.log_path = path  # type: ignore[attr-defined]  # a plain attribute on the stdlib Logger: where its file is
     return logger

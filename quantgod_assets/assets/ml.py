@@ -14,6 +14,10 @@ in it. `dagster asset materialize -m quantgod_assets.definitions --select optimi
 The stages log to the `quantgod_assets.ml` loggers; while an asset runs, those lines go to its
 file log and, through it, to the Dagster run log (`_stage_log`). torch, optuna and mlflow are
 imported when an asset runs, not when the definitions load.
+
+Secrets never reach the event log: the storage and tracking URLs are shown in the metadata with
+their passwords masked (`secrets.redact_url`), and an error quoting one fails the run with the
+password masked (`secrets.redacted_errors`).
 """
 
 import logging
@@ -27,6 +31,8 @@ import dagster as dg
 from ..logs import ForwardingHandler, run_log
 from ..plots import png_markdown
 from ..resources import QuantGodSettings
+from ..secrets import redact_url, redacted_errors
+from ..settings import Settings
 from .reporting import run_started
 
 LABELS = dg.AssetKey("labelled_frame")
@@ -45,6 +51,11 @@ def _data_failure(exc: Exception, log) -> dg.Failure:
         metadata["missing_days"] = dg.MetadataValue.json([d.isoformat() for d in exc.days])
         metadata["labelled_dir"] = dg.MetadataValue.path(str(exc.label_dir))
     return dg.Failure(description=str(exc), metadata=metadata)
+
+
+def _secret_urls(settings: Settings) -> tuple[str, str]:
+    """The URLs whose passwords must not reach the event log: the study's and MLflow's."""
+    return settings.optimization.storage, settings.training.mlflow.tracking_uri
 
 
 def _data_errors() -> tuple[type[Exception], ...]:
@@ -79,15 +90,17 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
     from ..ml.search import run_optimization
 
     settings = quantgod.load()
-    with _stage_log(context, "optimization", settings.paths.logs_dir, settings.labelling.suffix) as log:
+    with (_stage_log(context, "optimization", settings.paths.logs_dir, settings.labelling.suffix) as log,
+          redacted_errors(*_secret_urls(settings))):
         try:
             outcome = run_optimization(settings)
         except _data_errors() as exc:
             raise _data_failure(exc, log) from exc
         log_path = str(log.log_path)  # type: ignore[attr-defined]  # open_log sets it on the Logger it returns
+    storage = redact_url(outcome.storage)  # the study connects with the password; the event log never sees it
     metadata: dict[str, Any] = {
         "study_name": outcome.study_name,
-        "storage": outcome.storage,
+        "storage": storage,
         "best_f1_macro": round(outcome.best_value, 4),
         "best_trial": outcome.best_trial,
         "best_params": dg.MetadataValue.json(outcome.best_params),
@@ -101,7 +114,7 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
         "last_day": str(outcome.days[-1]),
         "seconds": round(outcome.seconds, 1),
         "log_file": dg.MetadataValue.path(log_path),
-        "dashboard": dg.MetadataValue.md(f"`optuna-dashboard {outcome.storage}`"),
+        "dashboard": dg.MetadataValue.md(f"`optuna-dashboard {storage}`"),
     }
     if outcome.mlflow_parent_run_id:
         metadata["mlflow_parent_run_id"] = outcome.mlflow_parent_run_id
@@ -124,7 +137,7 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
     from ..ml.reports import backtest_table, comparison_table
 
     settings = quantgod.load()
-    with _stage_log(context, "training", settings.paths.logs_dir) as log:
+    with _stage_log(context, "training", settings.paths.logs_dir) as log, redacted_errors(*_secret_urls(settings)):
         try:
             final = train_final_model(settings, run_tags={"dagster_run_id": context.run.run_id})
         except _data_errors() as exc:
@@ -165,7 +178,7 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
         metadata[f"baseline_{name}_f1_macro"] = round(base["f1_macro"], 4)
     if final.mlflow_run_id:
         metadata["mlflow_run_id"] = final.mlflow_run_id
-        metadata["mlflow_tracking_uri"] = settings.training.mlflow.tracking_uri
+        metadata["mlflow_tracking_uri"] = redact_url(settings.training.mlflow.tracking_uri)
         metadata["registered_version"] = str(final.registered_version)
         metadata["champion"] = bool(final.promoted)
     return dg.MaterializeResult(metadata=metadata)

@@ -28,6 +28,7 @@ from ..plots import (
     fig_png,
     training_curve_figure,
 )
+from ..secrets import redact_url
 from ..settings import LoopSettings
 from .data import PreparedData, prepare_data
 from .dataset import rows_covered
@@ -236,7 +237,7 @@ def train_final_model(
 
         log_final_run(settings, final, model, data, run_tags)
         store = training.mlflow
-        log.info(f"MLflow run {final.mlflow_run_id} ({store.tracking_uri}, experiment '{store.experiment}')"
+        log.info(f"MLflow run {final.mlflow_run_id} ({redact_url(store.tracking_uri)}, experiment '{store.experiment}')"
                  + (f" | registered '{store.registered_model}' v{final.registered_version}"
                     if final.registered_version else "")
                  + (" | now champion" if final.promoted else " | champion unchanged"

@@ -4,7 +4,8 @@
 
 The study is named after the label suffix (optimization.yaml `study_name` otherwise) and resumes;
 the trials themselves run in `tune.run_study`. Lines go to this package's loggers. optuna, torch
-and mlflow are imported when the search runs.
+and mlflow are imported when the search runs. The storage and tracking URLs connect as given and
+are shown (lines, `OptimizationOutcome.storage`, errors) with their passwords masked.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..secrets import redact_url, redacted_errors
 from .data import labelled_range, prepare_data
 from .dataset import TrainingArrays, build_training_arrays
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class OptimizationOutcome:
     study_name: str
-    storage: str
+    storage: str  # the storage URL as shown: its password masked (`secrets.redact_url`)
     best_params: dict[str, Any]
     best_value: float
     best_trial: int
@@ -65,7 +67,15 @@ def run_optimization(
     mlflow: bool = True,
 ) -> OptimizationOutcome:
     """Runs (or resumes) the study named after the label suffix on the labelled range, writes
-    `{DATA_DIR}/optimization/best_params.json`, logs parent + nested runs to MLflow."""
+    `{DATA_DIR}/optimization/best_params.json`, logs parent + nested runs to MLflow. An error
+    quoting the storage's or the tracking URI's password is re-raised with it masked."""
+    tracking_uri = settings.training.mlflow.tracking_uri if mlflow else None
+    with redacted_errors(settings.optimization.storage, tracking_uri):
+        return _run_optimization(settings, start, end, tracking_uri)
+
+
+def _run_optimization(settings: Settings, start: dt.date | str | None, end: dt.date | str | None,
+                      tracking_uri: str | None) -> OptimizationOutcome:
     import optuna
 
     from .tune import open_study, run_study
@@ -74,7 +84,7 @@ def run_optimization(
     started = time.perf_counter()
     labelled = labelled_range(settings, start, end)
     study_name = opt.study_for(settings.labelling.suffix)
-    log.info(f"Optimization: study '{study_name}' at {opt.storage} | labels {settings.labelling.suffix} | "
+    log.info(f"Optimization: study '{study_name}' at {redact_url(opt.storage)} | labels {settings.labelling.suffix} | "
              f"days {labelled.start}..{labelled.end} ({len(labelled.days)}) | "
              f"{opt.n_trials} trials x {opt.epochs_per_trial} epochs"
              + (f" | profile {opt.profile}" if opt.profile else ""))
@@ -91,7 +101,6 @@ def run_optimization(
         return data.dataset("train"), data.dataset("val"), data.n_features
 
     path = settings.paths.best_params_path
-    tracking_uri = settings.training.mlflow.tracking_uri if mlflow else None
     best = run_study(make_datasets, opt, settings.training, study_name, mlflow_tracking_uri=tracking_uri,
                      best_params_path=path)
     study = open_study(opt, study_name)
@@ -104,7 +113,7 @@ def run_optimization(
         parent = study_parent_run(tracking_uri, opt.mlflow_experiment, study_name)
     outcome = OptimizationOutcome(
         study_name=study_name,
-        storage=opt.storage,
+        storage=redact_url(opt.storage),
         best_params=best,
         best_value=float(study.best_value),
         best_trial=int(study.best_trial.number),

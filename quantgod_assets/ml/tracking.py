@@ -6,6 +6,11 @@ The default store is a local SQLite file (`sqlite:///mlflow.db`) with artifacts 
 beside it, so everything works offline; `mlflow ui --backend-store-uri sqlite:///mlflow.db`
 shows the runs. Where: training.yaml `mlflow:` (`MlflowSettings`); the pictures come from
 `plots.py`.
+
+A tracking URI may carry a password (`http://user:password@mlflow:5000`, a PostgreSQL store):
+MLflow connects with it, nothing here logs it as a param or tag, MLflow's own loggers mask it
+and its "View run at <URL>" lines are off for such a URI, and an MLflow error quoting it is
+re-raised with the password masked (`secrets.redacted_errors`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from mlflow.exceptions import MlflowException
 
 from ..labelling import CLASS_NAMES
 from ..plots import confusion_figure
+from ..secrets import redact_library_logs, redacted_errors, url_secrets
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -75,9 +81,29 @@ def setup_mlflow(
 ) -> str:
     """Points MLflow (tracking and registry) at `tracking_uri`, creates `experiment` when missing
     (its artifacts under `artifact_location`, default: `mlartifacts/` beside a SQLite file) and
-    makes it the active one. Returns the experiment id."""
+    makes it the active one. Returns the experiment id. An error quoting the URI's password is
+    re-raised with it masked."""
     # no network calls from a local store (MLflow 3 sends usage telemetry unless told not to)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    redact_library_logs()
+    if url_secrets(tracking_uri):  # MLflow prints "View run at <tracking URI>/#/..." to stdout
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    with redacted_errors(tracking_uri):
+        return _setup_mlflow(tracking_uri, experiment, artifact_location)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of `sqlite:///path` (or `sqlite:///file:path?...&uri=true`), else None (as
+    `tune.sqlite_file`, without importing optuna and torch)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    name = url.removeprefix("sqlite:///")
+    if name.startswith("file:"):
+        name = name.removeprefix("file:").partition("?")[0]
+    return None if name in ("", ":memory:") else Path(name)
+
+
+def _setup_mlflow(tracking_uri: str, experiment: str, artifact_location: str | Path | None) -> str:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -85,8 +111,8 @@ def setup_mlflow(
     if found is not None:
         experiment_id = found.experiment_id
     else:
-        if artifact_location is None and tracking_uri.startswith("sqlite:///"):
-            db_path = Path(tracking_uri.removeprefix("sqlite:///"))
+        db_path = _sqlite_file(tracking_uri)
+        if artifact_location is None and db_path is not None:
             artifact_location = db_path.resolve().parent / "mlartifacts"
         location = None
         if artifact_location is not None:
@@ -320,34 +346,36 @@ def log_final_model(
     "epoch"), test metrics (logged as `test_<key>`), `extra_metrics` as given (baselines,
     backtest), the confusion matrix image, `artifacts` (e.g. the .pth bundle), the model with
     signature and input example, registered as `registered_model_name`; `alias` moves to the new
-    version only when its test F1 macro beats the current holder's."""
-    setup_mlflow(tracking_uri, experiment, artifact_location)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    run_tags = {"run_kind": "final_model", **{k: str(v) for k, v in (tags or {}).items()}}
-    with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
-        mlflow.log_params({k: _param_value(v) for k, v in params.items()})
-        for row in _history_dicts(history):
-            step = int(row.pop("epoch", 0))
-            mlflow.log_metrics(_finite(row), step=step)
-        test = {k if k.startswith("test_") else f"test_{k}": v for k, v in test_metrics.items()}
-        mlflow.log_metrics(_finite(test))
-        if extra_metrics:
-            mlflow.log_metrics(_finite(extra_metrics))
-        fig = confusion_figure(confusion)
-        mlflow.log_figure(fig, "confusion_matrix.png")
-        mlflow.log_dict({"confusion": np.asarray(confusion).tolist(), "classes": list(CLASS_NAMES)},
-                        "confusion_matrix.json")
-        for path in artifacts:
-            mlflow.log_artifact(str(path))
-        info = _log_pytorch_model(model, "model", input_example, registered_model_name)
-        version = getattr(info, "registered_model_version", None)
-        promoted, previous = False, None
-        if registered_model_name and version is not None:
-            score = float(test[CHAMPION_METRIC])
-            promoted, previous = promote_if_better(client, registered_model_name, version, score, alias)
-            mlflow.set_tag("champion", str(promoted).lower())
-        return FinalRun(run.info.run_id, info.model_uri, str(version) if version is not None else None,
-                        promoted, previous)
+    version only when its test F1 macro beats the current holder's. The tracking URI is never
+    logged as a param or tag; an error quoting its password is re-raised masked."""
+    with redacted_errors(tracking_uri):  # an MLflow error quoting the URI, masked
+        setup_mlflow(tracking_uri, experiment, artifact_location)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        run_tags = {"run_kind": "final_model", **{k: str(v) for k, v in (tags or {}).items()}}
+        with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
+            mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+            for row in _history_dicts(history):
+                step = int(row.pop("epoch", 0))
+                mlflow.log_metrics(_finite(row), step=step)
+            test = {k if k.startswith("test_") else f"test_{k}": v for k, v in test_metrics.items()}
+            mlflow.log_metrics(_finite(test))
+            if extra_metrics:
+                mlflow.log_metrics(_finite(extra_metrics))
+            fig = confusion_figure(confusion)
+            mlflow.log_figure(fig, "confusion_matrix.png")
+            mlflow.log_dict({"confusion": np.asarray(confusion).tolist(), "classes": list(CLASS_NAMES)},
+                            "confusion_matrix.json")
+            for path in artifacts:
+                mlflow.log_artifact(str(path))
+            info = _log_pytorch_model(model, "model", input_example, registered_model_name)
+            version = getattr(info, "registered_model_version", None)
+            promoted, previous = False, None
+            if registered_model_name and version is not None:
+                score = float(test[CHAMPION_METRIC])
+                promoted, previous = promote_if_better(client, registered_model_name, version, score, alias)
+                mlflow.set_tag("champion", str(promoted).lower())
+            return FinalRun(run.info.run_id, info.model_uri, str(version) if version is not None else None,
+                            promoted, previous)
 
 
 def log_final_run(settings: Settings, final: FinalModel, model: Any, data: PreparedData,

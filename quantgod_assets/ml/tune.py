@@ -8,6 +8,10 @@ validation F1 macro every epoch. The datasets depend on searched parameters (`se
 What to search and how long come from optimization.yaml (`OptimizationSettings`), everything a
 trial does not search from training.yaml (`TrainingSettings`). `n_trials` is the study's total budget: a resumed
 study runs only the trials still missing, so re-running after a crash finishes the search instead of starting it over.
+
+The storage URL may carry a password (PostgreSQL): the study connects with it, while every line,
+MLflow param and best_params.json shows `redact_url(storage_url)`, and an error quoting it is
+re-raised with the password masked (`secrets.redacted_errors`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import optuna
 import torch
 from pydantic import ValidationError
 
+from ..secrets import redact_library_logs, redact_url, redacted_errors
 from ..settings import OptimizationSettings, SearchParam, TrainingSettings
 from .models import build_model
 from .train import EpochMetrics, TrainConfig, train_model
@@ -163,11 +168,21 @@ def _format_epoch(number: int, m: EpochMetrics) -> str:
 # Study
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite:///path` URL (also `sqlite:///file:path?...&uri=true`,
+    query dropped), else None (another database, or `:memory:`)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    name = url.removeprefix("sqlite:///")
+    if name.startswith("file:"):
+        name = name.removeprefix("file:").partition("?")[0]
+    return None if name in ("", ":memory:") else Path(name)
+
+
 def _ensure_sqlite_folder(storage_url: str) -> None:
-    if storage_url.startswith("sqlite:///"):
-        path = Path(storage_url.removeprefix("sqlite:///"))
-        if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(storage_url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def make_study(
@@ -181,25 +196,28 @@ def make_study(
     """The study at `storage_url`, created or loaded (resumed): maximize, TPE(seed), MedianPruner.
 
     A `.log` / `.jsonl` path (no URL scheme) is opened as an Optuna journal file, the storage that
-    parallel workers on one file system can share.
+    parallel workers on one file system can share. An error quoting the URL's password (a URL
+    SQLAlchemy cannot parse, a failed connection) is re-raised with the password masked.
     """
+    redact_library_logs()
     storage: Any = storage_url
-    if "://" not in storage_url and storage_url.endswith((".log", ".jsonl", ".journal")):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+    with redacted_errors(storage_url):
+        if "://" not in storage_url and storage_url.endswith((".log", ".jsonl", ".journal")):
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
 
-        Path(storage_url).parent.mkdir(parents=True, exist_ok=True)
-        storage = JournalStorage(JournalFileBackend(storage_url))
-    else:
-        _ensure_sqlite_folder(storage_url)
-    return optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler_startup_trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
-    )
+            Path(storage_url).parent.mkdir(parents=True, exist_ok=True)
+            storage = JournalStorage(JournalFileBackend(storage_url))
+        else:
+            _ensure_sqlite_folder(storage_url)
+        return optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            direction="maximize",
+            load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler_startup_trials),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
+        )
 
 
 def open_study(optimization: OptimizationSettings, study_name: str) -> optuna.Study:
@@ -257,16 +275,34 @@ def run_study(
     class_weights, device, model sizes…) fills what the space does not search. A CUDA
     out-of-memory error prunes the trial after freeing memory. With `mlflow_tracking_uri`, one
     parent run per study (in `optimization.mlflow_experiment`) and a nested run per trial.
+
+    The storage and tracking URLs are shown (lines, MLflow params, best_params.json) with their
+    passwords masked; an error quoting one is re-raised masked (`secrets.redacted_errors`), before
+    Optuna logs a failed trial's error.
     """
-    opt = optimization
+    with redacted_errors(optimization.storage, mlflow_tracking_uri):
+        return _run_study(make_datasets, optimization, training, study_name, mlflow_tracking_uri,
+                          mlflow_artifact_location, best_params_path)
+
+
+def _run_study(
+    make_datasets: MakeDatasets,
+    opt: OptimizationSettings,
+    training: TrainingSettings,
+    study_name: str,
+    mlflow_tracking_uri: str | None,
+    mlflow_artifact_location: str | Path | None,
+    best_params_path: str | Path | None,
+) -> dict[str, Any]:
     storage_url, seed, epochs = opt.storage, opt.seed, opt.epochs_per_trial
+    shown = redact_url(storage_url)  # what lines, MLflow and best_params.json show
     study = open_study(opt, study_name)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state in _FINISHED]
     remaining = max(int(opt.n_trials) - len(finished), 0)
     if finished:
-        log.info(f"Resuming study '{study_name}' ({storage_url}): {len(finished)} trials done, {remaining} to run")
+        log.info(f"Resuming study '{study_name}' ({shown}): {len(finished)} trials done, {remaining} to run")
     else:
-        log.info(f"Study '{study_name}' ({storage_url}): {remaining} trials, {epochs} epochs each, seed {seed}")
+        log.info(f"Study '{study_name}' ({shown}): {remaining} trials, {epochs} epochs each, seed {seed}")
 
     if mlflow_tracking_uri:
         from .tracking import StudyTracker
@@ -279,7 +315,8 @@ def run_study(
         params = suggest_params(trial, opt.search_space)
         number = trial.number
         log.info(format_trial_start(number, params))
-        with tracker.trial(number, params):
+        # an error quoting a URL is masked here, before Optuna logs it as the trial's failure
+        with redacted_errors(storage_url, mlflow_tracking_uri), tracker.trial(number, params):
             oom = False
             invalid: str | None = None
             model = datasets = None
@@ -323,7 +360,7 @@ def run_study(
             return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tracker.study({"study_name": study_name, "storage_url": storage_url, "n_trials": opt.n_trials,
+    with tracker.study({"study_name": study_name, "storage_url": shown, "n_trials": opt.n_trials,
                         "epochs": epochs, "seed": seed, "search_space": _space_json(opt.search_space)}):
         if remaining:
             study.optimize(objective, n_trials=remaining, timeout=opt.timeout_s, gc_after_trial=True)
@@ -343,12 +380,13 @@ def run_study(
         tracker.log_best(best_params, float(best.value), len(trials))
 
     if best_params_path is not None:
-        write_best_params(best_params_path, best_params, best, study_name, storage_url, len(complete), len(pruned))
+        write_best_params(best_params_path, best_params, best, study_name, shown, len(complete), len(pruned))
     return best_params
 
 
 def write_best_params(path: str | Path, best_params: Mapping[str, Any], best: optuna.trial.FrozenTrial,
                       study_name: str, storage_url: str, n_complete: int, n_pruned: int) -> Path:
+    """best_params.json: the params, the best trial and the study (its storage URL password-masked)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -356,7 +394,7 @@ def write_best_params(path: str | Path, best_params: Mapping[str, Any], best: op
         "best_value": float(best.value) if best.value is not None and math.isfinite(best.value) else None,
         "best_trial": best.number,
         "study_name": study_name,
-        "storage_url": storage_url,
+        "storage_url": redact_url(storage_url),
         "n_complete": n_complete,
         "n_pruned": n_pruned,
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

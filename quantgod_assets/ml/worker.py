@@ -18,8 +18,9 @@ Objectives:
               call; best_params.json is rewritten after every trial, so it always holds the best so far.
     toy       a quadratic in two parameters: no data, no torch.
 
-Each toy trial records the worker's `worker_pid` and `worker_host` in its user attributes. This
-module does not import dagster.
+Each toy trial records the worker's `worker_pid` and `worker_host` in its user attributes. The
+storage URL's password never shows: the lines it prints are masked (`secrets.redact_text`) and an
+error quoting it is re-raised masked (`secrets.redacted_errors`). This module does not import dagster.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from ..secrets import redact_text, redacted_errors
 
 __all__ = ["count_taken", "main", "run_quantgod_worker", "run_toy_worker", "spawn_workers", "toy_objective"]
 
@@ -66,6 +69,11 @@ def run_toy_worker(storage: str, study_name: str, n_trials: int, seed: int | Non
     Exact budget: the storage numbers trials in creation order, so a trial numbered `n_trials` or
     above lost a race for the last slot; it is closed as PRUNED (user attr `over_budget`) unrun.
     """
+    with redacted_errors(storage):
+        return _run_toy_worker(storage, study_name, n_trials, seed, sleep_s)
+
+
+def _run_toy_worker(storage: str, study_name: str, n_trials: int, seed: int | None, sleep_s: float) -> int:
     import optuna
 
     from .tune import make_study
@@ -107,7 +115,7 @@ def run_quantgod_worker(n_trials: int | None = None, storage: str | None = None,
     changes: dict[str, Any] = {"storage": storage, "study_name": study_name, "n_trials": n_trials}
     opt = settings.optimization.model_copy(update={k: v for k, v in changes.items() if v})
     name = opt.study_for(settings.labelling.suffix)
-    study = open_study(opt, name)
+    study = open_study(opt, name)  # an error quoting the storage's password comes masked
     me = f"worker {socket.gethostname()}:{os.getpid()}"
     calls = 0
     with lines_to(_SayHandler(say, f"{me} | ")):
@@ -120,7 +128,7 @@ def run_quantgod_worker(n_trials: int | None = None, storage: str | None = None,
             try:
                 run_optimization(one_more, mlflow=mlflow)
             except RuntimeError as exc:  # "no completed trial" yet: the first trials were pruned
-                say(f"{me}: {exc}")
+                say(f"{me}: {redact_text(str(exc))}")
             calls += 1
 
 
@@ -132,7 +140,7 @@ class _SayHandler(logging.Handler):
         self.say, self.prefix = say, prefix
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.say(self.prefix + record.getMessage())
+        self.say(self.prefix + redact_text(record.getMessage()))
 
 
 def spawn_workers(n: int, argv: Sequence[str]) -> int:
