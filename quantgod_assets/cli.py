@@ -1,11 +1,20 @@
-"""`quantgod etl | generate | demo | plots`: the command line over the plain modules."""
+"""`quantgod etl | generate | demo | plots`: the command line over the plain modules.
+
+An expected failure (bad or missing input, an encrypted ZIP, a full disk, an output that would
+replace the input or is a folder, bad settings) prints one line per problem, `error: <file>: <what
+is wrong>`, on stderr and exits 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +22,45 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 EXIT_BAD_INPUT = 2
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+# OSErrors that say something about the user's files, disks or mounts, not about this program
+EXPECTED_ERRNOS = DISK_FULL | {
+    errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
+    errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.EIO,
+}
+
+
+class CliError(Exception):
+    """An expected failure; its message (one line per problem) names the file and what is wrong."""
+
+
+def os_error_line(exc: OSError, target: Path | None = None) -> str:
+    """`<file>: <what is wrong>` for an expected OSError; `target` is the file (or folder) being
+    written, named when the error names no file or names the temp file beside it (`.{name}.*.tmp`)."""
+    name = exc.filename
+    if target is not None and (name is None or _is_temp_of(Path(name), target)):
+        name = target
+    if exc.errno in DISK_FULL:
+        what = f"cannot write: the disk is full or a file size limit is reached ({os.strerror(exc.errno)})"
+    else:
+        what = exc.strerror or str(exc)
+    return f"{name}: {what}" if name is not None else what
+
+
+def _is_temp_of(path: Path, target: Path) -> bool:
+    return path.parent == target.parent and path.name.startswith(f".{target.name}.") and path.suffix == ".tmp"
+
+
+@contextmanager
+def writing(target: Path | None) -> Iterator[None]:
+    """Expected OSErrors raised in the block (a full disk, a read-only or missing folder) as a
+    CliError naming `target`, the file or folder being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in EXPECTED_ERRNOS:
+            raise
+        raise CliError(os_error_line(exc, target)) from exc
 
 
 def _date(text: str) -> dt.date:
@@ -23,17 +71,32 @@ def _date(text: str) -> dt.date:
 
 
 def cmd_etl(args: argparse.Namespace) -> int:
-    from .orderbook.etl import OrderBookInputError, convert_day
+    from .orderbook.etl import convert_day
     from .orderbook.replay import ReplayConfig
 
+    # convert_day refuses, before any work, an input that is no file and an -o that is the input,
+    # a folder or a device (etl.check_paths); a full disk while writing names the -o file
     config = ReplayConfig(max_silence_s=args.max_silence_s, skip_bad_lines=args.skip_bad_lines)
-    try:
+    with writing(args.output):
         summary = convert_day(args.input, args.output, day=args.date, symbol=args.symbol, config=config)
-    except OrderBookInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     print(summary.line())
     return 0
+
+
+def _folder_to_write(path: Path, flag: str) -> None:
+    """Refuses an output folder that is an existing file (or lies under one), before any work."""
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{path}: is not a folder; {flag} names the folder to write into")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"{path}: {parent} is not a folder")
+            break
+
+
+def _at_least(value: int | None, least: int, flag: str) -> None:
+    if value is not None and value < least:
+        raise CliError(f"{flag} must be at least {least}, got {value}")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -41,14 +104,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     unknown = sorted(set(args.faults) - set(FAULTS))
     if unknown:
-        print(f"error: unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise CliError(f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+    _at_least(args.days, 1, "--days")
+    _at_least(args.rate_ms, 1, "--rate-ms")
+    _at_least(args.duration_s, 1, "--duration-s")
+    _folder_to_write(args.out, "--out")
     from .orderbook.synthetic import generate_days
     from .progress import Progress
 
     started = time.perf_counter()
-    with Progress(args.days, "generate") as progress:
+    with writing(args.out), Progress(args.days, "generate") as progress:
         paths = generate_days(
             args.start, args.days, args.out, symbol=args.symbol, depth=args.depth,
             rate_ms=args.rate_ms, seed=args.seed, faults=tuple(args.faults), duration_s=args.duration_s,
@@ -62,21 +127,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .settings import load_settings
 
-    return run_demo(days=args.days, start=args.start, seed=args.seed, duration_s=args.duration_s)
+    _at_least(args.days, 1, "--days")
+    _at_least(args.duration_s, 1, "--duration-s")
+    root = load_settings().paths.raw_root  # bad settings fail here, before any work
+    _folder_to_write(root, "QUANTGOD_RAW_ROOT")
+    with writing(root):  # the generated days; the Dagster runs report their own failures
+        return run_demo(days=args.days, start=args.start, seed=args.seed, duration_s=args.duration_s)
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
-    from .settings import ConfigError, load_settings
+    from .settings import load_settings
 
+    settings = load_settings()
+    levels = args.levels or settings.training.n_levels
+    out = args.out or settings.paths.logs_dir / "debug_plots"
+    _folder_to_write(out, "--out")
     try:
-        settings = load_settings()
-        levels = args.levels or settings.training.n_levels
-        out = args.out or settings.paths.logs_dir / "debug_plots"
-        written = write_day_plots(args.date, settings, out, levels)
-    except (DayNotPreprocessedError, ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        with writing(out):
+            written = write_day_plots(args.date, settings, out, levels)
+    except ValueError as exc:  # a day that cannot be pictured (e.g. more levels than it holds)
+        raise CliError(str(exc)) from exc
     for path, note in written:
         print(f"{path}" + (f" ({note})" if note else ""))
     return 0
@@ -188,9 +260,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected_failure(exc: BaseException) -> str | None:
+    """The message of an expected failure (see the module docstring); None for a bug."""
+    from .orderbook.reader import OrderBookInputError
+    from .settings import ConfigError
+
+    if isinstance(exc, (CliError, OrderBookInputError, ConfigError, DayNotPreprocessedError)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in EXPECTED_ERRNOS:
+        return os_error_line(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        message = _expected_failure(exc)
+        if message is None:
+            raise
+        # one line, however many the message has (settings list one problem a line)
+        one_line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+        print(f"error: {one_line or type(exc).__name__}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .sampling import minute_frame
 __all__ = [
     "EtlSummary",
     "OrderBookInputError",
+    "check_paths",
     "convert_day",
     "gap_intervals",
     "parse_archive_name",
@@ -99,6 +101,39 @@ def parquet_metadata(replay: DayReplay, symbol: str, source: Path) -> dict[str, 
     }
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # a hard link, or one file by two routes
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_paths(input_path: str | Path, output_path: str | Path) -> None:
+    """Refuses, before any work, an input that is not a file and an output that would replace
+    the input or cannot be a file: OrderBookInputError naming the path."""
+    source, output = Path(input_path), Path(output_path)
+    if source.is_dir():
+        raise OrderBookInputError(f"{source}: is a folder, not a day's file (.data.zip, .jsonl.gz or JSON lines)")
+    if not source.exists():
+        raise OrderBookInputError(f"{source}: no such file")
+    if _same_file(source, output):
+        raise OrderBookInputError(
+            f"{output}: is the input file; the output must be another file (writing it would replace the input)"
+        )
+    if output.is_dir():
+        raise OrderBookInputError(f"{output}: is a folder; the output names the Parquet file to write")
+    if output.exists() and not output.is_file():
+        raise OrderBookInputError(f"{output}: is not a regular file (a device, pipe or socket); "
+                                  "the output names the Parquet file to write")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OrderBookInputError(f"{output}: {parent} is not a folder")
+            break
+
+
 def convert_day(
     input_path: str | Path,
     output_path: str | Path,
@@ -107,15 +142,21 @@ def convert_day(
     symbol: str | None = None,
     config: ReplayConfig = DEFAULT_REPLAY_CONFIG,
 ) -> EtlSummary:
-    """Replays one day's file and writes its 1440 one-minute rows to `output_path` (Parquet, zstd)."""
+    """Replays one day's file and writes its 1440 one-minute rows to `output_path` (Parquet, zstd).
+
+    An output that is the input, a folder or no regular file is refused before any work (`check_paths`).
+    """
     source, output = Path(input_path), Path(output_path)
+    check_paths(source, output)
     if day is None:
         day, name_symbol, _ = parse_archive_name(source)
         symbol = symbol or name_symbol
     elif symbol is None and ARCHIVE_NAME.match(source.name):
         symbol = parse_archive_name(source)[1]
     started = time.perf_counter()
-    replay = replay_file(source, day, config)
+    # the name (or the caller) says which market and day the file holds; its messages must agree:
+    # another symbol, or a day most messages lie outside of, fails naming both
+    replay = replay_file(source, day, config, symbol=symbol, check_day=True)
     frame = minute_frame(replay)
     symbol = symbol or replay.symbol
     bytes_out = write_parquet_atomic(frame, output, parquet_metadata(replay, symbol, source))

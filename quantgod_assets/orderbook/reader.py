@@ -34,6 +34,7 @@ PREFETCH_CHUNKS = 4
 READ_BYTES = 1 << 20  # compressed bytes read at a time
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then name and extra-field lengths
 LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
+ZIP_ENCRYPTED = 0x1  # general-purpose flag bit 0: the member is encrypted
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime
 # ISA-L's C gzip reader fills a caller's buffer with no copy; it is private to python-isal, so
 # the public IGzipFile (the same checks, a little slower) stands in if a release drops it.
@@ -191,7 +192,11 @@ def open_day_stream(path: str | Path) -> Iterator[ByteStream]:
     name = path.name.lower()
     if name.endswith(".zip"):
         member = _zip_member(path)
-        if member.compress_type == zipfile.ZIP_DEFLATED and not member.flag_bits & 1:
+        if member.flag_bits & ZIP_ENCRYPTED:
+            raise OrderBookInputError(
+                f"{path}: encrypted ZIP member {member.filename!r} is not supported (unpack it with its password)"
+            )
+        if member.compress_type == zipfile.ZIP_DEFLATED:
             framed = _DeflateAsGzip(path, member)
             with _read_errors(path, framed.where), _gzip_stream(framed) as inflated:
                 yield _SizedMember(inflated, member, framed.where)

@@ -170,3 +170,41 @@ def test_a_failed_file_leaves_no_reader_or_parser_thread_behind(tmp_path):
             convert_day(source, tmp_path / "out.parquet")
         kept.append(caught.value)
     assert threading.active_count() == before
+
+
+def test_encrypted_zip_member_fails_naming_the_file(tmp_path):
+    source = write_zip(tmp_path)
+    raw = bytearray(source.read_bytes())
+    raw[raw.index(b"PK\x03\x04") + 6] |= 1  # general-purpose flag bit 0 ("encrypted"), local header
+    raw[raw.index(b"PK\x01\x02") + 8] |= 1  # and central directory
+    source.write_bytes(bytes(raw))
+    with pytest.raises(OrderBookInputError, match=f"{source}: encrypted ZIP member '{NAME}' is not supported"):
+        convert_day(source, tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_output_that_is_the_input_or_no_file_is_refused_before_any_work(tmp_path, monkeypatch):
+    import os
+
+    from quantgod_assets.orderbook import etl
+
+    source = write_zip(tmp_path)
+    before = source.read_bytes()
+    monkeypatch.setattr(etl, "replay_file", lambda *a, **k: pytest.fail("replayed a refused conversion"))
+    os.link(source, tmp_path / "hard.zip")
+    (tmp_path / "sym.zip").symlink_to(source.name)
+    (tmp_path / "folder").mkdir()
+    for output, words in [
+        (source, "is the input file"),
+        (tmp_path / "." / source.name, "is the input file"),
+        (tmp_path / "hard.zip", "is the input file"),
+        (tmp_path / "sym.zip", "is the input file"),
+        (tmp_path / "folder", "is a folder"),
+        (Path(os.devnull), "not a regular file"),
+        (source / "day.parquet", f"{source} is not a folder"),
+    ]:
+        with pytest.raises(OrderBookInputError, match=f"^{output}: .*{words}"):
+            convert_day(source, output)
+    with pytest.raises(OrderBookInputError, match=f"^{tmp_path / 'folder'}: is a folder, not a day's file"):
+        convert_day(tmp_path / "folder", tmp_path / "out.parquet")
+    assert source.read_bytes() == before and list((tmp_path / "folder").iterdir()) == []
