@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import subprocess
 import sys
@@ -111,3 +112,32 @@ def test_cli_blocking_check_failure_ends_the_run_failed(qg_env):
         path = qg_env.preprocessed(day)
         assert path.read_bytes() == data and (path.parent / "rejected" / path.name).is_file()
         assert f"rejected output: {path.parent / 'rejected' / path.name}" in output
+
+
+def test_cli_missing_day_and_missing_root_fail_in_one_line(qg_env, tmp_path):
+    """Dagster prints a failure's stack under STEP_FAILURE and again under RUN_FAILURE, whatever
+    the asset does; what the asset controls is a one-line reason and no chained cause, which would
+    add a second stack to each (a missing root: 86 lines and 4 stacks before, 64 lines and 2 now)."""
+    from .builders import make_env
+
+    missing_day = run(qg_env, "2025-05-01")
+    no_root_env = make_env(tmp_path / "no_root", {})  # no archives: the archive root was never made
+    assert not no_root_env.raw_root.exists()
+    missing_root = run(no_root_env, DAY1)
+    for done, words in [
+        (missing_day, ("2025-05-01: no ", "2025-05-01_BTCUSDT_ob200.data.zip", str(qg_env.raw_root))),
+        (missing_root, (f"the archive root QUANTGOD_RAW_ROOT={no_root_env.raw_root} does not exist",)),
+    ]:
+        output = done.stdout + done.stderr
+        lines = output.splitlines()
+        assert done.returncode != 0, output
+        failures = [n for n, line in enumerate(lines) if line.startswith("dagster._core.definitions.events.Failure: ")]
+        assert len(failures) == 2, output  # the step's failure, then the run's
+        step, run_ = (lines[n] for n in failures)
+        assert step == run_ and all(word in step for word in words), output
+        assert "2025-05-01: 2025-05-01" not in step  # the day said once
+        assert all(lines[n + 1] == "" for n in failures), output  # the reason is one line
+        stacks = re.findall(r"Stack Trace:\n((?:  .*\n)+)", output)
+        assert len(stacks) == 2 and stacks[0] == stacks[1], output  # one stack, printed twice
+        assert "Traceback" not in output and "caused by" not in output and "during handling" not in output
+    assert not qg_env.preprocessed(dt.date(2025, 5, 1)).exists()

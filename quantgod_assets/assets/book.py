@@ -58,7 +58,9 @@ def _preflight(settings: Settings, log) -> None:
         book_day.preflight(settings)
     except RawRootMissingError as exc:
         log.error(str(exc))
-        raise dg.Failure(description=str(exc)) from exc
+        # from None: the one-line reason is the whole story; a chained cause would print a second
+        # stack trace under the step's and again under the run's failure
+        raise dg.Failure(description=str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------

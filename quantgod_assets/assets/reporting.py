@@ -24,7 +24,15 @@ import dagster as dg
 
 from ..daily.outcome import CheckOutcome, DayOutcome, FilePath, Markdown, Url, describe_failures
 
-__all__ = ["check_result", "days_failure", "metadata_values", "partition_days", "report_days", "run_started"]
+__all__ = [
+    "check_result",
+    "day_failure",
+    "days_failure",
+    "metadata_values",
+    "partition_days",
+    "report_days",
+    "run_started",
+]
 
 
 def partition_days(context: dg.AssetExecutionContext) -> list[dt.date]:
@@ -129,6 +137,16 @@ def days_failure(outcomes: Sequence[DayOutcome]) -> dg.Failure:
     )
 
 
+def day_failure(day: dt.date, reason: str) -> dg.Failure:
+    """One day's expected failure as one line, `{day}: {reason}`, the day said once.
+
+    Raised bare (no `from`): Dagster prints a failure's stack under the step's failure and again
+    under the run's, and a chained cause would add a second stack to each.
+    """
+    line = " ".join(part.strip() for part in reason.splitlines() if part.strip())
+    return dg.Failure(description=line if line.startswith(f"{day}: ") else f"{day}: {line}")
+
+
 def report_days(
     context: dg.AssetExecutionContext,
     asset_key: dg.AssetKey,
@@ -141,7 +159,7 @@ def report_days(
     if len(outcomes) == 1 and context.has_partition_key:
         [outcome] = outcomes
         if outcome.error:
-            raise dg.Failure(description=f"{outcome.day}: {outcome.error}")
+            raise day_failure(outcome.day, outcome.error)
         results = [check_result(asset_key, c) for c in outcome.checks if c.name in checks]
         if materialize and outcome.published:
             yield dg.MaterializeResult(asset_key=asset_key, metadata=metadata_values(outcome.metadata),
@@ -149,7 +167,7 @@ def report_days(
             return
         yield from results
         if materialize and outcome.reason:  # not published: the previous file stays, nothing is recorded
-            raise dg.Failure(description=f"{outcome.day}: {outcome.reason}")
+            raise day_failure(outcome.day, outcome.reason)
         return  # checks only: a failed blocking check fails the step here (Dagster does it)
 
     published = [o for o in outcomes if o.published] if materialize else []
