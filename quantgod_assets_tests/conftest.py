@@ -50,10 +50,12 @@ TIER_NAMES = ("unit", "dagster", "cli", "training")
 
 TIERS = {
     "test_archive.py": "unit",
+    "test_archive_recovery.py": "unit",
     "test_assets_book.py": "dagster",
     "test_assets_labels.py": "dagster",
     "test_assets_ml.py": "training",
     "test_cli_dagster.py": "cli",
+    "test_cli_errors.py": "cli",
     "test_daily.py": "unit",
     "test_definitions.py": "dagster",
     "test_deploy.py": "dagster",
@@ -62,6 +64,8 @@ TIERS = {
     "test_logs.py": "unit",
     "test_plots.py": "unit",
     "test_progress.py": "unit",
+    "test_secrets.py": "unit",
+    "test_secrets_end_to_end.py": "training",
     "test_settings.py": "unit",
     "test_tiers.py": "unit",
     "test_ui_browser.py": "cli",
@@ -79,6 +83,7 @@ TIERS = {
     "orderbook/test_reader.py": "unit",
     "orderbook/test_reference.py": "unit",
     "orderbook/test_replay.py": "unit",
+    "orderbook/test_strict_input.py": "unit",
     "orderbook/test_synthetic.py": "unit",
 }
 
@@ -93,12 +98,15 @@ TIER_OF_TEST = {
     "test_plots.py::test_cli_generate_reports_progress_and_matches_generate_days": "cli",
     "orderbook/test_etl.py::test_cli_etl_prints_one_summary_line": "cli",
     "orderbook/test_etl.py::test_cli_etl_names_the_bad_file": "cli",
+    "test_cli_errors.py::test_a_bug_keeps_its_traceback": "unit",
+    "test_cli_errors.py::test_os_error_lines_name_the_file_written": "unit",
 }
 
 # "module::test function" above ~3 s on a 2-core machine (`pytest --durations=0`, seconds measured
 # there in the comments; `@pytest.mark.slow` written in a module counts as well)
 SLOW = {
     "test_assets_ml.py::test_optimization_then_model_in_process",  # 25
+    "test_secrets_end_to_end.py::test_a_planted_password_reaches_no_output_of_a_successful_search_and_model",  # 41
     "ml/test_train.py::test_trained_model_beats_the_majority_baseline",  # 24
     "test_end_to_end_signal.py::test_model_on_generated_days_beats_the_majority_class",  # 21
     "orderbook/test_engine_vs_reference.py::test_engine_matches_reference_on_random_streams",  # 20
@@ -111,6 +119,9 @@ SLOW = {
     "test_cli_dagster.py::test_cli_blocking_check_failure_ends_the_run_failed",  # 8
     "test_cli_dagster.py::test_cli_two_day_range_is_one_run",  # 8
     "test_cli_dagster.py::test_cli_range_with_a_corrupt_day_finishes_the_others",  # 8
+    "test_cli_dagster.py::test_cli_missing_day_and_missing_root_fail_in_one_line",  # 12 (two CLI runs)
+    "test_cli_errors.py::test_generate_full_disk_and_out_a_file",  # 4.6
+    "test_cli_errors.py::test_etl_full_disk_names_the_output_and_leaves_nothing",  # 3
     "test_assets_labels.py::test_cli_range_labels_two_days_in_one_run",  # 7
     "ml/test_tune.py::test_study_file_holds_the_trials_and_resumes",  # 7
     "orderbook/test_synthetic.py::test_imbalance_leads_the_next_hour",  # 7
