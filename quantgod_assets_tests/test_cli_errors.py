@@ -3,6 +3,7 @@ exit 2, no traceback, and nothing the user had replaced; a bug still shows its t
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import os
 import resource
@@ -16,10 +17,24 @@ import pytest
 
 from quantgod_assets import cli
 
-from .builders import REPO
-from .orderbook.test_etl import NAME, write_zip
+from .builders import REPO, msg
 
+DAY = dt.date(2025, 3, 14)
+NAME = "2025-03-14_BTCUSDT_ob200.data"
 ARCHIVE = f"{NAME}.zip"
+
+
+def write_zip(folder: Path) -> Path:
+    """A short good day (one snapshot, then a delta a second) as Bybit packs it."""
+    from quantgod_assets.orderbook.replay import day_start_ms
+
+    t0 = day_start_ms(DAY)
+    lines = [msg("snapshot", t0 + 500, bids=[("100.0", "1")], asks=[("100.1", "3")], u=1)]
+    lines += [msg("delta", t0 + 1000 * s, bids=[("100.0", str(1 + s % 5))], u=s + 1) for s in range(1, 400)]
+    path = folder / ARCHIVE
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(NAME, ("\r\n".join(lines) + "\r\n").encode())
+    return path
 
 
 def quantgod(*args: str, cwd: Path, env: dict[str, str] | None = None,
