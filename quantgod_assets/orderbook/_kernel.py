@@ -43,7 +43,12 @@ S_ERROR_COLUMN = 10
 S_SOURCE_DEPTH = 11
 S_SYMBOL_LEN = 12
 S_HI = 14  # + side: one past the best level
-STATE_SIZE = 16
+S_MAX_LINE = 16  # parser: longest line accepted, in bytes (before its LF)
+S_FOREIGN_LEN = 17  # parser: length of the other symbol a message named (symbol[1])
+S_FIRST_TS = 18  # replayer: ts of the first message (any day), S_HAVE_TS once there is one
+S_LAST_MSG_TS = 19  # replayer: ts of the latest message (any day)
+S_HAVE_TS = 20
+STATE_SIZE = 24
 
 # --- indexes into the int64 params vector --------------------------------------------------
 P_DAY_START = 0
@@ -78,7 +83,7 @@ C_CROSSED, C_CROSSED_REMOVED, C_BEFORE_DAY, C_AFTER_DAY, C_BAD_LINES, C_OVERFLOW
 OK = 0
 ERROR_MESSAGES = {
     1: "not a JSON object",
-    2: "unterminated string",
+    2: "unterminated or invalid string (a control byte or a bad escape in it)",
     3: "malformed number",
     4: "no \"type\" key",
     5: "no \"ts\" key",
@@ -90,12 +95,20 @@ ERROR_MESSAGES = {
     11: "number with more significant digits than a float holds exactly (unsupported)",
     12: "no \"u\" in data",
     13: "negative price or size",
+    14: "\"ts\" or \"u\" is not a bare JSON integer within int64 (quoted, leading zeros, or too large)",
+    15: "a message of another symbol",  # replay.py writes the symbols into the message
+    16: "longer than the line limit",  # replay.py writes the limit into the message
 }
 E_NOT_OBJECT, E_STRING, E_NUMBER, E_NO_TYPE, E_NO_TS, E_NO_DATA, E_TYPE = 1, 2, 3, 4, 5, 6, 7
 E_TOO_MANY_LEVELS, E_LEVEL, E_CHAR, E_DIGITS, E_NO_U, E_NEGATIVE = 8, 9, 10, 11, 12, 13
+E_INT, E_SYMBOL, E_LONG = 14, 15, 16
+INT64_MAX_TENTH = (2**63 - 1) // 10  # an int64 accumulator may take one more digit up to here
 
 QUOTE, COMMA, COLON, LBRACE, RBRACE, LBRACKET, RBRACKET = 34, 44, 58, 123, 125, 91, 93
 BACKSLASH, MINUS, DOT, NEWLINE, CR = 92, 45, 46, 10, 13
+PLUS, LOWER_E, UPPER_E = 43, 101, 69
+# JSON's four blanks (space, tab, LF, CR) as bits of one word: a blank test is two compares
+JSON_BLANKS = (1 << 32) | (1 << 9) | (1 << 10) | (1 << 13)
 
 KEY_TOPIC = np.frombuffer(b"topic", dtype=np.uint8)
 KEY_TYPE = np.frombuffer(b"type", dtype=np.uint8)
@@ -107,6 +120,12 @@ KEY_A = np.frombuffer(b"a", dtype=np.uint8)
 KEY_U = np.frombuffer(b"u", dtype=np.uint8)
 WORD_SNAPSHOT = np.frombuffer(b"snapshot", dtype=np.uint8)
 WORD_DELTA = np.frombuffer(b"delta", dtype=np.uint8)
+WORD_TRUE = np.frombuffer(b"true", dtype=np.uint8)
+WORD_FALSE = np.frombuffer(b"false", dtype=np.uint8)
+WORD_NULL = np.frombuffer(b"null", dtype=np.uint8)
+SIMPLE_ESCAPE = np.zeros(256, dtype=np.uint8)  # the bytes after a backslash JSON allows, but u
+SIMPLE_ESCAPE[np.frombuffer(b'"\\/bfnrt', dtype=np.uint8)] = 1
+MAX_NESTING = 62  # containers inside a skipped value; the open ones are bits of one int64
 TOPIC_PREFIX = np.frombuffer(b"orderbook.", dtype=np.uint8)
 
 # Exact powers of ten: m / 10**k is correctly rounded when m < 2**53 and k <= 22 (both exact).
@@ -149,9 +168,11 @@ def find_byte(buf, start, byte):
 
 @helper
 def _is_space(c):
-    # JSON's blanks are space, tab, CR and LF; other control bytes are invalid JSON anyway, and
-    # one comparison instead of four matters at ~40 calls a line.
-    return c <= 32
+    # JSON's blanks are space, tab, CR and LF and nothing else: a NUL or another control byte
+    # between tokens makes the line invalid, as json.loads (the reference) says. Nearly every
+    # call meets a byte above 32, so the first compare decides; a bit mask does the rest
+    # without four compares (this runs ~40 times a line).
+    return c <= 32 and ((JSON_BLANKS >> c) & 1) == 1
 
 
 @helper
@@ -172,15 +193,39 @@ def _equals(buf, start, stop, word):
 
 
 @helper
+def _is_hex(c):
+    return 48 <= c <= 57 or 65 <= c <= 70 or 97 <= c <= 102
+
+
+@helper
 def _string_end(buf, p, end):
-    """`p` is just past an opening quote; returns the index of the closing quote or -1."""
+    """`p` is just past an opening quote; returns the index of the closing quote or -1.
+
+    As strict as json.loads: a raw control byte (below 32) or an escape other than
+    \\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX makes the string invalid (-1).
+    """
     while p < end:
         c = buf[p]
-        if c == BACKSLASH:
-            p += 2
-            continue
         if c == QUOTE:
             return p
+        if c < 32:
+            return -1
+        if c == BACKSLASH:
+            if p + 1 >= end:
+                return -1
+            e = buf[p + 1]
+            if e == 117:  # backslash-u and four hex digits
+                if p + 5 >= end:
+                    return -1
+                for i in range(p + 2, p + 6):
+                    if not _is_hex(buf[i]):
+                        return -1
+                p += 6
+                continue
+            if SIMPLE_ESCAPE[e] == 0:
+                return -1
+            p += 2
+            continue
         p += 1
     return -1
 
@@ -245,8 +290,13 @@ def _parse_decimal_general(buf, p, end):
     E_DIGITS rather than a value that might be one bit off.
     """
     quoted = p < end and buf[p] == QUOTE
+    shape_end = -1
     if quoted:
         p += 1
+    else:
+        shape_end = _skip_number(buf, p, end)  # a bare number must be a JSON number (no ".5", "01")
+        if shape_end < 0:
+            return 0.0, p, E_NUMBER
     negative = False
     if p < end and buf[p] == MINUS:
         negative = True
@@ -286,7 +336,7 @@ def _parse_decimal_general(buf, p, end):
         if p >= end or buf[p] != QUOTE:
             return 0.0, p, E_NUMBER
         p += 1
-    elif p < end and (buf[p] == 101 or buf[p] == 69):  # exponent notation: not in Bybit files
+    elif p != shape_end:  # exponent notation (not in Bybit files), or digits after a leading 0
         return 0.0, p, E_NUMBER
     exponent += pending_zeros  # trailing zeros scale the mantissa
     if mantissa == 0:
@@ -304,60 +354,146 @@ def _parse_decimal_general(buf, p, end):
 
 @helper
 def _parse_int(buf, p, end):
-    """An integer, bare or quoted: (value, next, ok)."""
-    quoted = p < end and buf[p] == QUOTE
-    if quoted:
-        p += 1
+    """A bare JSON integer within int64 (±(2**63 - 1)): (value, next, ok).
+
+    The reference takes `ts` and `u` only as JSON integers, so a quoted one ("1710374400000"),
+    a leading zero or a value past int64 (which would wrap) is no integer here either.
+    """
     negative = p < end and buf[p] == MINUS
     if negative:
         p += 1
     value = 0
     start = p
     while p < end and 48 <= buf[p] <= 57:
-        value = value * 10 + (buf[p] - 48)
-        p += 1
-    if p == start:
-        return 0, p, False
-    if quoted:
-        if p >= end or buf[p] != QUOTE:
+        digit = buf[p] - 48
+        if value > INT64_MAX_TENTH or (value == INT64_MAX_TENTH and digit > 7):
             return 0, p, False
+        value = value * 10 + digit
         p += 1
+    if p == start or (buf[start] == 48 and p - start > 1):
+        return 0, p, False
     return (-value if negative else value), p, True
 
 
 @helper
-def _skip_value(buf, p, end):
-    """Skips any JSON value; returns the index after it, or -1 when malformed."""
-    p = _skip_space(buf, p, end)
-    if p >= end:
-        return -1
-    c = buf[p]
-    if c == QUOTE:
-        q = _string_end(buf, p + 1, end)
-        return -1 if q < 0 else q + 1
-    if c == LBRACE or c == LBRACKET:  # noqa: SIM109 - numba: two compares, no tuple
-        depth = 0
-        while p < end:
-            c = buf[p]
-            if c == QUOTE:
-                q = _string_end(buf, p + 1, end)
-                if q < 0:
-                    return -1
-                p = q
-            elif c == LBRACE or c == LBRACKET:  # noqa: SIM109 - numba: two compares, no tuple
-                depth += 1
-            elif c == RBRACE or c == RBRACKET:  # noqa: SIM109 - numba: two compares, no tuple
-                depth -= 1
-                if depth == 0:
-                    return p + 1
-            p += 1
-        return -1
-    start = p
-    while p < end and buf[p] != COMMA and buf[p] != RBRACE and buf[p] != RBRACKET:
-        if _is_space(buf[p]):
-            break
+def _skip_number(buf, p, end):
+    """Skips a number of JSON's grammar, -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?: the
+    index after it, or -1."""
+    if p < end and buf[p] == MINUS:
         p += 1
-    return p if p > start else -1
+    if p >= end or not 48 <= buf[p] <= 57:
+        return -1
+    if buf[p] == 48:
+        p += 1
+    else:
+        while p < end and 48 <= buf[p] <= 57:
+            p += 1
+    if p < end and buf[p] == DOT:
+        p += 1
+        start = p
+        while p < end and 48 <= buf[p] <= 57:
+            p += 1
+        if p == start:
+            return -1
+    if p < end and (buf[p] == LOWER_E or buf[p] == UPPER_E):
+        p += 1
+        if p < end and (buf[p] == PLUS or buf[p] == MINUS):
+            p += 1
+        start = p
+        while p < end and 48 <= buf[p] <= 57:
+            p += 1
+        if p == start:
+            return -1
+    return p
+
+
+@helper
+def _after_key(buf, p, end):
+    """p at an object's key: the index of its value (after the key, `:` and blanks), or -1."""
+    if p >= end or buf[p] != QUOTE:
+        return -1
+    q = _string_end(buf, p + 1, end)
+    if q < 0:
+        return -1
+    p = _skip_space(buf, q + 1, end)
+    if p >= end or buf[p] != COLON:
+        return -1
+    return _skip_space(buf, p + 1, end)
+
+
+@helper
+def _skip_value(buf, p, end):
+    """Skips one JSON value, checked as json.loads checks it; the index after it, or -1.
+
+    A key the engine does not read (`cts`, `seq`, ...) must still hold valid JSON, else the
+    reference rejects the line and the two would disagree. No recursion (numba): the open
+    containers are bits of `objects` (1 an object, 0 an array), at most MAX_NESTING deep.
+    """
+    objects = 0
+    depth = 0
+    p = _skip_space(buf, p, end)
+    while True:
+        # a value starts at p
+        if p >= end:
+            return -1
+        c = buf[p]
+        closed = False  # whether an empty container was just opened and closed
+        if c == LBRACE or c == LBRACKET:  # noqa: SIM109 - numba: two compares, no tuple
+            if depth == MAX_NESTING:
+                return -1
+            is_object = c == LBRACE
+            if is_object:
+                objects |= 1 << depth
+            else:
+                objects &= ~(1 << depth)
+            depth += 1
+            p = _skip_space(buf, p + 1, end)
+            if p < end and buf[p] == (RBRACE if is_object else RBRACKET):
+                p += 1
+                depth -= 1
+                closed = True
+            elif is_object:
+                p = _after_key(buf, p, end)
+                if p < 0:
+                    return -1
+                continue
+            else:
+                continue
+        elif c == QUOTE:
+            q = _string_end(buf, p + 1, end)
+            p = -1 if q < 0 else q + 1
+        elif c == 116:
+            p = p + 4 if _equals(buf, p, min(p + 4, end), WORD_TRUE) else -1
+        elif c == 102:
+            p = p + 5 if _equals(buf, p, min(p + 5, end), WORD_FALSE) else -1
+        elif c == 110:
+            p = p + 4 if _equals(buf, p, min(p + 4, end), WORD_NULL) else -1
+        else:
+            p = _skip_number(buf, p, end)
+        if p < 0:
+            return -1
+        if not closed and depth == 0:
+            return p
+        # after a value: close containers until one goes on with a comma
+        while depth > 0:
+            p = _skip_space(buf, p, end)
+            if p >= end:
+                return -1
+            is_object = ((objects >> (depth - 1)) & 1) == 1
+            c = buf[p]
+            if c == COMMA:
+                p = _skip_space(buf, p + 1, end)
+                if is_object:
+                    p = _after_key(buf, p, end)
+                    if p < 0:
+                        return -1
+                break
+            if c != (RBRACE if is_object else RBRACKET):
+                return -1
+            p += 1
+            depth -= 1
+        if depth == 0:
+            return p
 
 
 @helper
@@ -479,18 +615,14 @@ def _parse_data(buf, p, end, lv_px, lv_sz, first_bid, first_ask, capacity, count
         elif _equals(buf, key_start, key_end, KEY_U):
             u, p, ok = _parse_int(buf, p, end)
             if not ok:
-                return 0, p, E_NUMBER
+                return 0, p, E_INT
             have_u = True
-        elif _equals(buf, key_start, key_end, KEY_S) and state[S_SYMBOL_LEN] == 0:
-            if p >= end or buf[p] != QUOTE:
-                return 0, p, E_CHAR
+        elif _equals(buf, key_start, key_end, KEY_S) and p < end and buf[p] == QUOTE:
             q = _string_end(buf, p + 1, end)
             if q < 0:
                 return 0, p, E_STRING
-            n = min(q - p - 1, symbol.shape[0])
-            for i in range(n):
-                symbol[i] = buf[p + 1 + i]
-            state[S_SYMBOL_LEN] = n
+            if not _same_symbol(buf, p + 1, q, state, symbol):
+                return 0, p + 1, E_SYMBOL
             p = q + 1
         else:
             p = _skip_value(buf, p, end)
@@ -509,17 +641,49 @@ def _parse_data(buf, p, end, lv_px, lv_sz, first_bid, first_ask, capacity, count
 
 
 @helper
-def _topic_depth(buf, start, stop):
-    """200 from `orderbook.200.BTCUSDT`; 0 when the topic has another shape."""
+def _same_symbol(buf, start, stop, state, symbol):
+    """Whether the symbol buf[start:stop] a message names is the file's (symbol[0]).
+
+    The file's symbol is given (the name's) or else the first one a message names. One that
+    differs is copied to symbol[1] for the error. A few bytes a message: no measurable cost.
+    """
+    n = stop - start
+    known = state[S_SYMBOL_LEN]
+    if known == 0 and n <= symbol.shape[1]:
+        for i in range(n):
+            symbol[0, i] = buf[start + i]
+        state[S_SYMBOL_LEN] = n
+        return True
+    if n == known:
+        same = True
+        for i in range(n):
+            if buf[start + i] != symbol[0, i]:
+                same = False
+                break
+        if same:
+            return True
+    n = min(n, symbol.shape[1])
+    for i in range(n):
+        symbol[1, i] = buf[start + i]
+    state[S_FOREIGN_LEN] = n
+    return False
+
+
+@helper
+def _topic_symbol(buf, start, stop):
+    """(200, index where `BTCUSDT` starts) from `orderbook.200.BTCUSDT`; (0, -1) for any other
+    shape (the reference reads no topic, so an odd one is no error)."""
     n = TOPIC_PREFIX.shape[0]
     if stop - start <= n or not _equals(buf, start, start + n, TOPIC_PREFIX):
-        return 0
+        return 0, -1
     depth = 0
     p = start + n
     while p < stop and 48 <= buf[p] <= 57:
         depth = depth * 10 + (buf[p] - 48)
         p += 1
-    return depth
+    if p == start + n or p + 1 >= stop or buf[p] != DOT:
+        return 0, -1
+    return depth, p + 1
 
 
 @helper
@@ -561,7 +725,7 @@ def parse_message(buf, p, end, lv_px, lv_sz, first_bid, first_ask, capacity, cou
         elif _equals(buf, key_start, key_end, KEY_TS):
             ts, p, ok = _parse_int(buf, p, end)
             if not ok:
-                return E_NUMBER, False, 0, 0, p
+                return E_INT, False, 0, 0, p
             have_ts = True
         elif _equals(buf, key_start, key_end, KEY_DATA):
             u, p, status = _parse_data(buf, p, end, lv_px, lv_sz, first_bid, first_ask, capacity, counts2,
@@ -569,13 +733,16 @@ def parse_message(buf, p, end, lv_px, lv_sz, first_bid, first_ask, capacity, cou
             if status != OK:
                 return status, False, 0, 0, p
             have_data = True
-        elif _equals(buf, key_start, key_end, KEY_TOPIC) and state[S_SOURCE_DEPTH] == 0:
-            if p >= end or buf[p] != QUOTE:
-                return E_CHAR, False, 0, 0, p
+        elif _equals(buf, key_start, key_end, KEY_TOPIC) and p < end and buf[p] == QUOTE:
             q = _string_end(buf, p + 1, end)
             if q < 0:
                 return E_STRING, False, 0, 0, p
-            state[S_SOURCE_DEPTH] = _topic_depth(buf, p + 1, q)
+            depth, at = _topic_symbol(buf, p + 1, q)
+            if at >= 0:
+                if state[S_SOURCE_DEPTH] == 0:
+                    state[S_SOURCE_DEPTH] = depth
+                if not _same_symbol(buf, at, q, state, symbol):
+                    return E_SYMBOL, False, 0, 0, at
             p = q + 1
         else:
             p = _skip_value(buf, p, end)
@@ -799,7 +966,8 @@ def _emit_sample(k, book, state, params, second_valid, second_stats,
         state[S_HAVE_SNAPSHOT] == 1
         and bid_hi > bid_lo
         and ask_hi > ask_lo
-        and sample_time - state[S_LAST_TS] <= params[P_MAX_SILENCE_MS]
+        # not `sample_time - last_ts <= ...`: a ts near int64's minimum would wrap that around
+        and state[S_LAST_TS] >= sample_time - params[P_MAX_SILENCE_MS]
     )
     out_levels = params[P_OUT_LEVELS]
     if k < params[P_CAPTURE_SECONDS]:
@@ -857,7 +1025,10 @@ def parse_batch(buf, p, n, final, pstate, symbol, header, msg_ts, msg_u, msg_kin
     """Parses complete lines of buf[p:n] (the last one too when `final`) into a batch.
 
     Stops when the batch is full, at an incomplete line, or at a malformed line (unless
-    skip_bad_lines; then pstate holds the error). Returns (offset where it stopped, STOP_*).
+    skip_bad_lines; then pstate holds the error). A line longer than pstate[S_MAX_LINE] bytes
+    is a bad line too (an incomplete one is the caller's: see replay._Parser); a message naming
+    another symbol than the file's stops it whatever skip_bad_lines says: the whole file is then
+    suspect, not one line. Returns (offset where it stopped, STOP_*).
     Independent of the book, so it runs in its own thread while the book is replayed.
     """
     counts2 = np.zeros(2, dtype=np.int64)
@@ -872,6 +1043,17 @@ def parse_batch(buf, p, n, final, pstate, symbol, header, msg_ts, msg_u, msg_kin
             return p, STOP_NEED_INPUT
         line_end = q
         next_line = min(q + 1, n)
+        if q - p > pstate[S_MAX_LINE]:
+            pstate[S_LINE_NO] += 1
+            header[B_LINES] += 1
+            if skip_bad_lines:
+                header[B_BAD_LINES] += 1
+                p = next_line
+                continue
+            pstate[S_ERROR_CODE] = E_LONG
+            pstate[S_ERROR_LINE] = pstate[S_LINE_NO]
+            pstate[S_ERROR_COLUMN] = pstate[S_MAX_LINE] + 1
+            return p, STOP_ERROR
         while line_end > p and _is_space(buf[line_end - 1]):
             line_end -= 1
         start = _skip_space(buf, p, line_end)
@@ -885,7 +1067,7 @@ def parse_batch(buf, p, n, final, pstate, symbol, header, msg_ts, msg_u, msg_kin
             counts2, pstate, symbol,
         )
         if status != OK:
-            if skip_bad_lines:
+            if skip_bad_lines and status != E_SYMBOL:
                 header[B_BAD_LINES] += 1
                 p = next_line
                 continue
@@ -925,6 +1107,10 @@ def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state
         n_asks = msg_levels[m, 1]
         is_snapshot = msg_kind[m] == 1
         counts[C_MESSAGES] += 1
+        if state[S_HAVE_TS] == 0:  # where the file's time lies, whatever its name says
+            state[S_HAVE_TS] = 1
+            state[S_FIRST_TS] = ts
+        state[S_LAST_MSG_TS] = ts
         if ts >= day_end:
             counts[C_AFTER_DAY] += 1
         elif not is_snapshot and state[S_HAVE_SNAPSHOT] == 0:

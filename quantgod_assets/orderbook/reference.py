@@ -22,6 +22,18 @@ The rules, applied literally:
 - Sample k (0 … 86,399) is the book after every message with `ts < day_start + (k+1)*1000`;
   it is valid when a snapshot has been applied, both sides are non-empty and the last applied
   message is at most `max_silence_s` old at the sample time.
+
+What is a valid line (anything else is a bad line, counted in `bad_lines`):
+
+- strict JSON (json.loads: no NaN/Infinity, no control bytes, no trailing commas) holding an
+  object with `type` "snapshot" or "delta", an integer `ts` and a `data` object with an
+  integer `u`; `ts` and `u` are bare JSON integers within ±(2**63 - 1), never strings;
+- `data.b` / `data.a`, when present, are lists of exactly two-element `[price, size]` lists;
+  each number is a string `-?[0-9]*.?[0-9]*` (at least one digit) or a bare JSON number
+  without an exponent, is not negative, and is exact in a double the way the engine reads
+  it: at most 18 significant digits, and with a power of ten other than 1 a mantissa of at
+  most 2**53 and an exponent within ±22 (`_exact_in_double`);
+- no longer than `max_line_bytes`, when given.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import datetime as dt
 import functools
 import gzip
 import json
+import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -109,24 +122,74 @@ class _Message:
     asks: list[tuple[Decimal, Decimal, str, str]]
 
 
+INT64_LIMIT = 2**63  # ts and u lie strictly within ±INT64_LIMIT
+NUMBER_TEXT = re.compile(r"-?[0-9]*\.?[0-9]*")
+MAX_SIGNIFICANT_DIGITS = 18
+
+
+class _BareFloat(str):
+    """A bare JSON number with a fraction or exponent, kept as its text (json.loads' parse_float)."""
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact_in_double(text: str) -> bool:
+    """Whether the engine reads this number exactly (see `_kernel._parse_decimal_general`)."""
+    unsigned = text.lstrip("-")
+    fraction = unsigned.partition(".")[2]
+    significant = unsigned.replace(".", "").lstrip("0")
+    if not significant:
+        return True  # zero
+    core = significant.rstrip("0")
+    exponent = len(significant) - len(core) - len(fraction)
+    if len(core) > MAX_SIGNIFICANT_DIGITS:
+        return False
+    return exponent == 0 or (int(core) <= 2**53 and -22 <= exponent <= 22)
+
+
+def _number_text(value) -> str:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is no number")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, _BareFloat):
+        if "e" in value or "E" in value:
+            raise ValueError("exponent notation")
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError("a level holds no number")
+    if not NUMBER_TEXT.fullmatch(value) or not any(c.isdigit() for c in value):
+        raise ValueError("not a decimal number")
+    return value
+
+
 def _parse_levels(raw) -> list[tuple[Decimal, Decimal, str, str]]:
-    if raw is None:
-        return []
     if not isinstance(raw, list):
         raise ValueError("levels are not a list")
     levels = []
     for entry in raw:
-        if not isinstance(entry, list) or len(entry) < 2:
+        if not isinstance(entry, list) or len(entry) != 2:
             raise ValueError("a level is not [price, size]")
-        price_s, size_s = str(entry[0]), str(entry[1])
-        levels.append((Decimal(price_s), Decimal(size_s), price_s, size_s))
+        price_s, size_s = _number_text(entry[0]), _number_text(entry[1])
+        if not (_exact_in_double(price_s) and _exact_in_double(size_s)):
+            raise ValueError("more significant digits than a double holds exactly")
+        price, size = Decimal(price_s), Decimal(size_s)
+        if price < 0 or size < 0:
+            raise ValueError("negative price or size")
+        levels.append((price, size, price_s, size_s))
     return levels
+
+
+def _is_int64(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -INT64_LIMIT < value < INT64_LIMIT
 
 
 def _parse(line: bytes | str) -> _Message | None:
     """The message on one line, or None when the line is not a valid order-book message."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_float=_BareFloat, parse_constant=_no_constant)
         if not isinstance(obj, dict):
             return None
         kind = obj["type"]
@@ -136,15 +199,15 @@ def _parse(line: bytes | str) -> _Message | None:
         if not isinstance(data, dict):
             return None
         ts = obj["ts"]
-        u = data.get("u", 0)
-        if isinstance(ts, bool) or not isinstance(ts, int) or isinstance(u, bool) or not isinstance(u, int):
+        u = data["u"]
+        if not (_is_int64(ts) and _is_int64(u)):
             return None
         return _Message(
             is_snapshot=kind == "snapshot",
             ts=ts,
             u=u,
-            bids=_parse_levels(data.get("b")),
-            asks=_parse_levels(data.get("a")),
+            bids=_parse_levels(data.get("b", [])),
+            asks=_parse_levels(data.get("a", [])),
         )
     except (ValueError, KeyError, TypeError, InvalidOperation):
         return None
@@ -232,6 +295,7 @@ def reference_replay(
     max_silence_s: float = 60.0,
     out_levels: int = 200,
     capture_seconds: int = 0,
+    max_line_bytes: int | None = None,
 ) -> ReferenceResult:
     """Replays the lines of one day literally; see the module docstring for the rules."""
     day_start = _day_start_ms(day)
@@ -285,14 +349,16 @@ def reference_replay(
     for line in lines:
         if isinstance(line, bytes):
             line = line.rstrip(b"\r\n")
-            if not line.strip():
+            long = max_line_bytes is not None and len(line) > max_line_bytes
+            if not long and not line.strip(b" \t\r\n"):
                 continue
         else:
             line = line.rstrip("\r\n")
-            if not line.strip():
+            long = max_line_bytes is not None and len(line.encode()) > max_line_bytes
+            if not long and not line.strip(" \t\r\n"):
                 continue
         counts["n_lines"] += 1
-        msg = _parse(line)
+        msg = None if long else _parse(line)
         if msg is None:
             counts["bad_lines"] += 1
             continue

@@ -21,6 +21,7 @@ from .schema import IMBALANCE_DEPTHS, MINUTES_PER_DAY, OUT_LEVELS, SECONDS_PER_D
 
 BOOK_CAPACITY = 4096  # levels a side kept while replaying: far above the 500 of the deepest files
 MESSAGE_CAPACITY = 16384  # levels a side in one message
+MAX_LINE_BYTES = 64 << 20  # a real line is ~1 KB (a ob500 snapshot ~25 KB): far more is damage
 
 __all__ = ["DayReplay", "OrderBookInputError", "ReplayConfig", "day_start_ms", "replay_file", "replay_stream"]
 
@@ -32,8 +33,13 @@ class ReplayConfig:
     skip_bad_lines: bool = False
     capture_seconds: int = 0  # tests: keep the top levels of every sample k < capture_seconds
     book_capacity: int = BOOK_CAPACITY  # levels a side; past it the deepest level gives way
+    # a longer line is a bad line (an error, or counted and skipped with skip_bad_lines): it
+    # bounds the memory one line can take, and its time, whatever the file holds
+    max_line_bytes: int = MAX_LINE_BYTES
 
     def __post_init__(self) -> None:
+        if self.max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be >= 1, got {self.max_line_bytes}")
         if not 1 <= self.out_levels <= self.book_capacity:
             raise ValueError(f"out_levels must be in 1..{self.book_capacity}, got {self.out_levels}")
         if self.max_silence_s < 0:
@@ -61,6 +67,8 @@ class DayReplay:
     minute_imbalance: np.ndarray  # float64[1440, len(IMBALANCE_DEPTHS)]
     minute_msgs: np.ndarray  # int64[1440]
     captured: np.ndarray | None = field(default=None, repr=False)  # float64[capture, 4, out_levels]
+    first_ts_ms: int = 0  # ts of the file's first and last messages, whatever day they fall on
+    last_ts_ms: int = 0
 
     @property
     def valid_share(self) -> float:
@@ -69,6 +77,15 @@ class DayReplay:
 
 def day_start_ms(day: dt.date) -> int:
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def size_text(n_bytes: int) -> str:
+    """64 MB, 100 KB, 12,345 bytes: a limit as the user would write it."""
+    if n_bytes % (1 << 20) == 0:
+        return f"{n_bytes >> 20} MB"
+    if n_bytes % (1 << 10) == 0:
+        return f"{n_bytes >> 10} KB"
+    return f"{n_bytes:,} bytes"
 
 
 MESSAGES_PER_BATCH = 16_384
@@ -93,11 +110,22 @@ class _Batch:
 class _Parser:
     """Byte chunks cut anywhere → parsed batches. Runs in a thread of its own (numba nogil)."""
 
-    def __init__(self, config: ReplayConfig, source_name: str) -> None:
+    def __init__(self, config: ReplayConfig, source_name: str, symbol: str | None = None) -> None:
         self.source_name = source_name
         self.skip_bad_lines = config.skip_bad_lines
+        self.max_line_bytes = config.max_line_bytes
         self.state = np.zeros(k.STATE_SIZE, dtype=np.int64)
-        self.symbol = np.zeros(64, dtype=np.uint8)
+        self.state[k.S_MAX_LINE] = config.max_line_bytes
+        # row 0: the file's symbol (given, or the first a message names); row 1: another one met
+        self.symbol = np.zeros((2, 64), dtype=np.uint8)
+        self.symbol_given = bool(symbol)
+        if symbol:
+            raw = symbol.encode("ascii")
+            if len(raw) > self.symbol.shape[1]:
+                raise ValueError(f"symbol longer than {self.symbol.shape[1]} characters: {symbol!r}")
+            self.symbol[0, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+            self.state[k.S_SYMBOL_LEN] = len(raw)
+        self.pending_bad_lines = 0  # over-long lines skipped between batches
         self.bytes_read = 0
         self.free: queue.Queue[_Batch] = queue.Queue()
         for _ in range(BATCH_POOL):
@@ -112,6 +140,8 @@ class _Parser:
                 continue
             batch.header[:] = 0
             batch.error = None
+            batch.header[k.B_LINES] = batch.header[k.B_BAD_LINES] = self.pending_bad_lines
+            self.pending_bad_lines = 0
             return batch
         return None
 
@@ -128,27 +158,49 @@ class _Parser:
         Chunks are parsed where they lie (no copy of the day's bytes): only the line cut by a
         chunk boundary is stitched together, from the previous chunk's tail and this one's head.
         Each chunk goes to `release` once parsed (its bytes are not read after that).
+
+        The tail carried over never grows past `max_line_bytes`: a line that would is a bad
+        line at once (an error, or with skip_bad_lines its bytes are dropped up to its end), so
+        a damaged file with one huge line costs time linear in it and memory bounded by the cap.
         """
-        carry = b""
-        segments: list[tuple[Chunk, int, bool]]  # (bytes, where its lines start, the day's end)
+        carry = bytearray()  # grows in place: appending chunk after chunk stays linear
+        skipping = False  # inside an over-long line (skip_bad_lines): drop bytes up to its LF
+        segments: list[tuple[Chunk | bytearray, int, bool]]  # (bytes, where its lines start, the day's end)
         for chunk in chunks_then_end(chunks):
             if chunk is None:
-                segments = [(carry, 0, True)]
+                segments = [] if skipping else [(carry, 0, True)]
             else:
                 self.bytes_read += len(chunk)
                 whole = np.frombuffer(chunk, dtype=np.uint8)
-                newline = k.find_byte(whole, 0, k.NEWLINE) if carry else -1
-                if carry and newline == whole.shape[0]:  # a line longer than a chunk
+                newline = k.find_byte(whole, 0, k.NEWLINE) if carry or skipping else -1
+                if skipping:
+                    if newline == whole.shape[0]:
+                        _give_back(release, chunk)
+                        continue
+                    skipping = False
+                    segments = [(chunk, newline + 1, False)]
+                elif carry and newline == whole.shape[0]:  # a line longer than a chunk
+                    if len(carry) + len(chunk) > self.max_line_bytes:
+                        carry = bytearray()
+                        skipping = True
+                        error = self._too_long()
+                        _give_back(release, chunk)
+                        if error is not None:
+                            yield from self._failed(error)
+                            return
+                        continue
                     carry += chunk
                     _give_back(release, chunk)
                     continue
-                if carry:
+                elif carry:
                     segments = [(carry + chunk[: newline + 1], 0, False), (chunk, newline + 1, False)]
                 else:
                     segments = [(chunk, 0, False)]
             batch = self._take()
             if batch is None:
                 return
+            data: Chunk | bytearray = b""
+            offset = 0
             for data, offset, final in segments:
                 buf = np.frombuffer(data, dtype=np.uint8)
                 while True:
@@ -163,12 +215,59 @@ class _Parser:
                     batch = self._take()
                     if batch is None:
                         return
-            carry = bytes(data[offset:])  # a copy: the chunk's buffer is refilled after release
+            if len(data) - offset > self.max_line_bytes:  # the unfinished line is too long already
+                carry = bytearray()
+                skipping = True
+                error = self._too_long()
+                if error is not None:
+                    batch.error = error
+                    _give_back(release, chunk)
+                    yield batch
+                    return
+                batch.header[k.B_LINES] += self.pending_bad_lines
+                batch.header[k.B_BAD_LINES] += self.pending_bad_lines
+                self.pending_bad_lines = 0
+            else:
+                carry = bytearray(data[offset:])  # a copy: the chunk's buffer is refilled after release
             _give_back(release, chunk)
             yield batch
 
+    def _too_long(self) -> OrderBookInputError | None:
+        """The line being read is over the limit: counted to be skipped, or the error to raise."""
+        self.state[k.S_LINE_NO] += 1
+        if self.skip_bad_lines:
+            self.pending_bad_lines += 1
+            return None
+        return self._long_error(int(self.state[k.S_LINE_NO]))
+
+    def _failed(self, error: OrderBookInputError) -> Iterator[_Batch]:
+        batch = self._take()
+        if batch is not None:
+            batch.error = error
+            yield batch
+
+    def _long_error(self, line: int) -> OrderBookInputError:
+        return OrderBookInputError(
+            f"{self.source_name}: line {line}: longer than {size_text(self.max_line_bytes)} "
+            "(ReplayConfig.max_line_bytes; use --skip-bad-lines to count and skip such lines)"
+        )
+
+    def _symbol_text(self, row: int, length_at: int) -> str:
+        return bytes(self.symbol[row, : int(self.state[length_at])]).decode("ascii", "replace")
+
     def _error(self) -> OrderBookInputError:
         code = int(self.state[k.S_ERROR_CODE])
+        line = int(self.state[k.S_ERROR_LINE])
+        if code == k.E_LONG:
+            return self._long_error(line)
+        if code == k.E_SYMBOL:
+            ours = self._symbol_text(0, k.S_SYMBOL_LEN)
+            theirs = self._symbol_text(1, k.S_FOREIGN_LEN)
+            source = "the file's name or the symbol given" if self.symbol_given else "its first message"
+            return OrderBookInputError(
+                f"{self.source_name}: line {line}: a message of {theirs}, but the file holds {ours} "
+                f"(from {source}): a misnamed or mixed file"
+            )
         return OrderBookInputError(
             f"{self.source_name}: line {int(self.state[k.S_ERROR_LINE])}, column "
             f"{int(self.state[k.S_ERROR_COLUMN])}: {k.ERROR_MESSAGES[code]} "
@@ -239,13 +338,20 @@ def replay_stream(
     config: ReplayConfig = ReplayConfig(),
     source_name: str = "<stream>",
     release: Release | None = None,
+    *,
+    symbol: str | None = None,
+    check_day: bool = False,
 ) -> DayReplay:
     """Replays a day's JSON lines, arriving as byte chunks cut anywhere.
 
     Parsing runs one thread ahead of the replay (and, from `replay_file`, decompression one
     more), so on two cores the three stages overlap. Each chunk goes to `release` once parsed.
+
+    Every message's symbol (its topic's and `data.s`) must be `symbol`, or without one the
+    first message's: another is an OrderBookInputError naming both (skip_bad_lines or not).
+    With `check_day`, a stream whose messages lie mostly outside `day` is one too (`day_error`).
     """
-    parser = _Parser(config, source_name)
+    parser = _Parser(config, source_name, symbol)
     replayer = _Replayer(day, config)
     batches = prefetched(parser.batches(chunks, release), depth=2)
     try:
@@ -260,6 +366,10 @@ def replay_stream(
         batches.close()  # stops the parsing and reading threads, also on an error
     if replayer.counts[k.C_MESSAGES] == 0:
         raise OrderBookInputError(f"{source_name}: no messages (empty file)")
+    if check_day:
+        error = day_error(replayer.counts, replayer.state, day, source_name)
+        if error is not None:
+            raise error
     if replayer.counts[k.C_SNAPSHOTS] == 0:
         raise OrderBookInputError(
             f"{source_name}: no snapshot within the day, so the book can never be built"
@@ -268,8 +378,33 @@ def replay_stream(
     return _result(parser, replayer, day, config, source_name)
 
 
+def day_error(counts: np.ndarray, state: np.ndarray, day: dt.date, source_name: str) -> OrderBookInputError | None:
+    """The error for a file whose messages are mostly of another day than its name's, or None.
+
+    More than half the messages before the day or at/after its end (the replay counts them),
+    and the middle of their time span on another day: a file renamed to another date, which
+    would otherwise come out as a day that is nearly all gap.
+    """
+    n = int(counts[k.C_MESSAGES])
+    outside = int(counts[k.C_BEFORE_DAY] + counts[k.C_AFTER_DAY])
+    if n == 0 or 2 * outside <= n:
+        return None
+    middle = (int(state[k.S_FIRST_TS]) + int(state[k.S_LAST_MSG_TS])) // 2
+    try:
+        their_day = dt.datetime.fromtimestamp(middle / 1000, dt.UTC).date()
+    except (OverflowError, ValueError, OSError):
+        their_day = None  # a ts outside the calendar
+    if their_day == day:
+        return None
+    return OrderBookInputError(
+        f"{source_name}: named {day.isoformat()} but its messages are from "
+        f"{their_day.isoformat() if their_day else 'outside the calendar'} "
+        f"({outside:,} of {n:,} messages lie outside {day.isoformat()}): a misnamed file?"
+    )
+
+
 def _result(parser: _Parser, replayer: _Replayer, day, config, source_name) -> DayReplay:
-    symbol = bytes(parser.symbol[: int(parser.state[k.S_SYMBOL_LEN])]).decode("ascii", "replace")
+    symbol = parser._symbol_text(0, k.S_SYMBOL_LEN)
     return DayReplay(
         day=day,
         day_start_ms=int(replayer.params[k.P_DAY_START]),
@@ -286,12 +421,17 @@ def _result(parser: _Parser, replayer: _Replayer, day, config, source_name) -> D
         minute_imbalance=replayer.minute_imbalance,
         minute_msgs=replayer.minute_msgs,
         captured=replayer.captured if config.capture_seconds else None,
+        first_ts_ms=int(replayer.state[k.S_FIRST_TS]),
+        last_ts_ms=int(replayer.state[k.S_LAST_MSG_TS]),
     )
 
 
-def replay_file(path: str | Path, day: dt.date, config: ReplayConfig = ReplayConfig()) -> DayReplay:
-    """Replays one day's file (`.data.zip`, `.gz` or plain), streamed in bounded chunks."""
+def replay_file(path: str | Path, day: dt.date, config: ReplayConfig = ReplayConfig(), *,
+                symbol: str | None = None, check_day: bool = False) -> DayReplay:
+    """Replays one day's file (`.data.zip`, `.gz` or plain), streamed in bounded chunks.
+
+    `symbol` and `check_day` as in `replay_stream`."""
     path = Path(path)
     pool = ChunkPool()
     return replay_stream(prefetched(pooled_chunks(path, pool)), day, config, source_name=str(path),
-                         release=pool.give_back)
+                         release=pool.give_back, symbol=symbol, check_day=check_day)
