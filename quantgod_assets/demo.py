@@ -13,6 +13,7 @@ import sys
 import time
 
 from .launch import dagster_home, materialize_range
+from .secrets import redact_url
 from .settings import load_settings
 
 # The stages the demo materializes, in order: (asset selection, what it shows).
@@ -67,8 +68,8 @@ def run_demo(days: int = 3, start: dt.date = dt.date(2025, 3, 10), seed: int = 7
     _say(f"         {settings.paths.labelled_dir}/{settings.labelling.suffix}/  (the labelled days)")
     _say(f"  model: {settings.paths.model_path}  (best params: {settings.paths.best_params_path})")
     _say(f"  logs:  {settings.paths.logs_dir}/{{etl,labelling,optimization,training}}/")
-    _say(f"  MLflow: mlflow ui --backend-store-uri {settings.training.mlflow.tracking_uri}")
-    _say(f"  Optuna: optuna-dashboard {settings.optimization.storage}")
+    _say(f"  MLflow: mlflow ui --backend-store-uri {redact_url(settings.training.mlflow.tracking_uri)}")
+    _say(f"  Optuna: optuna-dashboard {redact_url(settings.optimization.storage)}")
     _say(f"  UI:    DAGSTER_HOME={home} dagster dev -w workspace.yaml  (then open http://127.0.0.1:3000)")
     return 0
 
