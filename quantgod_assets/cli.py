@@ -76,7 +76,8 @@ def cmd_etl(args: argparse.Namespace) -> int:
 
     # convert_day refuses, before any work, an input that is no file and an -o that is the input,
     # a folder or a device (etl.check_paths); a full disk while writing names the -o file
-    config = ReplayConfig(max_silence_s=args.max_silence_s, skip_bad_lines=args.skip_bad_lines)
+    config = ReplayConfig(max_silence_s=args.max_silence_s, skip_bad_lines=args.skip_bad_lines,
+                          max_line_bytes=args.max_line_bytes)
     with writing(args.output):
         summary = convert_day(args.input, args.output, day=args.date, symbol=args.symbol, config=config)
     print(summary.line())
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a sample is invalid when the last message is older than this")
     etl.add_argument("--skip-bad-lines", action="store_true",
                      help="count and skip malformed lines instead of failing the file")
+    etl.add_argument("--max-line-bytes", type=int, default=EtlSettings().max_line_bytes,
+                     help="a longer line is a bad line (default 64 MB; real lines are 1-25 KB)")
     etl.set_defaults(func=cmd_etl)
 
     gen = sub.add_parser("generate", help="write synthetic daily archives shaped like Bybit's")

@@ -217,6 +217,7 @@ class EtlSettings(_Schema):
     workers: int | None = None  # None: all cores, two per day (see worker_count)
     max_silence_s: float = 60.0
     skip_bad_lines: Flag = False
+    max_line_bytes: int = Field(default=64 << 20, ge=1)  # longer is a bad line (a real line is ~1-25 KB)
     checks: GapChecks = GapChecks()
     download: DownloadSettings = DownloadSettings()
 

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import zipfile
 from functools import partial
 
 import polars as pl
@@ -103,3 +104,28 @@ def test_a_write_clears_the_temp_files_a_killed_write_left_and_follows_the_umask
     mask = os.umask(0o022)
     os.umask(mask)
     assert output.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_the_line_cap_reaches_the_engine_from_etl_yaml(tmp_path, monkeypatch):
+    from quantgod_assets.daily import book as book_stage
+
+    from .builders import msg
+
+    day = DAY
+    start_ms = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() * 1000)
+    lines = [msg("snapshot", start_ms, [["100.0", "1"]], [["100.5", "1"]], u=1),
+             msg("delta", start_ms + 500, [["99.5", "2"]], [], u=2)]
+    root = tmp_path / "raw"
+    (root / "2025").mkdir(parents=True)
+    with zipfile.ZipFile(root / "2025" / f"{day}_BTCUSDT_ob200.data.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{day}_BTCUSDT_ob200.data", "\n".join(lines) + "\n")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "etl.yaml").write_text("max_line_bytes: 100\nchecks: {gap_fail_share: 1.0}\n")
+    monkeypatch.setenv("QUANTGOD_CONFIG_DIR", str(configs))
+    monkeypatch.setenv("QUANTGOD_RAW_ROOT", str(root))
+    monkeypatch.setenv("QUANTGOD_DATA_DIR", str(tmp_path / "data"))
+    settings = load_settings()
+    assert settings.etl.max_line_bytes == 100
+    outcome = book_stage.produce_day(day, settings, plot=False)
+    assert outcome.error and "longer than" in outcome.error  # the snapshot line is over 100 bytes

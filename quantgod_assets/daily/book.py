@@ -199,7 +199,8 @@ def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot
     outcome = DayOutcome(day, blocking=BLOCKING_CHECKS)
     name = f"{day.isoformat()}_{settings.symbol}"
     try:
-        config = ReplayConfig(max_silence_s=settings.etl.max_silence_s, skip_bad_lines=settings.etl.skip_bad_lines)
+        config = ReplayConfig(max_silence_s=settings.etl.max_silence_s, skip_bad_lines=settings.etl.skip_bad_lines,
+                              max_line_bytes=settings.etl.max_line_bytes)
         output = settings.paths.preprocessed_path(day)
         staged = staging_path(output)
         corrupt: list[Path] = []  # archives on disk found corrupt this time (passed over when kept in place)
