@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--duration-s", type=int, default=None, help="only the first N seconds of each day")
     gen.add_argument("--faults", nargs="*", default=[], metavar="FAULT",
-                     help="inject faults: restart, gap, silence, crossed, malformed, truncated")
+                     help="inject faults: restart, gap, silence, crossed, malformed, truncated, "
+                          "early_deltas, boundary, narrow_restart, one_sided_cross (see orderbook/synthetic.py)")
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="generate a few days and run the pipeline end to end")

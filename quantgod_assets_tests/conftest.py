@@ -82,9 +82,11 @@ TIERS = {
     "orderbook/test_etl.py": "unit",
     "orderbook/test_reader.py": "unit",
     "orderbook/test_reference.py": "unit",
+    "orderbook/test_snapshot_agreement.py": "unit",
     "orderbook/test_replay.py": "unit",
     "orderbook/test_strict_input.py": "unit",
     "orderbook/test_synthetic.py": "unit",
+    "orderbook/test_synthetic_faults.py": "unit",
 }
 
 # "module::test function" (all its parametrizations) -> tier, where it differs from the module's

@@ -24,6 +24,28 @@ restart (mid-day snapshot with u=1), gap (u jumps by 6), silence (no message for
 crossed (one delta inserts a bid above the best ask; the next delta removes it), malformed (a
 truncated copy of one line follows it), truncated (the ZIP is cut to 70 % of its bytes).
 
+The faults above leave a correct replay and many wrong ones with the same samples. These four
+tell them apart (each compared with the reference replay in the tests); their times are whole
+seconds, `T = fault_times(...)[name][0]` ms after midnight, and "sample k" is the book after
+every message with ts < day_start + (k+1)*1000 ms (taken at that time):
+  * early_deltas: the file opens with the deltas before T (2.5 s, at least one), and the day's
+    first snapshot comes only then (ts = day_start + T, the `u` of the delta before it). A replay
+    must skip and count them (`deltas_before_snapshot`), never apply them: the samples before it
+    hold no book.
+  * boundary: one delta lands exactly on a second boundary, ts = day_start + T, and no other
+    message follows in the next second (the deltas there are dropped). With k = T/1000 - 1, the
+    sample k (taken at that very ms) is the book before it and sample k+1 the book after it.
+  * narrow_restart: a restart snapshot (u=1) with only the top `depth // 4` levels a side, each
+    with a size other than the book's, as the last message before T: the sample at T is exactly
+    that narrow book (the deeper levels the replay held must be gone); the next delta refills
+    the window to `depth` levels.
+  * one_sided_cross: a delta touching only the bids, as the last message before T: a bid
+    CROSS_TICKS ticks above the best ask (the deepest bid leaves). A replay counts it crossed and
+    removes the asks at or below that bid (`crossed_levels_removed`, the engine's rule for a
+    one-sided crossing); the generator's book does the same, so the sample at T is that repaired,
+    uncrossed book (its best bid the crossing bid). The next delta moves both sides back to the
+    price path.
+
 This module does not import dagster.
 """
 
@@ -50,7 +72,10 @@ __all__ = [
     "price_path",
 ]
 
-FAULTS = ("restart", "gap", "silence", "crossed", "malformed", "truncated")
+FAULTS = (
+    "restart", "gap", "silence", "crossed", "malformed", "truncated",
+    "early_deltas", "boundary", "narrow_restart", "one_sided_cross",
+)
 
 DAY_MS = 86_400_000
 TICKS_PER_UNIT = 10  # tick 0.10
@@ -62,7 +87,11 @@ TRUNCATE_KEEP = 0.7
 
 # message kinds handed to the kernel
 K_DELTA, K_SNAPSHOT, K_RESTART, K_GAP, K_CROSSED, K_MALFORMED = 0, 1, 2, 3, 4, 5
+K_NARROW, K_ONE_SIDED = 6, 7
 GAP_SKIP = 5  # u jumps by 1 + GAP_SKIP at a gap
+EARLY_MS = 2_500  # early_deltas: the first snapshot comes this late, after the deltas before it
+NARROW_SHARE = 4  # narrow_restart: the snapshot keeps depth // NARROW_SHARE levels a side
+CROSS_TICKS = 2  # one_sided_cross: the bid this many ticks above the best ask
 
 # --- the price path -----------------------------------------------------------------------
 REGIME_DRIFT = np.array([-0.010, -0.005, 0.0, 0.005, 0.012])  # log-return per hour
@@ -106,14 +135,26 @@ def archive_path(out_dir: Path, day: dt.date, symbol: str = "BTCUSDT", depth: in
 
 
 def fault_times(duration_s: int | None = None) -> dict[str, tuple[int, int]]:
-    """Where each fault goes: name -> (ms after midnight, length in ms). `truncated` has no time."""
+    """Where each fault goes: name -> (ms after midnight, length in ms). `truncated` has no time.
+
+    early_deltas, boundary, narrow_restart and one_sided_cross are at whole seconds (see the
+    module docstring for what lands exactly there).
+    """
     limit = DAY_MS if duration_s is None else int(duration_s) * 1000
+
+    def second(share: float) -> int:
+        return max(1000, int(limit * share) // 1000 * 1000)
+
     return {
+        "early_deltas": (min(EARLY_MS, limit // 2), 0),
+        "boundary": (second(0.20), 0),
         "crossed": (int(limit * 0.30), 0),
         "gap": (int(limit * 0.40), 0),
         "malformed": (int(limit * 0.50), 0),
         "silence": (int(limit * 0.55), min(300_000, limit // 10)),
+        "one_sided_cross": (second(0.70), 0),
         "restart": (int(limit * 0.75), 0),
+        "narrow_restart": (second(0.85), 0),
     }
 
 
@@ -513,6 +554,53 @@ def _sort_entries(ent_t, ent_s, s, n, descending):
 
 
 @njit(cache=True, nogil=True)
+def _narrow(skew, depth, st, sz, rng):
+    """narrow_restart: each side keeps its top depth // NARROW_SHARE levels, each with a new size."""
+    keep = max(1, depth // NARROW_SHARE)
+    for s in range(2):
+        sgn = 1 if s == 0 else -1
+        t = st[s]
+        last = t
+        n = st[4 + s]
+        for j in range(n):
+            while sz[s, t & MASK] == 0:
+                t -= sgn
+            if j < keep:
+                old = sz[s, t & MASK]
+                size = _draw_size(rng, s, sgn * (st[s] - t), skew)
+                if size == old:
+                    size = old + 1 if old < SIZE_MAX else old - 1
+                sz[s, t & MASK] = size
+                last = t
+            else:
+                sz[s, t & MASK] = 0
+            t -= sgn
+        if n > keep:
+            st[4 + s] = keep
+        st[2 + s] = last
+
+
+@njit(cache=True, nogil=True)
+def _one_sided_cross(skew, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
+    """one_sided_cross: a bid CROSS_TICKS above the best ask, the deepest bid leaving (bids only in
+    the message); then the replay's repair on our own book, unwritten: the asks at or below it go."""
+    cross = st[1] + CROSS_TICKS
+    _delete(0, st[2], st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+    _insert(0, cross, _draw_size(rng, 0, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+    st[0] = cross
+    t = st[1]
+    while t <= cross:
+        if sz[1, t & MASK] != 0:
+            sz[1, t & MASK] = 0
+            st[5] -= 1
+        t += 1
+    if st[5] > 0:
+        while sz[1, t & MASK] == 0:
+            t += 1
+    st[1] = t
+
+
+@njit(cache=True, nogil=True)
 def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent,
           rng, w_topic, w_delta, w_snapshot, w_asks, w_u, w_seq, w_cts, w_end):
     """Applies and writes messages i0.. into `out` until it is nearly full; returns (next i, bytes)."""
@@ -525,10 +613,12 @@ def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos,
         p0 = p
         p = _put(out, p, w_topic)
         p = _put_uint(out, p, ts[i])
-        if kind == K_SNAPSHOT or kind == K_RESTART:  # noqa: SIM109 - numba: two compares, no tuple
+        if kind == K_SNAPSHOT or kind == K_RESTART or kind == K_NARROW:  # noqa: SIM109 - numba: no tuple
             st[ST_PENDING] = 0
-            if kind == K_RESTART:
+            if kind == K_RESTART or kind == K_NARROW:  # noqa: SIM109
                 st[ST_U] = 1
+            if kind == K_NARROW:
+                _narrow(skew[i], depth, st, sz, rng)
             p = _put(out, p, w_snapshot)
             for s in range(2):
                 if s == 1:
@@ -553,12 +643,15 @@ def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos,
                 _record(0, st[ST_CROSS_TICK], 0, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
                 d_tick = st[ST_DEEP_TICK]
                 _record(0, d_tick, sz[0, d_tick & MASK], sz, stamp, pos, ent_t, ent_s, n_ent, msg)
-            _move(0, bb[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
-            _move(1, bb[i] + 1 + ex[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
-            for s in range(2):
-                _random_updates(s, k, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
-            for s in range(2):
-                _fix_window(s, k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+            if kind == K_ONE_SIDED:
+                _one_sided_cross(k, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+            else:
+                _move(0, bb[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+                _move(1, bb[i] + 1 + ex[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+                for s in range(2):
+                    _random_updates(s, k, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+                for s in range(2):
+                    _fix_window(s, k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
             if kind == K_CROSSED:
                 # a bid one tick above the best ask; the deepest bid leaves so the count stays
                 # `depth`; the ask side is touched too. Undone by the next delta.
@@ -704,10 +797,22 @@ class _Market:
             s0, length = at["silence"]
             keep = (rel < s0) | (rel >= s0 + length)
             rel, kinds = rel[keep], kinds[keep]
+        if "boundary" in faults and len(rel):
+            # one delta exactly on the boundary, then nothing until the next one
+            edge = at["boundary"][0]
+            j = int(np.searchsorted(rel, edge, side="right")) - 1
+            if j >= 0:
+                rel[j] = edge
+                keep = (rel <= edge) | (rel >= edge + 1000)
+                rel, kinds = rel[keep], kinds[keep]
         for name, kind in (("crossed", K_CROSSED), ("gap", K_GAP), ("malformed", K_MALFORMED),
                            ("restart", K_RESTART)):
             if name in faults and len(rel):
                 idx = min(int(np.searchsorted(rel, at[name][0])), len(rel) - 1)
+                kinds[idx] = kind
+        for name, kind in (("narrow_restart", K_NARROW), ("one_sided_cross", K_ONE_SIDED)):
+            if name in faults and len(rel):  # the last message before the sample at that second
+                idx = max(0, int(np.searchsorted(rel, at[name][0], side="left")) - 1)
                 kinds[idx] = kind
         n_delta = len(rel)
 
@@ -728,29 +833,41 @@ class _Market:
                        self.ent_t, self.ent_s, self.n_ent, self.rng)
             self.book_ready = True
 
-        all_kinds = [np.array([K_SNAPSHOT], dtype=np.int8), kinds]
-        all_ts = [np.array([open_ts]), ts]
-        all_cts = [np.array([open_cts]), cts]
-        all_seq = [np.array([open_seq]), seq]
+        # the opening snapshot: first, or (early_deltas) after the deltas before its time
+        open_at = 0
+        if "early_deltas" in faults and n_delta:
+            early_end = at["early_deltas"][0]
+            open_at = max(1, int(np.searchsorted(rel, early_end)))
+            lag = open_ts - open_cts
+            open_ts = max(start_ms + early_end, int(ts[open_at - 1]))
+            open_cts = open_ts - lag
+            open_seq = int(seq[open_at - 1]) + 1
+            seq[open_at:] += 1
+        kinds = np.insert(kinds, open_at, K_SNAPSHOT)
+        bb = np.insert(bb, open_at, 0)
+        ex = np.insert(ex, open_at, 0)
+        skew = np.insert(skew, open_at, 0.0)
+        ts = np.insert(ts, open_at, open_ts)
+        cts = np.insert(cts, open_at, open_cts)
+        seq = np.insert(seq, open_at, open_seq)
         if duration_s is None:
             next_ts = start_ms + DAY_MS + int(meta.integers(150, 950))
             next_cts = next_ts - int(meta.integers(1, 12))
             next_seq = int(self._seqs(1)[0])
             self.carried_open = (next_ts, next_cts, next_seq)
-            all_kinds.append(np.array([K_SNAPSHOT], dtype=np.int8))
-            all_ts.append(np.array([next_ts]))
-            all_cts.append(np.array([next_cts]))
-            all_seq.append(np.array([next_seq]))
+            kinds = np.append(kinds, np.int8(K_SNAPSHOT))
+            bb = np.append(bb, 0)
+            ex = np.append(ex, 0)
+            skew = np.append(skew, 0.0)
+            ts = np.append(ts, next_ts)
+            cts = np.append(cts, next_cts)
+            seq = np.append(seq, next_seq)
         else:
             self.carried_open = None
-        pad = np.zeros(1, dtype=np.int64)
-        kinds = np.concatenate(all_kinds)
-        bb = np.concatenate([pad, bb, pad[: len(all_kinds) - 2]])
-        ex = np.concatenate([pad, ex, pad[: len(all_kinds) - 2]])
-        skew = np.concatenate([np.zeros(1), skew, np.zeros(len(all_kinds) - 2)])
-        ts = np.concatenate(all_ts).astype(np.int64)
-        cts = np.concatenate(all_cts).astype(np.int64)
-        seq = np.concatenate(all_seq).astype(np.int64)
+        kinds = kinds.astype(np.int8)
+        bb, ex = bb.astype(np.int64), ex.astype(np.int64)
+        skew = skew.astype(np.float64)
+        ts, cts, seq = ts.astype(np.int64), cts.astype(np.int64), seq.astype(np.int64)
 
         path = archive_path(Path(out_dir), day, self.symbol, self.depth)
         path.parent.mkdir(parents=True, exist_ok=True)
