@@ -15,6 +15,7 @@ from quantgod_assets.assets.book import preprocessed_book, preprocessed_book_day
 from quantgod_assets.orderbook import quality
 from quantgod_assets.orderbook.schema import MINUTES_PER_DAY, OUT_LEVELS, book_schema
 from quantgod_assets.resources import resources
+from quantgod_assets.storage import write_parquet_atomic
 
 from .builders import DAY1, DAY2, materialize
 
@@ -145,9 +146,13 @@ def test_one_partition_in_process(qg_env):
     assert len(md["micro_price"].value) < 60_000
     assert md["gap_intervals"].value == ["00:10:00-24:00:00"] or md["gap_intervals"].value[0].endswith("24:00:00")
 
+    # a short day holds no snapshot after its first: none compared, the check passes and says so
+    assert md["snapshots_compared"].value == 0 and md["snapshots_disagreeing"].value == 0
+
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(evaluations) == {"no_nan_or_inf", "schema", "gaps", "not_crossed"}
+    assert set(evaluations) == {"no_nan_or_inf", "schema", "gaps", "not_crossed", "snapshot_agreement"}
     assert all(e.passed for e in evaluations.values())
+    assert "no snapshot compared" in evaluations["snapshot_agreement"].description
     assert {e.partition for e in evaluations.values()} == {"2025-03-14"}
 
     [log] = list((qg_env.logs_dir / "etl").glob("etl_*.log"))
@@ -196,7 +201,9 @@ def test_checks_fail_through_dagster_on_a_day_built_to_fail_them(qg_env):
     frame = frame.with_columns(pl.lit(0.0).alias("unexpected"))
     path = qg_env.preprocessed(day)
     path.parent.mkdir(parents=True)
-    frame.write_parquet(path)
+    # the replay's snapshot figures travel in the file's metadata: a checks-only run reads them
+    first = quality.SnapshotDisagreement(1_743_483_600_250, "bid", 4, 84325.1, 0.5, 84325.1, 0.7, True)
+    write_parquet_atomic(frame, path, quality.SnapshotAgreement(2, 1, 1, 1, first).parquet_metadata())
     qg_env.set_etl(gap_warn_share=0.01, gap_fail_share=0.10)
     checks_job = dg.define_asset_job("book_checks", selection=dg.AssetSelection.checks_for_assets(BOOK))
     defs = dg.Definitions(assets=[raw_zip, preprocessed_book], jobs=[checks_job], resources=resources())
@@ -205,8 +212,14 @@ def test_checks_fail_through_dagster_on_a_day_built_to_fail_them(qg_env):
         tags={"dagster/partition": day.isoformat()}, raise_on_error=False
     )
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(evaluations) == {"no_nan_or_inf", "schema", "gaps", "not_crossed"}
+    assert set(evaluations) == {"no_nan_or_inf", "schema", "gaps", "not_crossed", "snapshot_agreement"}
     assert not any(e.passed for e in evaluations.values())
+    snapshots = evaluations["snapshot_agreement"]
+    assert snapshots.severity == dg.AssetCheckSeverity.WARN
+    assert "bid level 4 at 2025-04-01 05:00:00.250 UTC: ours 84325.1 x 0.5, Bybit's 84325.1 x 0.7" in \
+        snapshots.description
+    assert "a crossed-book repair removed levels" in snapshots.description
+    assert snapshots.metadata["first_disagreement"].value["level"] == 4
     assert evaluations["no_nan_or_inf"].metadata["nan"].value == 1
     assert "unexpected" in evaluations["schema"].description
     assert evaluations["gaps"].severity == dg.AssetCheckSeverity.ERROR

@@ -33,6 +33,10 @@ CHECK_DESCRIPTIONS = {
     "gaps": "Share of invalid seconds and the gap intervals: WARN above etl.checks.gap_warn_share "
             "(1 %), ERROR and blocking above gap_fail_share (10 %).",
     "not_crossed": "No minute closes with best bid >= best ask (spread <= 0).",
+    "snapshot_agreement": "The replayed book equals every full snapshot Bybit sends after the day's first "
+                          "(service restarts, the next day's opening one), level by level over the snapshot's "
+                          "depth: WARN naming the first disagreeing level (ours vs Bybit's) and whether a "
+                          "crossed-book repair came before it. Not blocking.",
 }
 
 # backfill_policy is "beta" in Dagster 1.13 but is what makes a range one run; say it once, here

@@ -125,6 +125,8 @@ def _check_lines(outcome: DayOutcome) -> None:
             intervals = check.metadata.get("gap_intervals", [])
             shown = ", ".join(intervals[:5]) + (f" (+{len(intervals) - 5} more)" if len(intervals) > 5 else "")
             outcome.log(level, f"Significant gaps: {check.description}" + (f": {shown}" if shown else ""))
+        elif check.name == "snapshot_agreement":
+            outcome.log(level, f"Snapshots: {check.description}")
         else:
             outcome.log(level, f"Check {check.name} failed: {check.description}")
 
@@ -151,6 +153,11 @@ def _summary_metadata(summary: Any, output: Path, archive: Path, download: Downl
         "counts": counts,
         "gap_intervals": [f"{a}-{b}" for a, b in summary.gap_intervals[:100]],
     }
+    snapshots = getattr(summary, "snapshots", None)
+    if snapshots is not None:  # the book against Bybit's snapshots: counts and the first disagreement
+        for key, value in snapshots.summary().items():
+            if value is not None:
+                metadata[key] = value
     if download is not None:
         metadata["downloaded_from"] = Url(download.url)
     return metadata
@@ -235,7 +242,8 @@ def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot
         outcome.log(INFO, f"Rows after resample: {summary.rows}")
         frame = pl.read_parquet(staged)
         outcome.checks = run_checks(frame, warn_share=settings.etl.gap_warn_share,
-                                    fail_share=settings.etl.gap_fail_share, intervals=summary.gap_intervals)
+                                    fail_share=settings.etl.gap_fail_share, intervals=summary.gap_intervals,
+                                    snapshots=summary.snapshots)
         _check_lines(outcome)
         publish(outcome, staged, output)
         summary = dataclasses.replace(summary, output=output)
@@ -256,7 +264,8 @@ def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot
 
 
 def check_day(day: dt.date, settings: Settings) -> DayOutcome:
-    """The checks on an already written day (a checks-only run); the gap intervals come from minutes."""
+    """The checks on an already written day (a checks-only run); the gap intervals come from minutes,
+    the snapshot comparison from the file's `quantgod.snapshots.*` metadata."""
     from ..orderbook.quality import run_checks
 
     outcome = DayOutcome(day, blocking=BLOCKING_CHECKS)

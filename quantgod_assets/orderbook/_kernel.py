@@ -48,7 +48,18 @@ S_FOREIGN_LEN = 17  # parser: length of the other symbol a message named (symbol
 S_FIRST_TS = 18  # replayer: ts of the first message (any day), S_HAVE_TS once there is one
 S_LAST_MSG_TS = 19  # replayer: ts of the latest message (any day)
 S_HAVE_TS = 20
-STATE_SIZE = 24
+# replayer, the snapshot comparison (see _compare_snapshot)
+S_REMOVED_AT_SNAPSHOT = 21  # crossed_levels_removed when the previous snapshot came
+S_STALE = 22  # 1 once a delta at or after the day's end was skipped: the book is behind the file
+S_DIFF_SIDE = 23  # the first disagreement (once snapshots_disagreeing > 0): side, 0 bids 1 asks
+S_DIFF_LEVEL = 24  # ... its level (0 = best)
+S_DIFF_TS = 25  # ... the snapshot's ts
+S_DIFF_REPAIR = 26  # ... 1 when a crossed-book repair happened since the previous snapshot
+STATE_SIZE = 32
+# the first disagreement's values, in a float64 vector of DIFF_SIZE: ours (NaN when our side
+# has fewer levels) and the snapshot's
+D_OURS_PX, D_OURS_SZ, D_THEIRS_PX, D_THEIRS_SZ = 0, 1, 2, 3
+DIFF_SIZE = 4
 
 # --- indexes into the int64 params vector --------------------------------------------------
 P_DAY_START = 0
@@ -73,11 +84,16 @@ COUNT_NAMES = (
     "messages_after_day",
     "bad_lines",
     "book_overflow_levels",
+    "snapshots_compared",
+    "snapshots_agreeing",
+    "snapshots_disagreeing",
+    "snapshots_after_repair",
 )
 C_LINES, C_MESSAGES, C_SNAPSHOTS, C_DELTAS, C_BEFORE_SNAPSHOT, C_SEQ_GAPS = 0, 1, 2, 3, 4, 5
 C_CROSSED, C_CROSSED_REMOVED, C_BEFORE_DAY, C_AFTER_DAY, C_BAD_LINES, C_OVERFLOW = (
     6, 7, 8, 9, 10, 11,
 )
+C_SNAP_COMPARED, C_SNAP_AGREEING, C_SNAP_DISAGREEING, C_SNAP_AFTER_REPAIR = 12, 13, 14, 15
 
 # --- parse status codes ---------------------------------------------------------------------
 OK = 0
@@ -941,6 +957,50 @@ def _apply(book, state, lv_px, lv_sz, first_bid, first_ask, n_bids, n_asks, is_s
 
 
 @helper
+def _compare_snapshot(book, state, lv_px, lv_sz, first_bid, first_ask, n_bids, n_asks, ts, counts, diff):
+    """Compares the book with a snapshot about to replace it (or, after the day, to be skipped).
+
+    Level by level over the depth the snapshot carries: its i-th bid (ask), in the order the
+    message lists them (best first, as Bybit writes them), against our i-th best; price and
+    size must be equal floats (both parsed from the same decimal strings). Bids first, then
+    asks; the first mismatching level of the day's first disagreeing snapshot is kept in
+    state[S_DIFF_*] and diff[D_*]. Runs only at a snapshot, so it costs nothing per delta.
+    The caller decides whether the book is worth comparing (see apply_batch).
+    """
+    counts[C_SNAP_COMPARED] += 1
+    repaired = counts[C_CROSSED_REMOVED] > state[S_REMOVED_AT_SNAPSHOT]
+    if repaired:
+        counts[C_SNAP_AFTER_REPAIR] += 1
+    for side in range(2):
+        sign = 1.0 if side == 0 else -1.0
+        lo = state[S_LO + side]
+        hi = state[S_HI + side]
+        first = first_bid if side == 0 else first_ask
+        for i in range(n_bids if side == 0 else n_asks):
+            theirs_px = lv_px[side, first + i]
+            theirs_sz = lv_sz[side, first + i]
+            ours_px = np.nan
+            ours_sz = np.nan
+            if hi - 1 - i >= lo:
+                ours_px = sign * book[side, hi - 1 - i, 0]
+                ours_sz = book[side, hi - 1 - i, 1]
+            if ours_px == theirs_px and ours_sz == theirs_sz:
+                continue
+            if counts[C_SNAP_DISAGREEING] == 0:
+                state[S_DIFF_SIDE] = side
+                state[S_DIFF_LEVEL] = i
+                state[S_DIFF_TS] = ts
+                state[S_DIFF_REPAIR] = 1 if repaired else 0
+                diff[D_OURS_PX] = ours_px
+                diff[D_OURS_SZ] = ours_sz
+                diff[D_THEIRS_PX] = theirs_px
+                diff[D_THEIRS_SZ] = theirs_sz
+            counts[C_SNAP_DISAGREEING] += 1
+            return
+    counts[C_SNAP_AGREEING] += 1
+
+
+@helper
 def _copy_top(book, state, n_levels, out):
     """Top `n_levels` of each side, best first, into out[4, :] (bid_px, bid_sz, ask_px, ask_sz)."""
     bid_hi = state[S_HI]
@@ -1090,11 +1150,25 @@ def parse_batch(buf, p, n, final, pstate, symbol, header, msg_ts, msg_u, msg_kin
 # --- replaying a parsed batch (the other thread) -----------------------------------------------
 
 
+@helper
+def _book_comparable(state):
+    """Whether a snapshot arriving now is compared: a snapshot built the book and it holds a level."""
+    return state[S_HAVE_SNAPSHOT] == 1 and (
+        state[S_HI] > state[S_LO] or state[S_HI + 1] > state[S_LO + 1]
+    )
+
+
 @njit(cache=True, nogil=True)
 def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state, params, counts,
                 book, second_valid, second_stats, minute_levels, minute_imbalance,
-                minute_msgs, captured, imbalance_depths):
-    """Replays a parsed batch in order: bucketing by ts, sequence checks, book, samples."""
+                minute_msgs, captured, imbalance_depths, diff):
+    """Replays a parsed batch in order: bucketing by ts, sequence checks, book, samples.
+
+    A snapshot that meets a valid book (one snapshot applied before, some level on either side)
+    is first compared with it (`_compare_snapshot`): the day's first snapshot is not. So is the
+    next day's opening snapshot at the file's end (at or after the day's end, never applied),
+    unless a delta of the next day came before it (the book is then behind: not compared).
+    """
     first_bid = 0
     first_ask = 0
     day_start = params[P_DAY_START]
@@ -1113,6 +1187,12 @@ def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state
         state[S_LAST_MSG_TS] = ts
         if ts >= day_end:
             counts[C_AFTER_DAY] += 1
+            if not is_snapshot:
+                state[S_STALE] = 1
+            elif state[S_STALE] == 0 and _book_comparable(state):
+                _compare_snapshot(book, state, lv_px, lv_sz, first_bid, first_ask, n_bids, n_asks, ts,
+                                  counts, diff)
+                state[S_REMOVED_AT_SNAPSHOT] = counts[C_CROSSED_REMOVED]
         elif not is_snapshot and state[S_HAVE_SNAPSHOT] == 0:
             counts[C_BEFORE_SNAPSHOT] += 1
         else:
@@ -1121,6 +1201,10 @@ def apply_batch(header, msg_ts, msg_u, msg_kind, msg_levels, lv_px, lv_sz, state
                            params, second_valid, second_stats, minute_levels, minute_imbalance,
                            captured, imbalance_depths)
             if is_snapshot:
+                if _book_comparable(state):
+                    _compare_snapshot(book, state, lv_px, lv_sz, first_bid, first_ask, n_bids, n_asks, ts,
+                                      counts, diff)
+                state[S_REMOVED_AT_SNAPSHOT] = counts[C_CROSSED_REMOVED]
                 counts[C_SNAPSHOTS] += 1
                 state[S_HAVE_SNAPSHOT] = 1
             else:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..storage import write_parquet_atomic
+from .quality import SnapshotAgreement
 from .reader import OrderBookInputError
 from .replay import DayReplay, ReplayConfig, replay_file
 from .sampling import minute_frame
@@ -75,17 +76,24 @@ class EtlSummary:
     counts: dict[str, int]
     valid_share: float
     gap_intervals: list[tuple[str, str]] = field(default_factory=list)
+    snapshots: SnapshotAgreement | None = None  # the book against Bybit's snapshots (counts also in `counts`)
 
     @property
     def mb_per_s(self) -> float:
         return self.bytes_in / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+    def _snapshot_text(self) -> str:
+        c = self.counts
+        compared = c.get("snapshots_compared", 0)
+        return f"snapshots agree {compared - c.get('snapshots_disagreeing', 0)}/{compared}"
 
     def line(self) -> str:
         c = self.counts
         return (
             f"{self.day} {self.symbol} ob{self.source_depth}: {self.rows} rows -> {self.output} "
             f"({self.bytes_out / 1e6:.1f} MB) | {c['n_messages']:,} msgs, {c['n_snapshots']} snapshots, "
-            f"{c['seq_gaps']} gaps, {c['crossed_messages']} crossed, {c['bad_lines']} bad lines | "
+            f"{c['seq_gaps']} gaps, {c['crossed_messages']} crossed, {c['bad_lines']} bad lines, "
+            f"{self._snapshot_text()} | "
             f"valid {self.valid_share:.1%} | {self.seconds:.2f} s, {self.mb_per_s:.0f} MB/s"
         )
 
@@ -98,6 +106,7 @@ def parquet_metadata(replay: DayReplay, symbol: str, source: Path) -> dict[str, 
         "quantgod.date": replay.day.isoformat(),
         "quantgod.counts": json.dumps(replay.counts),
         "quantgod.valid_share": f"{replay.valid_share:.6f}",
+        **replay.snapshots.parquet_metadata(),  # quantgod.snapshots.{compared,agreeing,...,first_disagreement}
     }
 
 
@@ -173,4 +182,5 @@ def convert_day(
         counts=replay.counts,
         valid_share=replay.valid_share,
         gap_intervals=gap_intervals(replay.second_valid),
+        snapshots=replay.snapshots,
     )

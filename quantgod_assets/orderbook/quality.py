@@ -8,12 +8,18 @@ layer (`assets/book.py`) turns outcomes into `AssetCheckResult`s; nothing here i
 - `schema`: the exact 200-level column set, order and types, and 1440 rows.
 - `gaps`: the share of invalid seconds; WARN above `warn_share`, ERROR above `fail_share`.
 - `not_crossed`: no minute closes with best bid >= best ask (spread <= 0).
+- `snapshot_agreement`: the replayed book agreed with every full snapshot Bybit sent mid-file or
+  at the end (the replay compares them: `SnapshotAgreement`); WARN on any disagreement, naming
+  the first one. Its figures come from the replay, or from the Parquet's `quantgod.snapshots.*`
+  metadata for a file checked on its own.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,17 +32,20 @@ from .schema import MINUTES_PER_DAY, SECONDS_PER_DAY, book_schema
 __all__ = [
     "CHECK_NAMES",
     "CheckOutcome",
+    "SnapshotAgreement",
+    "SnapshotDisagreement",
     "check_gaps",
     "check_no_nan_or_inf",
     "check_not_crossed",
     "check_schema",
+    "check_snapshot_agreement",
     "markdown_table",
     "minute_gap_intervals",
     "run_checks",
 ]
 
 ERROR, WARN = "ERROR", "WARN"
-CHECK_NAMES = ("no_nan_or_inf", "schema", "gaps", "not_crossed")
+CHECK_NAMES = ("no_nan_or_inf", "schema", "gaps", "not_crossed", "snapshot_agreement")
 FIRST_BAD = 10  # bad minutes listed in the metadata
 
 
@@ -52,6 +61,110 @@ class CheckOutcome:
     @property
     def failed_error(self) -> bool:
         return not self.passed and self.severity == ERROR
+
+
+SNAPSHOT_KEYS = ("compared", "agreeing", "disagreeing", "after_repair")  # quantgod.snapshots.<key>
+SNAPSHOT_FIRST_KEY = "quantgod.snapshots.first_disagreement"
+
+
+@dataclass(frozen=True)
+class SnapshotDisagreement:
+    """The first level where the replayed book differed from a Bybit snapshot."""
+
+    ts_ms: int  # the snapshot's ts
+    side: str  # "bid" or "ask"
+    level: int  # 0 = best
+    ours_price: float | None  # None: our side holds fewer levels than the snapshot
+    ours_size: float | None
+    bybit_price: float
+    bybit_size: float
+    repair_since_previous_snapshot: bool  # a crossed-book repair removed levels since the last snapshot
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ts_ms": self.ts_ms, "time": self.time_text(), "side": self.side, "level": self.level,
+            "ours_price": self.ours_price, "ours_size": self.ours_size,
+            "bybit_price": self.bybit_price, "bybit_size": self.bybit_size,
+            "repair_since_previous_snapshot": self.repair_since_previous_snapshot,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SnapshotDisagreement:
+        def number(key: str) -> float | None:
+            value = values.get(key)
+            return None if value is None else float(value)
+
+        return cls(
+            ts_ms=int(values["ts_ms"]), side=str(values["side"]), level=int(values["level"]),
+            ours_price=number("ours_price"), ours_size=number("ours_size"),
+            bybit_price=float(values["bybit_price"]), bybit_size=float(values["bybit_size"]),
+            repair_since_previous_snapshot=bool(values["repair_since_previous_snapshot"]),
+        )
+
+    def time_text(self) -> str:
+        """`2025-03-14 06:00:00.123 UTC`"""
+        try:
+            moment = dt.datetime.fromtimestamp(self.ts_ms / 1000, dt.UTC)
+        except (OverflowError, ValueError, OSError):
+            return f"ts {self.ts_ms}"
+        return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{self.ts_ms % 1000:03d} UTC"
+
+    def text(self) -> str:
+        """`bid level 3 at 2025-03-14 18:00:00.012 UTC: ours 84325.1 x 0.5, Bybit's 84325.1 x 0.7`"""
+        ours = "none" if self.ours_price is None else f"{self.ours_price!r} x {self.ours_size!r}"
+        return (f"{self.side} level {self.level} at {self.time_text()}: ours {ours}, "
+                f"Bybit's {self.bybit_price!r} x {self.bybit_size!r}")
+
+
+@dataclass(frozen=True)
+class SnapshotAgreement:
+    """How the replayed book compared with Bybit's snapshots (see `_kernel._compare_snapshot`).
+
+    A snapshot is compared when it meets a valid book: not the day's first; the next day's
+    opening snapshot at the file's end is, unless a delta of the next day preceded it.
+    `after_repair`: compared snapshots with a crossed-book repair since the previous snapshot.
+    """
+
+    compared: int
+    agreeing: int
+    disagreeing: int
+    after_repair: int = 0
+    first_disagreement: SnapshotDisagreement | None = None
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], first: SnapshotDisagreement | None) -> SnapshotAgreement:
+        values = [int(counts.get(f"snapshots_{key}", 0)) for key in SNAPSHOT_KEYS]
+        return cls(values[0], values[1], values[2], values[3], first)
+
+    def parquet_metadata(self) -> dict[str, str]:
+        """The `quantgod.snapshots.*` key-value metadata of the day's Parquet file."""
+        out = {f"quantgod.snapshots.{key}": str(getattr(self, key)) for key in SNAPSHOT_KEYS}
+        first = self.first_disagreement
+        out[SNAPSHOT_FIRST_KEY] = json.dumps(None if first is None else first.as_dict())
+        return out
+
+    @classmethod
+    def from_parquet_metadata(cls, metadata: Mapping[str, str] | Mapping[bytes, bytes]) -> SnapshotAgreement | None:
+        """The figures back from a Parquet's key-value metadata; None for a file written without them."""
+        text = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in metadata.items()}
+        if any(f"quantgod.snapshots.{key}" not in text for key in SNAPSHOT_KEYS):
+            return None
+        first = json.loads(text.get(SNAPSHOT_FIRST_KEY) or "null")
+        values = [int(text[f"quantgod.snapshots.{key}"]) for key in SNAPSHOT_KEYS]
+        return cls(values[0], values[1], values[2], values[3],
+                   None if first is None else SnapshotDisagreement.from_dict(first))
+
+    def summary(self) -> dict[str, Any]:
+        """Plain values for metadata: the counts and the first disagreement (or None)."""
+        first = self.first_disagreement
+        return {
+            "snapshots_compared": self.compared,
+            "snapshots_agreeing": self.agreeing,
+            "snapshots_disagreeing": self.disagreeing,
+            "snapshots_after_repair": self.after_repair,
+            "first_disagreement": None if first is None else first.as_dict(),
+        }
 
 
 def markdown_table(frame: pl.DataFrame, float_digits: int = 6) -> str:
@@ -211,18 +324,61 @@ def check_not_crossed(frame: pl.DataFrame) -> CheckOutcome:
     )
 
 
+def check_snapshot_agreement(snapshots: SnapshotAgreement | None) -> CheckOutcome:
+    """WARN when the replayed book differed from any Bybit snapshot it met; never blocking."""
+    name = "snapshot_agreement"
+    if snapshots is None:
+        return CheckOutcome(name, True, WARN, "no snapshot comparison recorded for this day (a file written "
+                                              "before the replay compared snapshots): nothing to check",
+                            {"snapshots_compared": None})
+    metadata = {k: v for k, v in snapshots.summary().items() if v is not None}
+    if snapshots.compared == 0:
+        return CheckOutcome(name, True, WARN, "no snapshot compared: the day holds none after its first "
+                                              "(no mid-file restart, no next-day snapshot at the end)", metadata)
+    first = snapshots.first_disagreement
+    if snapshots.disagreeing == 0 or first is None:
+        return CheckOutcome(name, True, WARN, f"the book agreed with all {snapshots.compared} snapshot(s) "
+                                              "compared, level by level", metadata)
+    repair = ("a crossed-book repair removed levels since the previous snapshot"
+              if first.repair_since_previous_snapshot else "no crossed-book repair since the previous snapshot")
+    details = markdown_table(pl.DataFrame({
+        "time": [first.time_text()], "side": [first.side], "level": [first.level],
+        "ours_price": [first.ours_price], "ours_size": [first.ours_size],
+        "bybit_price": [first.bybit_price], "bybit_size": [first.bybit_size],
+    }, schema={"time": pl.String, "side": pl.String, "level": pl.Int64, "ours_price": pl.Float64,
+               "ours_size": pl.Float64, "bybit_price": pl.Float64, "bybit_size": pl.Float64}), float_digits=15)
+    return CheckOutcome(
+        name, False, WARN,
+        f"the book disagreed with {snapshots.disagreeing} of {snapshots.compared} snapshot(s); first: "
+        f"{first.text()} ({repair})",
+        metadata,
+        details,
+    )
+
+
 def run_checks(
     frame_or_path: pl.DataFrame | str | Path,
     *,
     warn_share: float = 0.01,
     fail_share: float = 0.10,
     intervals: Sequence[tuple[str, str]] | None = None,
+    snapshots: SnapshotAgreement | None = None,
 ) -> list[CheckOutcome]:
-    """All four checks, in `CHECK_NAMES` order."""
-    frame = frame_or_path if isinstance(frame_or_path, pl.DataFrame) else pl.read_parquet(frame_or_path)
+    """All five checks, in `CHECK_NAMES` order.
+
+    `snapshots`: the replay's snapshot comparison; for a path without it, read from the file's
+    `quantgod.snapshots.*` metadata (absent in files written before it: the check then passes).
+    """
+    if isinstance(frame_or_path, pl.DataFrame):
+        frame = frame_or_path
+    else:
+        frame = pl.read_parquet(frame_or_path)
+        if snapshots is None:
+            snapshots = SnapshotAgreement.from_parquet_metadata(pl.read_parquet_metadata(frame_or_path))
     return [
         check_no_nan_or_inf(frame),
         check_schema(frame),
         check_gaps(frame, warn_share, fail_share, intervals),
         check_not_crossed(frame),
+        check_snapshot_agreement(snapshots),
     ]

@@ -19,6 +19,14 @@ The rules, applied literally:
   else `seq_gaps += 1` (the replay carries on). A snapshot sets `u` without a check.
 - Messages with `ts` before the day are applied but not sampled (`messages_before_day`);
   messages with `ts` at or after the day's end are not applied (`messages_after_day`).
+- A snapshot that meets a valid book (a snapshot applied before, a level on either side) is
+  first compared with it: its i-th bid (ask), as the message lists them, against our i-th best
+  bid (ask), over the levels the snapshot carries, as (float(price string), float(size string));
+  a level we lack compares as (NaN, NaN). Bids first, then asks. `snapshots_compared`, then
+  `snapshots_agreeing` or `snapshots_disagreeing`; `snapshots_after_repair` when levels were
+  removed by the crossing rule since the previous snapshot. The first mismatching level of the
+  first disagreeing snapshot is `first_disagreement`. A snapshot at or after the day's end is
+  compared too (not applied), unless a delta at or after the day's end came before it.
 - Sample k (0 … 86,399) is the book after every message with `ts < day_start + (k+1)*1000`;
   it is valid when a snapshot has been applied, both sides are non-empty and the last applied
   message is at most `max_silence_s` old at the sample time.
@@ -68,6 +76,10 @@ COUNT_KEYS = (
     "messages_before_day",
     "messages_after_day",
     "bad_lines",
+    "snapshots_compared",
+    "snapshots_agreeing",
+    "snapshots_disagreeing",
+    "snapshots_after_repair",
 )
 
 Level = tuple[float, float]
@@ -81,6 +93,10 @@ class ReferenceResult:
     minute_rows: list[dict[str, float | int]]  # 1440 rows keyed by the book columns, no "ts"
     # for k < capture_seconds: (top out_levels bids best-first, top asks best-first), every sample
     captured: list[tuple[list[Level], list[Level]]] = field(default_factory=list)
+    # the first level where the book differed from a snapshot: ts_ms, side ("bid"/"ask"), level,
+    # ours_price, ours_size (None when we lack the level), bybit_price, bybit_size,
+    # repair_since_previous_snapshot; None when every compared snapshot agreed
+    first_disagreement: dict[str, object] | None = None
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -346,6 +362,25 @@ def reference_replay(
         while len(samples) < SECONDS_PER_DAY and day_start + (len(samples) + 1) * 1000 <= ts:
             take_sample(len(samples))
 
+    first_disagreement: dict[str, object] | None = None
+    removed_at_snapshot = 0  # crossed_levels_removed when the previous snapshot came
+    stale = False  # a delta at or after the day's end was skipped: the book is behind the file
+
+    def compare(msg: _Message) -> None:
+        nonlocal first_disagreement, removed_at_snapshot
+        if have_snapshot and (book.bids or book.asks):
+            counts["snapshots_compared"] += 1
+            repaired = counts["crossed_levels_removed"] > removed_at_snapshot
+            counts["snapshots_after_repair"] += repaired
+            found = _first_mismatch(book, msg)
+            if found is None:
+                counts["snapshots_agreeing"] += 1
+            else:
+                if counts["snapshots_disagreeing"] == 0:
+                    first_disagreement = {"ts_ms": msg.ts, **found, "repair_since_previous_snapshot": repaired}
+                counts["snapshots_disagreeing"] += 1
+        removed_at_snapshot = counts["crossed_levels_removed"]
+
     for line in lines:
         if isinstance(line, bytes):
             line = line.rstrip(b"\r\n")
@@ -365,12 +400,17 @@ def reference_replay(
         counts["n_messages"] += 1
         if msg.ts >= day_end:
             counts["messages_after_day"] += 1
+            if not msg.is_snapshot:
+                stale = True
+            elif not stale:
+                compare(msg)
             continue
         if not msg.is_snapshot and not have_snapshot:
             counts["deltas_before_snapshot"] += 1
             continue
         sample_until(msg.ts)
         if msg.is_snapshot:
+            compare(msg)
             counts["n_snapshots"] += 1
             have_snapshot = True
         else:
@@ -398,7 +438,25 @@ def reference_replay(
         second_mid=[s.mid for s in samples],
         minute_rows=[_minute_row(samples, m, out_levels, minute_msgs[m]) for m in range(MINUTES_PER_DAY)],
         captured=captured,
+        first_disagreement=first_disagreement,
     )
+
+
+def _first_mismatch(book: _Book, msg: _Message) -> dict[str, object] | None:
+    """The snapshot's first level (bids, then asks) that differs from our level of the same rank."""
+    ours_bids, ours_asks = book.top(max(len(msg.bids), len(msg.asks)))
+    for side, ours, theirs in (("bid", ours_bids, msg.bids), ("ask", ours_asks, msg.asks)):
+        for i, (_, _, price_s, size_s) in enumerate(theirs):
+            bybit_price, bybit_size = float(price_s), float(size_s)
+            if i < len(ours) and ours[i][0] == bybit_price and ours[i][1] == bybit_size:
+                continue
+            return {
+                "side": side, "level": i,
+                "ours_price": ours[i][0] if i < len(ours) else None,
+                "ours_size": ours[i][1] if i < len(ours) else None,
+                "bybit_price": bybit_price, "bybit_size": bybit_size,
+            }
+    return None
 
 
 def _uncross(book: _Book, msg: _Message, counts: dict[str, int]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _kernel as k
+from .quality import SnapshotAgreement, SnapshotDisagreement
 from .reader import ChunkPool, OrderBookInputError, pooled_chunks, prefetched
 from .schema import IMBALANCE_DEPTHS, MINUTES_PER_DAY, OUT_LEVELS, SECONDS_PER_DAY
 
@@ -23,7 +24,16 @@ BOOK_CAPACITY = 4096  # levels a side kept while replaying: far above the 500 of
 MESSAGE_CAPACITY = 16384  # levels a side in one message
 MAX_LINE_BYTES = 64 << 20  # a real line is ~1 KB (a ob500 snapshot ~25 KB): far more is damage
 
-__all__ = ["DayReplay", "OrderBookInputError", "ReplayConfig", "day_start_ms", "replay_file", "replay_stream"]
+__all__ = [
+    "DayReplay",
+    "OrderBookInputError",
+    "ReplayConfig",
+    "SnapshotAgreement",
+    "SnapshotDisagreement",
+    "day_start_ms",
+    "replay_file",
+    "replay_stream",
+]
 
 
 @dataclass(frozen=True)
@@ -69,10 +79,18 @@ class DayReplay:
     captured: np.ndarray | None = field(default=None, repr=False)  # float64[capture, 4, out_levels]
     first_ts_ms: int = 0  # ts of the file's first and last messages, whatever day they fall on
     last_ts_ms: int = 0
+    # the book against Bybit's snapshots: counts snapshots_compared / _agreeing / _disagreeing /
+    # _after_repair are in `counts`; this is the first level that differed (None: none did)
+    first_disagreement: SnapshotDisagreement | None = None
 
     @property
     def valid_share(self) -> float:
         return float(self.second_valid.mean())
+
+    @property
+    def snapshots(self) -> SnapshotAgreement:
+        """How the replayed book compared with the snapshots it met (see `_kernel._compare_snapshot`)."""
+        return SnapshotAgreement.from_counts(self.counts, self.first_disagreement)
 
 
 def day_start_ms(day: dt.date) -> int:
@@ -315,13 +333,33 @@ class _Replayer:
         self.minute_msgs = np.zeros(MINUTES_PER_DAY, dtype=np.int64)
         self.captured = np.full((config.capture_seconds, 4, levels), np.nan)
         self.imbalance_depths = np.array(IMBALANCE_DEPTHS, dtype=np.int64)
+        self.diff = np.full(k.DIFF_SIZE, np.nan)  # the first snapshot disagreement's values
 
     def apply(self, batch: _Batch) -> None:
         k.apply_batch(
             batch.header, batch.msg_ts, batch.msg_u, batch.msg_kind, batch.msg_levels, batch.lv_px,
             batch.lv_sz, self.state, self.params, self.counts, self.book,
             self.second_valid, self.second_stats, self.minute_levels, self.minute_imbalance,
-            self.minute_msgs, self.captured, self.imbalance_depths,
+            self.minute_msgs, self.captured, self.imbalance_depths, self.diff,
+        )
+
+    def first_disagreement(self) -> SnapshotDisagreement | None:
+        if self.counts[k.C_SNAP_DISAGREEING] == 0:
+            return None
+        state, diff = self.state, self.diff
+
+        def value(i: int) -> float | None:
+            return None if np.isnan(diff[i]) else float(diff[i])
+
+        return SnapshotDisagreement(
+            ts_ms=int(state[k.S_DIFF_TS]),
+            side="bid" if state[k.S_DIFF_SIDE] == 0 else "ask",
+            level=int(state[k.S_DIFF_LEVEL]),
+            ours_price=value(k.D_OURS_PX),
+            ours_size=value(k.D_OURS_SZ),
+            bybit_price=float(diff[k.D_THEIRS_PX]),
+            bybit_size=float(diff[k.D_THEIRS_SZ]),
+            repair_since_previous_snapshot=bool(state[k.S_DIFF_REPAIR]),
         )
 
     def finish(self) -> None:
@@ -423,6 +461,7 @@ def _result(parser: _Parser, replayer: _Replayer, day, config, source_name) -> D
         captured=replayer.captured if config.capture_seconds else None,
         first_ts_ms=int(replayer.state[k.S_FIRST_TS]),
         last_ts_ms=int(replayer.state[k.S_LAST_MSG_TS]),
+        first_disagreement=replayer.first_disagreement(),
     )
 
 

@@ -58,6 +58,10 @@ def assert_engine_matches(ref: ReferenceResult, eng: DayReplay, out_levels: int,
     counts = dict(eng.counts)
     assert counts.pop("book_overflow_levels", 0) == 0, context
     assert counts == ref.counts, f"counts differ {context}\nexpected {ref.counts}\ngot      {counts}"
+    # the book against the snapshots: the first disagreeing level, its values bit for bit
+    first = eng.first_disagreement
+    got_first = None if first is None else {k: v for k, v in first.as_dict().items() if k != "time"}
+    assert got_first == ref.first_disagreement, f"first snapshot disagreement {context}"
 
     if ref.captured:
         expected = _captured_array(ref, out_levels)
@@ -328,3 +332,97 @@ def test_engine_skipping_bad_lines_matches_reference():
     eng = replay_stream([data], DAY, ReplayConfig(out_levels=5, capture_seconds=3, skip_bad_lines=True))
     assert ref.counts["bad_lines"] == 5 and ref.counts["n_lines"] == 7
     assert_engine_matches(ref, eng, 5, "(bad lines)")
+
+
+# --- the book against Bybit's snapshots, on hand-built lines -------------------------------------
+
+
+def _line(kind: str, ts: int, u: int, b: list, a: list) -> str:
+    return json.dumps({"topic": "orderbook.200.X", "type": kind, "ts": ts,
+                       "data": {"s": "X", "b": b, "a": a, "u": u, "seq": u}})
+
+
+BOOK_B = [["100.0", "1"], ["99.5", "2"]]
+BOOK_A = [["101.0", "3"], ["101.5", "4"]]
+
+
+def _both_snapshots(lines: list[str]) -> DayReplay:
+    ref, eng = both(lines, out_levels=5, max_silence_s=60.0, capture_seconds=0)
+    assert_engine_matches(ref, eng, 5, "(snapshots)")
+    return eng
+
+
+def test_snapshots_agreeing_with_the_replayed_book_are_counted_the_first_is_not_compared():
+    lines = [
+        _line("snapshot", T0 + 100, 10, BOOK_B, BOOK_A),
+        _line("delta", T0 + 200, 11, [["99.5", "0"], ["100.0", "1.50"]], [["101.0", "0"]]),
+        # the same book written another way ("100" for "100.0", "1.5" for "1.50"): equal floats
+        _line("snapshot", T0 + 300, 1, [["100", "1.5"]], [["101.5", "4.0"]]),
+        _line("delta", T0 + 400, 2, [["99", "5"]], []),
+        # the snapshot carries one level a side: only our best one is compared
+        _line("snapshot", T0 + 500, 1, [["100.0", "1.5"]], [["101.5", "4"]]),
+    ]
+    eng = _both_snapshots(lines)
+    c = eng.counts
+    assert (c["snapshots_compared"], c["snapshots_agreeing"], c["snapshots_disagreeing"]) == (2, 2, 0)
+    assert eng.first_disagreement is None and eng.snapshots.after_repair == 0
+
+
+def test_a_one_sided_crossing_repair_before_a_disagreeing_snapshot_is_reported():
+    lines = [
+        _line("snapshot", T0 + 100, 10, BOOK_B, BOOK_A),
+        # a bid at the best ask, bids only: the repair removes the ask at 101.0
+        _line("delta", T0 + 200, 11, [["101.0", "7"]], []),
+        # Bybit's book never held that bid (a missed delete on our side, as it looks)
+        _line("snapshot", T0 + 300, 12, BOOK_B, BOOK_A),
+    ]
+    eng = _both_snapshots(lines)
+    assert eng.counts["crossed_levels_removed"] == 1
+    assert eng.counts["snapshots_disagreeing"] == 1 and eng.counts["snapshots_after_repair"] == 1
+    first = eng.first_disagreement
+    assert first is not None and first.repair_since_previous_snapshot
+    assert (first.side, first.level, first.ours_price, first.ours_size) == ("bid", 0, 101.0, 7.0)
+    assert (first.bybit_price, first.bybit_size, first.ts_ms) == (100.0, 1.0, T0 + 300)
+
+
+def test_a_repair_flag_is_per_snapshot_and_a_missing_level_of_ours_is_none():
+    lines = [
+        _line("snapshot", T0 + 100, 10, BOOK_B, BOOK_A),
+        _line("delta", T0 + 200, 11, [], [["99.5", "1"]]),  # asks only: both bids removed
+        _line("snapshot", T0 + 300, 12, [], [["99.5", "1"], *BOOK_A]),  # agrees (bids empty)
+        _line("delta", T0 + 400, 13, [], [["101.5", "0"]]),
+        # no repair since the snapshot before; our asks are two, Bybit's three
+        _line("snapshot", T0 + 500, 14, [["98", "1"]], [["99.5", "1"], ["101.0", "3"], ["102", "1"]]),
+    ]
+    eng = _both_snapshots(lines)
+    c = eng.counts
+    assert (c["snapshots_compared"], c["snapshots_agreeing"], c["snapshots_disagreeing"]) == (2, 1, 1)
+    assert c["snapshots_after_repair"] == 1
+    first = eng.first_disagreement
+    assert first is not None and not first.repair_since_previous_snapshot
+    assert (first.side, first.level, first.ours_price, first.ours_size) == ("bid", 0, None, None)
+    assert "ours none, Bybit's 98.0 x 1.0" in first.text()
+
+
+def test_the_next_days_snapshot_is_compared_unless_a_next_day_delta_came_first():
+    opening = _line("snapshot", T0 + 100, 10, BOOK_B, BOOK_A)
+    closing_other = _line("snapshot", T0 + DAY_MS + 300, 12, BOOK_B, [["101.0", "9"]])
+    eng = _both_snapshots([opening, closing_other])
+    assert eng.counts["messages_after_day"] == 1 and eng.counts["snapshots_disagreeing"] == 1
+    first = eng.first_disagreement
+    assert first is not None and (first.side, first.level, first.ours_size, first.bybit_size) == ("ask", 0, 3.0, 9.0)
+    assert first.time_text() == "2024-03-06 00:00:00.300 UTC"
+    # a delta stamped after midnight is not applied: the book is behind, the snapshot not compared
+    late = _line("delta", T0 + DAY_MS + 200, 11, [["100.0", "2"]], [])
+    eng = _both_snapshots([opening, late, closing_other])
+    assert eng.counts["snapshots_compared"] == 0
+
+
+def test_a_snapshot_onto_an_empty_book_is_not_compared():
+    lines = [
+        _line("delta", T0 + 50, 9, [["100.0", "1"]], []),  # before any snapshot: skipped
+        _line("snapshot", T0 + 100, 10, [], []),  # a delisting: both sides empty
+        _line("snapshot", T0 + 200, 1, BOOK_B, BOOK_A),
+    ]
+    eng = _both_snapshots(lines)
+    assert eng.counts["snapshots_compared"] == 0 and eng.counts["n_snapshots"] == 2
