@@ -182,6 +182,7 @@ def test_class_balance_fails_a_one_class_day_and_blocks_downstream(lab_env):
     assert check.metadata["missing_classes"].value == ["SELL", "BUY"]
     assert check.metadata["counts"].value == {"SELL": 0, "NEUTRAL": 1380, "BUY": 0}
     assert "SELL, BUY absent" in check.description
+    assert check.target_materialization_data is None  # the failure is the rejected output's, not the good file's
     # the day is neither published nor recorded: the good file of the first run stays, no temp file left
     assert labelled(lab_env, DAY1).read_bytes() == good
     folder = labelled(lab_env, DAY1).parent
@@ -191,6 +192,26 @@ def test_class_balance_fails_a_one_class_day_and_blocks_downstream(lab_env):
     text = next((lab_env.logs_dir / "labelling").glob(f"labelling_{SUFFIX}_*.log")).read_text()
     assert "[ERROR] Failed: 2025-03-14.parquet: check class_balance failed" in text
     assert "Not published: " in text and "(the previous file is kept); the rejected output is " in text
+
+
+def test_a_range_with_a_day_failing_its_blocking_check_publishes_the_others(lab_env):
+    write_day(lab_env, DAY1, day_prices())
+    write_day(lab_env, DAY2, np.full(1440, BASE * 1.01))  # one class only: fails class_balance
+    write_day(lab_env, DAY3, day_prices())
+    result = materialize([labelled_frame], partition=(DAY1, DAY3))
+    assert not result.success
+    events = result.asset_materializations_for_node("labelled_frame")
+    assert sorted(e.partition for e in events) == ["2025-03-14", "2025-03-16"]
+    checks = {e.partition: e for e in result.get_asset_check_evaluations()}
+    assert sorted(checks) == ["2025-03-14", "2025-03-15", "2025-03-16"]
+    assert not checks["2025-03-15"].passed and checks["2025-03-15"].target_materialization_data is None
+    assert checks["2025-03-14"].passed and checks["2025-03-14"].target_materialization_data is not None
+    failure = result.failure_data_for_node("labelled_frame").user_failure_data
+    rejected = lab_env.data_dir / "L2" / "labelled" / SUFFIX / "rejected" / "2025-03-15.parquet"
+    assert failure.metadata["failed_days"].value == ["2025-03-15"]
+    assert failure.metadata["rejected_outputs"].value == {"2025-03-15": str(rejected)}
+    assert rejected.is_file() and not labelled(lab_env, DAY2).exists()
+    assert labelled(lab_env, DAY1).is_file() and labelled(lab_env, DAY3).is_file()
 
 
 def test_class_balance_warns_on_a_rare_class(lab_env):

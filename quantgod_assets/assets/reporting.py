@@ -101,17 +101,23 @@ def _target_materialization(context: dg.AssetExecutionContext, asset_key: dg.Ass
 
 
 def partition_evaluation(
-    context: dg.AssetExecutionContext, asset_key: dg.AssetKey, check: CheckOutcome, outcome: DayOutcome
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey, check: CheckOutcome, outcome: DayOutcome,
+    *, of_published: bool,
 ) -> dg.AssetCheckEvaluation:
-    """One day's check as its own evaluation (a `MaterializeResult` carries one partition's only)."""
+    """One day's check as its own evaluation (a `MaterializeResult` carries one partition's only).
+
+    `of_published`: the check ran on the day's published file, so it refers to the day's latest
+    materialization; a rejected output refers to none (the good file before it did not fail).
+    """
     result = check_result(asset_key, check)
     partition = outcome.day.isoformat()
+    target = _target_materialization(context, asset_key, partition) if of_published else None
     return dg.AssetCheckEvaluation(
         asset_key=asset_key,
         check_name=check.name,
         passed=result.passed,
         metadata=result.metadata,
-        target_materialization_data=_target_materialization(context, asset_key, partition),
+        target_materialization_data=target,
         severity=result.severity,
         description=result.description,
         blocking=check.name in outcome.blocking,
@@ -160,15 +166,18 @@ def report_days(
         [outcome] = outcomes
         if outcome.error:
             raise day_failure(outcome.day, outcome.error)
-        results = [check_result(asset_key, c) for c in outcome.checks if c.name in checks]
         if materialize and outcome.published:
+            results = [check_result(asset_key, c) for c in outcome.checks if c.name in checks]
             yield dg.MaterializeResult(asset_key=asset_key, metadata=metadata_values(outcome.metadata),
                                        check_results=results)
             return
-        yield from results
-        if materialize and outcome.reason:  # not published: the previous file stays, nothing is recorded
-            raise day_failure(outcome.day, outcome.reason)
-        return  # checks only: a failed blocking check fails the step here (Dagster does it)
+        if not materialize:  # checks only: a failed blocking check fails the step here (Dagster does it)
+            yield from (check_result(asset_key, c) for c in outcome.checks if c.name in checks)
+            return
+        # not published: the previous file stays, nothing is recorded, its checks refer to no materialization
+        yield from (partition_evaluation(context, asset_key, c, outcome, of_published=False)
+                    for c in outcome.checks if c.name in checks)
+        raise day_failure(outcome.day, outcome.reason or "not published")
 
     published = [o for o in outcomes if o.published] if materialize else []
     if materialize and len(published) == len(outcomes):
@@ -184,6 +193,6 @@ def report_days(
             if check.name in checks:
                 # yielded, not log_event: logged events reach the instance only at the next yield,
                 # so the Failure raised below would drop the good days' check results
-                yield partition_evaluation(context, asset_key, check, o)
+                yield partition_evaluation(context, asset_key, check, o, of_published=o.published or not materialize)
     if any(o.reason for o in outcomes):
         raise days_failure(outcomes)
