@@ -5,17 +5,58 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import polars as pl
 
+# Temp and staged names carry their writer: `.{name}~{pid}@{host}~{random}.tmp`, so the next write
+# of a day can tell a killed writer's leftovers from the live file of a writer still running.
+HOST = socket.gethostname().replace("~", "-")
+FOREIGN_STALE_S = 24 * 3600  # another host's leftovers on a shared mount: only when this old
+
+
+def writer_prefix(output: Path) -> str:
+    return f".{output.name}~{os.getpid()}@{HOST}~"
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there: assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _left_by_a_dead_writer(path: Path, now: float) -> bool:
+    try:
+        writer = path.name.split("~")[1]
+        pid_text, host = writer.split("@", 1)
+        pid = int(pid_text)
+    except (IndexError, ValueError):
+        return False  # not a name this module makes
+    if host == HOST:
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        return now - path.stat().st_mtime > FOREIGN_STALE_S
+    except FileNotFoundError:
+        return False
+
 
 def remove_stale_temps(output: Path) -> None:
-    """Removes temp files a killed write of `output` left behind (one writer a day at a time)."""
-    for stale in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    """Removes the temp and staged files killed writes of `output` left beside it (never a live one's)."""
+    now = time.time()
+    for pattern in (f".{glob.escape(output.name)}~*", f"..{glob.escape(output.name)}~*"):
+        for stale in output.parent.glob(pattern):
+            if _left_by_a_dead_writer(stale, now):
+                stale.unlink(missing_ok=True)
 
 
 @functools.cache
@@ -37,7 +78,7 @@ def write_parquet_atomic(frame: pl.DataFrame, output: Path, metadata: Mapping[st
     remove_stale_temps(output)
     table = frame.to_arrow()
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    fd, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    fd, temp_name = tempfile.mkstemp(prefix=writer_prefix(output), suffix=".tmp", dir=output.parent)
     os.close(fd)
     try:
         # no dictionary pages: float book columns rarely repeat a value, so building them is

@@ -92,12 +92,12 @@ def class_distribution_of(outcome: DayOutcome) -> dict:
 
 
 def test_a_write_clears_the_temp_files_a_killed_write_left_and_follows_the_umask(tmp_path):
-    from quantgod_assets.storage import write_parquet_atomic
+    from quantgod_assets.storage import HOST, write_parquet_atomic
 
     output = tmp_path / "2025-03-14.parquet"
-    stale = tmp_path / ".2025-03-14.parquet.k1ll3d.tmp"  # what a kill -9 during the write leaves
+    stale = tmp_path / f".2025-03-14.parquet~{2**22 + 7}@{HOST}~k1ll3d.tmp"  # a kill -9 during the write
     stale.write_bytes(b"half a file")
-    other_day = tmp_path / ".2025-03-15.parquet.abc.tmp"  # another day's write may be running
+    other_day = tmp_path / f".2025-03-15.parquet~{2**22 + 7}@{HOST}~abc.tmp"  # another day's: not ours
     other_day.write_bytes(b"")
     write_parquet_atomic(pl.DataFrame({"x": [1.0]}), output, {"quantgod.date": "2025-03-14"})
     assert not stale.exists() and other_day.exists()
@@ -129,3 +129,32 @@ def test_the_line_cap_reaches_the_engine_from_etl_yaml(tmp_path, monkeypatch):
     assert settings.etl.max_line_bytes == 100
     outcome = book_stage.produce_day(day, settings, plot=False)
     assert outcome.error and "longer than" in outcome.error  # the snapshot line is over 100 bytes
+
+
+def test_stale_files_of_a_dead_writer_go_a_live_writers_stay(tmp_path):
+    import subprocess
+    import sys
+
+    from quantgod_assets.daily.outcome import staging_path
+    from quantgod_assets.storage import HOST
+
+    final = tmp_path / "2025-03-14.parquet"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)  # a process that has exited: its leftovers are stale
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        left = [tmp_path / f".{final.name}~{dead_pid}@{HOST}~abc.staged",
+                tmp_path / f"..{final.name}~{dead_pid}@{HOST}~abc.staged~{dead_pid}@{HOST}~x.tmp"]
+        live = [tmp_path / f".{final.name}~{alive.pid}@{HOST}~def.staged",
+                tmp_path / f".{final.name}~{dead_pid}@another-host~ghi.tmp"]  # on a shared mount: recent
+        other_day = tmp_path / f".2025-03-15.parquet~{dead_pid}@{HOST}~abc.staged"
+        for path in [*left, *live, other_day]:
+            path.write_bytes(b"")
+        staged = staging_path(final)
+        assert not any(p.exists() for p in left)
+        assert all(p.exists() for p in live) and other_day.exists()
+        assert staged.name.startswith(f".{final.name}~{os.getpid()}@{HOST}~") and staged != staging_path(final)
+    finally:
+        alive.kill()
+        alive.wait()

@@ -127,11 +127,14 @@ def produce_day(day: dt.date, settings: Settings) -> DayOutcome:
         return outcome.fail(str(exc), f"{day}.parquet")
     except Exception as exc:
         return outcome.fail(short_reason(exc), f"{day}.parquet")
-    _finish(outcome, staged, lab, final)
-    if outcome.produced:
-        publish(outcome, staged, final)
-    else:
-        staged.unlink(missing_ok=True)
+    try:
+        _finish(outcome, staged, lab, final)
+        if outcome.produced:
+            publish(outcome, staged, final)
+    except OSError as exc:  # the rename or the move aside (a full or read-only disk)
+        outcome.fail(f"publishing {final}: {short_reason(exc)}", f"{day}.parquet")
+    finally:
+        staged.unlink(missing_ok=True)  # still there only when it was neither published nor rejected
     return outcome
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..orderbook.quality import CheckOutcome
+from ..storage import remove_stale_temps, writer_prefix
 
 __all__ = [
     "CheckOutcome", "DayOutcome", "FilePath", "Markdown", "Url", "describe_failures", "publish", "short_reason",
@@ -84,9 +86,14 @@ class DayOutcome:
 
 
 def staging_path(final: Path) -> Path:
-    """Where a day's output is written and checked before it may replace `final`: a hidden file
-    beside it (same file system, so the rename is atomic) that no `*.parquet` glob matches."""
-    return final.with_name(f".{final.name}.staged")
+    """A new name beside `final` (same file system: the rename is atomic; hidden, and no `*.parquet`
+    glob matches it) where the day's output is written and checked before it may replace `final`.
+
+    Unique to this writer, so two runs of one day never check each other's bytes; what killed
+    writes of `final` left there is removed first.
+    """
+    remove_stale_temps(final)
+    return final.with_name(f"{writer_prefix(final)}{uuid.uuid4().hex[:8]}.staged")
 
 
 def publish(outcome: DayOutcome, staged: Path, final: Path) -> None:
@@ -98,6 +105,7 @@ def publish(outcome: DayOutcome, staged: Path, final: Path) -> None:
     if outcome.published:
         os.replace(staged, final)
         outcome.path = final
+        rejected_path(final).unlink(missing_ok=True)  # an older rejection no longer says anything
         return
     outcome.rejected = rejected_path(final)
     outcome.rejected.parent.mkdir(exist_ok=True)
