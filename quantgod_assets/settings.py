@@ -274,6 +274,13 @@ class LabellingSettings(_Schema):
     price_column: str = "micro_price"
     min_class_share: Share = 0.02  # class_balance warns when a class holds less of a day's labelled rows
 
+    @model_validator(mode="after")
+    def _labels_can_be_named(self) -> LabellingSettings:
+        # the labelling's own rules (lookahead >= 1, short <= 0 <= long, a nameable suffix), at load
+        # rather than when the first stage asks for the folder name
+        self.suffix  # noqa: B018 - computed for the ValueError it raises
+        return self
+
     @property
     def suffix(self) -> str:
         """The labelled folder's name, e.g. `SELL_0004_BUY_0008_1h` (see `labelling.label_suffix`)."""

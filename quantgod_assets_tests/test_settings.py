@@ -275,3 +275,13 @@ def test_good_symbols_load(configs, clean_env):
     assert load_settings().symbol == "ETHUSDT"
     clean_env.setenv("QUANTGOD_SYMBOL", "1000PEPEUSDT")  # the variable wins, checked by the same rule
     assert load_settings().symbol == "1000PEPEUSDT"
+
+
+def test_labelling_rules_fail_at_load_naming_the_file(tmp_path, monkeypatch):
+    for text, words in (("lookahead: 0\n", "lookahead must be a whole number of minutes >= 1"),
+                        ("threshold_short: 0.01\n", "need threshold_short <= 0 <= threshold_long")):
+        (tmp_path / "labelling.yaml").write_text(text)
+        monkeypatch.setenv("QUANTGOD_CONFIG_DIR", str(tmp_path))
+        with pytest.raises(ConfigError) as info:
+            load_settings()
+        assert str(info.value).startswith(f"{tmp_path / 'labelling.yaml'}: ") and words in str(info.value)

@@ -101,10 +101,7 @@ def labelled_frame(context: dg.AssetExecutionContext, quantgod: QuantGodSettings
     lab = settings.labelling
     days = partition_days(context)
     materialize = LABELS in context.selected_asset_keys
-    try:
-        suffix = lab.suffix
-    except ValueError as exc:
-        raise dg.Failure(description=f"labelling settings in {settings.config_dir}: {exc}") from exc
+    suffix = lab.suffix  # valid: the settings check the labelling's rules at load
     workers = settings.etl.worker_count(len(days)) if materialize else 1
     with run_log("labelling", settings.paths.logs_dir, suffix, forward_to=context.log, cumulative=True) as log:
         log.info(config_line(lab.lookahead, lab.threshold_short, lab.threshold_long))
