@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import unquote, unquote_plus
 
 __all__ = [
@@ -187,11 +188,28 @@ class RedactingFilter(logging.Filter):
 _FILTER = RedactingFilter()
 
 
+_REDACTED_LOGGERS: set[str] = set()
+
+
+def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        name = record.name
+        if any(name == n or name.startswith(n + ".") for n in _REDACTED_LOGGERS):
+            _FILTER.filter(record)
+        return record
+
+    factory.quantgod_redacting = True  # type: ignore[attr-defined]  # marks it installed, once per process
+    return factory
+
+
 def redact_library_logs(names: Iterable[str] = ("mlflow", "optuna", "sqlalchemy", "alembic")) -> None:
-    """Adds the redacting filter (once) to these loggers and to their handlers, so a library line
-    that quotes a URL (a connection error, a retry) shows it masked."""
-    for name in names:
-        logger = logging.getLogger(name)
-        for target in [logger, *logger.handlers]:
-            if not any(isinstance(f, RedactingFilter) for f in target.filters):
-                target.addFilter(_FILTER)
+    """Masks URLs in every record of these loggers AND their children (`sqlalchemy.engine.Engine`),
+    when the record is made, so no handler anywhere (a library's own, the root's) sees the secret.
+
+    A filter on a logger would not do: records of child loggers never pass their parents' filters.
+    """
+    _REDACTED_LOGGERS.update(names)
+    current = logging.getLogRecordFactory()
+    if not getattr(current, "quantgod_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(current))

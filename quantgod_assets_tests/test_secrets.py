@@ -160,11 +160,23 @@ def test_the_filter_masks_messages_args_and_tracebacks():
     assert "nothing to hide: 2 trials" in text
 
 
-def test_library_loggers_get_the_filter_once():
+def test_library_loggers_and_their_children_are_masked_once_installed():
     redact_library_logs(["quantgod_assets_tests.secrets.lib"])
-    redact_library_logs(["quantgod_assets_tests.secrets.lib"])
-    logger = logging.getLogger("quantgod_assets_tests.secrets.lib")
-    assert sum(isinstance(f, RedactingFilter) for f in logger.filters) == 1
+    redact_library_logs(["quantgod_assets_tests.secrets.lib"])  # twice: one factory, not two
+    assert getattr(logging.getLogRecordFactory(), "quantgod_redacting", False)
+    written = io.StringIO()
+    child = logging.getLogger("quantgod_assets_tests.secrets.lib.engine.Engine")  # as sqlalchemy logs
+    child.addHandler(handler := logging.StreamHandler(written))
+    other = logging.getLogger("quantgod_assets_tests.secrets.elsewhere")
+    other.addHandler(other_handler := logging.StreamHandler(written))
+    try:
+        child.warning("connect to %s failed", "postgresql://quantgod:s3cret@db/optuna")
+        other.warning("not a library: %s", "kept as is")
+    finally:
+        child.removeHandler(handler)
+        other.removeHandler(other_handler)
+    text = written.getvalue()
+    assert "s3cret" not in text and "postgresql://quantgod:***@db/optuna" in text and "kept as is" in text
 
 
 def test_run_log_file_and_forwarded_lines_never_hold_a_password(tmp_path):
