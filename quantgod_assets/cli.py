@@ -1,7 +1,7 @@
 """`quantgod etl | generate | demo | plots`: the command line over the plain modules.
 
 An expected failure (bad or missing input, an encrypted ZIP, a full disk, an output that would
-replace the input or is a folder, bad settings) prints one line per problem, `error: <file>: <what
+replace the input or is a folder, bad settings) prints one line, `error: <file>: <what
 is wrong>`, on stderr and exits 2; anything else is a bug and keeps its traceback.
 """
 
