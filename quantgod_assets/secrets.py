@@ -194,7 +194,7 @@ _REDACTED_LOGGERS: set[str] = set()
 def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
-        name = record.name
+        name = str(record.name or "")  # Dagster makes records with no name
         if any(name == n or name.startswith(n + ".") for n in _REDACTED_LOGGERS):
             _FILTER.filter(record)
         return record

@@ -152,6 +152,7 @@ def test_optimization_then_model_in_process(ml_env):
     # the bundle reloads without any config and gives the logits of the model the run logged
     path = ml_env.data_dir / "models" / "quantgod_cloud_model.pth"
     assert Path(meta["model_path"].value) == path.resolve()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # the mid-training checkpoint is gone
     loaded, bundle = load_model(path)
     assert bundle["label_settings"]["suffix"] == SUFFIX and len(bundle["feature_names"]) == 47
     assert bundle["spec"]["arch"] == "tcn_lstm" and len(bundle["scaler"]["mean"]) == 47

@@ -177,6 +177,8 @@ def test_library_loggers_and_their_children_are_masked_once_installed():
         other.removeHandler(other_handler)
     text = written.getvalue()
     assert "s3cret" not in text and "postgresql://quantgod:***@db/optuna" in text and "kept as is" in text
+    nameless = logging.getLogRecordFactory()(None, logging.INFO, __file__, 1, "no name", None, None)
+    assert nameless.getMessage() == "no name"  # Dagster makes such records: the factory must pass them
 
 
 def test_run_log_file_and_forwarded_lines_never_hold_a_password(tmp_path):

@@ -175,9 +175,12 @@ def train_final_model(
         "days": [d.isoformat() for d in data.labelled.days], "split": data.sizes(), "purge_minutes": data.split.purge,
     }
     path = settings.paths.model_path
+    # mid-training checkpoints go beside the model file: a run that dies leaves the last finished
+    # model in place, not a half-trained one under its name
+    checkpoint_path = path.with_name(f"{path.stem}.checkpoint{path.suffix}")
 
     def checkpoint(m: Any, metrics: Any) -> None:
-        save_model(path, m, feature_names=data.arrays.feature_names, scaler_dict=data.scaler.to_dict(),
+        save_model(checkpoint_path, m, feature_names=data.arrays.feature_names, scaler_dict=data.scaler.to_dict(),
                    label_settings=label_settings, metrics={"best_val_f1_macro": metrics.f1_macro,
                                                            "best_epoch": metrics.epoch}, extra=extra)
 
@@ -219,6 +222,7 @@ def train_final_model(
                         **{f"test_{k}": v for k, v in test.items()}},
                extra={**extra, "baselines_test_f1_macro": {k: v["f1_macro"] for k, v in baselines.items()},
                       "backtest": bt})
+    checkpoint_path.unlink(missing_ok=True)
     log.info(f"Model saved: {path}")
 
     features_png, correlation_png_ = feature_pictures(data)
