@@ -28,11 +28,14 @@ def run_days(
     days: Sequence[Day],
     workers: int,
     on_result: Callable[[Day, Any, BaseException | None], None],
+    on_retry: Callable[[list[Day]], None] | None = None,
 ) -> None:
     """Calls `fn(day)` for every day and `on_result(day, result, error)` as each one finishes.
 
     A day that raises (or whose worker dies) gives `error` and never stops the others. `fn` must
-    pickle (a module-level function, or a functools.partial of one) when `workers` > 1.
+    pickle (a module-level function, or a functools.partial of one) when `workers` > 1. When a
+    worker died and broke the pool, `on_retry(days)` is told the days about to be retried, each
+    in a process of its own (before any of them is).
     """
     if len(days) <= 1 or workers <= 1:
         for day in days:
@@ -45,6 +48,8 @@ def run_days(
         return
     unfinished = _run_pooled(fn, days, workers, on_result)
     if unfinished:
+        if on_retry is not None:
+            on_retry(unfinished)
         # A dead worker (the OOM killer, a crash in native code) breaks the whole pool and every
         # day still in it, and which day killed it is unknown: each of those days is tried once
         # more in a process of its own, so only a day that kills its worker again fails.

@@ -122,6 +122,7 @@ SLOW = {
     "test_cli_dagster.py::test_cli_two_day_range_is_one_run",  # 8
     "test_cli_dagster.py::test_cli_range_with_a_corrupt_day_finishes_the_others",  # 8
     "test_cli_dagster.py::test_cli_missing_day_and_missing_root_fail_in_one_line",  # 12 (two CLI runs)
+    "test_cli_dagster.py::test_cli_a_worker_killed_mid_range_costs_no_day",  # 25-35 (generates 3 days)
     "test_cli_errors.py::test_generate_full_disk_and_out_a_file",  # 4.6
     "test_cli_errors.py::test_etl_full_disk_names_the_output_and_leaves_nothing",  # 3
     "test_assets_labels.py::test_cli_range_labels_two_days_in_one_run",  # 7

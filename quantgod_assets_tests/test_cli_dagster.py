@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import psutil
 
 from quantgod_assets.launch import materialize_range
 
@@ -141,3 +146,85 @@ def test_cli_missing_day_and_missing_root_fail_in_one_line(qg_env, tmp_path):
         assert len(stacks) == 2 and stacks[0] == stacks[1], output  # one stack, printed twice
         assert "Traceback" not in output and "caused by" not in output and "during handling" not in output
     assert not qg_env.preprocessed(dt.date(2025, 5, 1)).exists()
+
+
+def _busy_pool_worker(run_pid: int) -> tuple[psutil.Process, Path] | None:
+    """A pool worker of the run (a process forked by multiprocessing's forkserver, below the CLI)
+    holding a day's archive open, and that archive; None while there is none."""
+    try:
+        below = psutil.Process(run_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return None
+    for process in below:
+        try:
+            parent = process.parent()
+            forked = parent is not None and all(
+                "multiprocessing.forkserver" in " ".join(p.cmdline()) for p in (process, parent)
+            )
+            archives = [Path(f.path) for f in process.open_files() if f.path.endswith(".data.zip")]
+        except psutil.Error:  # gone meanwhile
+            continue
+        if forked and archives:
+            return process, archives[0]
+    return None
+
+
+def test_cli_a_worker_killed_mid_range_costs_no_day(tmp_path):
+    """`kill -9` on a busy pool worker of a real CLI range run (as the OOM killer would): the pool
+    breaks, the days it held unfinished are retried each in a process of its own (the kill does not
+    repeat there), so the run succeeds with every day materialized, checked and published, and
+    its log says which days were retried."""
+    import threading
+
+    from quantgod_assets.orderbook.synthetic import generate_days
+
+    from .builders import make_env
+
+    first = dt.date(2025, 4, 1)
+    days = [first + dt.timedelta(days=k) for k in range(3)]
+    # three hours of 100 ms messages a day: a worker replays one for a second or two
+    paths = generate_days(first, len(days), tmp_path / "archives", seed=9, duration_s=3 * 3600)
+    env = make_env(tmp_path / "env", dict(zip(days, paths)))
+    finished: dict[str, subprocess.CompletedProcess] = {}
+
+    def go() -> None:
+        finished["run"] = run(env, days[0], days[-1], config_overrides={"etl.yaml": {"workers": 2}})
+
+    before = {p.pid for p in psutil.Process().children()}
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    found = None
+    while thread.is_alive() and found is None:
+        for child in psutil.Process().children():
+            if child.pid not in before:
+                found = _busy_pool_worker(child.pid)
+                if found:
+                    break
+        time.sleep(0.02)
+    assert found is not None, "the run ended before a pool worker was seen busy with a day"
+    worker, archive = found
+    killed_day = dt.date.fromisoformat(archive.name[:10])
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)  # not our child: gone, its status is the pool's to read
+    assert not worker.is_running()
+    thread.join(timeout=240)
+    assert not thread.is_alive()
+
+    done = finished["run"]
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "Done: 3 of 3 day(s) succeeded" in output and "worker killed" not in output
+    retried = re.search(r"A worker process died \(killed, out of memory\?\) and broke the pool: (\d) day\(s\) "
+                        r"retried, each in a process of its own: ([-\d, ]+)", output)
+    assert retried is not None, output[-4000:]
+    retried_days = [dt.date.fromisoformat(d) for d in retried.group(2).split(", ")]
+    assert killed_day in retried_days and int(retried.group(1)) == len(retried_days)
+    # every day materialized (one run), checked and published
+    found_runs = materializations(env)
+    assert sorted(found_runs) == [d.isoformat() for d in days]
+    assert len({run_id for ids in found_runs.values() for run_id in ids}) == 1
+    assert {("schema", d.isoformat()) for d in days} <= check_partitions(env)
+    for day in days:
+        assert pl.read_parquet(env.preprocessed(day)).height == 1440
+    text = next((env.logs_dir / "etl").glob("etl_*.log")).read_text()
+    assert "[WARNING] A worker process died" in text and f"{killed_day}" in text

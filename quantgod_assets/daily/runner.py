@@ -2,8 +2,10 @@
 
 The stage's per-day function (`work`) returns a `DayOutcome` and never raises for a bad day; it runs
 in-process for one day or one worker, else on a process pool (`day_pool.run_days`). A worker that
-dies (the OOM killer, a crash in native code) fails its own day, never the others. Workers do not
-write the log: each outcome carries its lines and the parent writes them as the day finishes.
+dies (the OOM killer, a crash in native code) breaks the pool: the days it held unfinished are
+retried, each in a process of its own (a WARNING names them), so only a day that kills its worker
+again fails, and never the others. Workers do not write the log: each outcome carries its lines and
+the parent writes them as the day finishes.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ def run_stage(
         outcomes[day] = outcome
         write_lines(log, outcome)
 
-    run_days(work, days, workers, done)
+    def retrying(lost: list[dt.date]) -> None:
+        log.warning(f"A worker process died (killed, out of memory?) and broke the pool: {len(lost)} day(s) "
+                    f"retried, each in a process of its own: {', '.join(str(d) for d in lost)}")
+
+    run_days(work, days, workers, done, on_retry=retrying)
     ordered = [outcomes[d] for d in days]
     for line in summarize(ordered) if summarize else []:
         log.info(line)
