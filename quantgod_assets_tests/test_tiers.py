@@ -3,6 +3,7 @@ tables in conftest.py that assign them (and `slow`) name modules and tests that 
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -27,6 +28,23 @@ def test_every_test_module_on_disk_has_a_tier(tier_tables):
         f"in TIERS but gone: {sorted(set(tier_tables['tiers']) - on_disk)}"
     )
     assert set(tier_tables["tiers"].values()) | set(tier_tables["tier_of_test"].values()) <= set(tier_tables["names"])
+
+
+def test_no_test_module_imports_another(tier_tables):
+    """Shared pieces live in builders.py (or conftest fixtures), so a module runs and reads alone."""
+    folder = tier_tables["dir"]
+    offenders = []
+    for path in sorted(folder.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or "", *(a.name for a in node.names)] if node.level else [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any(part.startswith("test_") for name in names for part in name.split(".")):
+                offenders.append(f"{path.relative_to(folder)}:{node.lineno}")
+    assert not offenders, f"test modules importing other test modules: {offenders}"
 
 
 def test_per_test_entries_name_test_functions_that_exist(tier_tables):

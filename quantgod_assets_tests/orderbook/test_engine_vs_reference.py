@@ -14,89 +14,21 @@ import random
 from decimal import Decimal
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quantgod_assets.orderbook.reference import ReferenceResult, read_lines, reference_replay
+from quantgod_assets.orderbook.reference import read_lines, reference_replay
 from quantgod_assets.orderbook.replay import DayReplay, ReplayConfig, replay_file, replay_stream
-from quantgod_assets.orderbook.sampling import minute_frame
-from quantgod_assets.orderbook.schema import STAT_COLUMNS, level_columns
+
+from ..builders import ENGINE_DAY, ENGINE_T0, assert_engine_matches
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "bybit"
 XRP = FIXTURES / "2024-12-01_XRPUSDT_ob500.data.zip"
 SPOT = FIXTURES / "2026-04-22_BTCUSDT_spot_ob200_first300s.jsonl.gz"
 
-DAY = dt.date(2024, 3, 5)
-T0 = int(dt.datetime(2024, 3, 5, tzinfo=dt.UTC).timestamp()) * 1000
+DAY, T0 = ENGINE_DAY, ENGINE_T0
 DAY_MS = 86_400_000
-
-
-# --- comparing one engine result with the reference's -------------------------------------------
-
-
-def _captured_array(ref: ReferenceResult, out_levels: int) -> np.ndarray:
-    out = np.full((len(ref.captured), 4, out_levels), np.nan)
-    for k, (bids, asks) in enumerate(ref.captured):
-        for i, (px, sz) in enumerate(bids):
-            out[k, 0, i] = px
-            out[k, 1, i] = sz
-        for i, (px, sz) in enumerate(asks):
-            out[k, 2, i] = px
-            out[k, 3, i] = sz
-    return out
-
-
-def _first_difference(expected: np.ndarray, got: np.ndarray) -> tuple[int, ...]:
-    same = (expected == got) | (np.isnan(expected) & np.isnan(got))
-    return tuple(int(i) for i in np.argwhere(~same)[0])
-
-
-def assert_engine_matches(ref: ReferenceResult, eng: DayReplay, out_levels: int, context: str = "") -> None:
-    counts = dict(eng.counts)
-    assert counts.pop("book_overflow_levels", 0) == 0, context
-    assert counts == ref.counts, f"counts differ {context}\nexpected {ref.counts}\ngot      {counts}"
-    # the book against the snapshots: the first disagreeing level, its values bit for bit
-    first = eng.first_disagreement
-    got_first = None if first is None else {k: v for k, v in first.as_dict().items() if k != "time"}
-    assert got_first == ref.first_disagreement, f"first snapshot disagreement {context}"
-
-    if ref.captured:
-        expected = _captured_array(ref, out_levels)
-        got = eng.captured
-        assert got is not None and got.shape == expected.shape, context
-        if not np.array_equal(expected, got, equal_nan=True):
-            k, f, i = _first_difference(expected, got)
-            field = ("bid_px", "bid_sz", "ask_px", "ask_sz")[f]
-            raise AssertionError(
-                f"captured sample {k} {field}_{i}: expected {expected[k, f, i]!r}, got {got[k, f, i]!r} {context}"
-            )
-
-    valid = np.array(ref.second_valid, dtype=bool)
-    if not np.array_equal(valid, eng.second_valid):
-        k = int(np.argwhere(valid != eng.second_valid)[0][0])
-        raise AssertionError(f"second_valid[{k}]: expected {valid[k]}, got {eng.second_valid[k]} {context}")
-    mid = np.array(ref.second_mid, dtype=np.float64)
-    if not np.array_equal(mid, eng.second_mid, equal_nan=True):
-        (k,) = _first_difference(mid, eng.second_mid)
-        raise AssertionError(f"second_mid[{k}]: expected {mid[k]!r}, got {eng.second_mid[k]!r} {context}")
-
-    frame = minute_frame(eng)
-    columns = [*level_columns(out_levels), *STAT_COLUMNS, "n_msgs", "valid_seconds"]
-    assert frame.columns == ["ts", *columns], context
-    assert frame.height == 1440
-    got = frame.select(columns).to_numpy().astype(np.float64)  # null -> NaN
-    expected = np.array([[row[c] for c in columns] for row in ref.minute_rows], dtype=np.float64)
-    if not np.array_equal(expected, got, equal_nan=True):
-        m, c = _first_difference(expected, got)
-        raise AssertionError(
-            f"minute {m} {columns[c]}: expected {expected[m, c]!r}, got {got[m, c]!r} {context}"
-        )
-    # the frame holds null, never NaN
-    floats = frame.select(columns[:-2])
-    assert sum(floats.select([pl.col(c).is_nan().sum() for c in floats.columns]).row(0)) == 0
 
 
 def both(lines: list[str], *, out_levels: int, max_silence_s: float, capture_seconds: int):

@@ -25,8 +25,9 @@ from quantgod_assets.orderbook.etl import convert_day
 from quantgod_assets.orderbook.reader import OrderBookInputError
 from quantgod_assets.orderbook.replay import ReplayConfig, replay_stream
 
-from ..builders import msg
-from .test_engine_vs_reference import DAY, T0, assert_engine_matches
+from ..builders import ENGINE_DAY as DAY
+from ..builders import ENGINE_T0 as T0
+from ..builders import assert_engine_matches, msg
 
 SNAP = msg("snapshot", T0 + 100, bids=[("100.0", "1"), ("99.9", "2")], asks=[("100.1", "3")], u=1)
 

@@ -21,6 +21,8 @@ from quantgod_assets.orderbook.synthetic import (
     price_path,
 )
 
+from ..builders import DictBook, day_start_ms
+
 DAY = dt.date(2025, 3, 10)
 SHORT_S = 240
 PRICE_RE = re.compile(r"^\d+\.\d{2}$")
@@ -33,33 +35,6 @@ def read_lines(path: Path) -> list[bytes]:
         data = zf.read(member)
     assert data.endswith(b"\r\n")
     return data.split(b"\r\n")[:-1]
-
-
-def day_start_ms(day: dt.date) -> int:
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()) * 1000
-
-
-class DictBook:
-    """The obviously correct replay: a dict of Decimal per side."""
-
-    def __init__(self) -> None:
-        self.bids: dict[Decimal, Decimal] = {}
-        self.asks: dict[Decimal, Decimal] = {}
-
-    def apply(self, msg: dict) -> None:
-        data = msg["data"]
-        if msg["type"] == "snapshot":
-            self.bids.clear()
-            self.asks.clear()
-        for key, book in (("b", self.bids), ("a", self.asks)):
-            for px, sz in data[key]:
-                if Decimal(sz) == 0:
-                    book.pop(Decimal(px), None)
-                else:
-                    book[Decimal(px)] = Decimal(sz)
-
-    def best(self) -> tuple[Decimal, Decimal]:
-        return max(self.bids), min(self.asks)
 
 
 @pytest.fixture(scope="module")

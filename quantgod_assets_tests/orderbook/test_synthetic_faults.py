@@ -23,8 +23,7 @@ from quantgod_assets.orderbook.reference import read_lines, reference_replay
 from quantgod_assets.orderbook.replay import DayReplay, ReplayConfig, replay_file
 from quantgod_assets.orderbook.synthetic import CROSS_TICKS, FAULTS, fault_times, generate_day, generate_days
 
-from .test_engine_vs_reference import assert_engine_matches
-from .test_synthetic import DictBook, day_start_ms
+from ..builders import DictBook, assert_engine_matches, day_start_ms
 
 DAY = dt.date(2025, 3, 10)
 START = day_start_ms(DAY)
