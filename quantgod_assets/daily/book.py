@@ -205,6 +205,7 @@ def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot
 
     outcome = DayOutcome(day, blocking=BLOCKING_CHECKS)
     name = f"{day.isoformat()}_{settings.symbol}"
+    staged: Path | None = None
     try:
         config = ReplayConfig(max_silence_s=settings.etl.max_silence_s, skip_bad_lines=settings.etl.skip_bad_lines,
                               max_line_bytes=settings.etl.max_line_bytes)
@@ -245,19 +246,22 @@ def produce_day(day: dt.date, settings: Settings, *, download: bool = True, plot
                                     fail_share=settings.etl.gap_fail_share, intervals=summary.gap_intervals,
                                     snapshots=summary.snapshots)
         _check_lines(outcome)
-        publish(outcome, staged, output)
         summary = dataclasses.replace(summary, output=output)
+        outcome.metadata = _summary_metadata(summary, output, archive, downloaded)
+        _preview(outcome, frame, settings, plot)
+        publish(outcome, staged, output)  # last: nothing after it can fail the day it published
         if outcome.published:
             outcome.log(INFO, f"Saved: {output.as_posix()} ({summary.bytes_out / 1e6:.1f} MB)")
-        outcome.metadata = _summary_metadata(summary, output, archive, downloaded)
         outcome.log(INFO, f"Summary: {summary.line()}")
-        _preview(outcome, frame, settings, plot)
     except (OrderBookInputError, ArchiveNotFoundError, DownloadError, RawRootMissingError,
             InvalidSymbolError) as exc:
         return outcome.fail(str(exc), name)
     except Exception as exc:  # a bug, not bad input: the short reason in the run, the traceback in the file
         outcome.log(DEBUG, "".join(traceback.format_exception(exc)).rstrip())
         return outcome.fail(short_reason(exc), name)
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)  # still there only when the day failed before publish
     if outcome.blocking_failures:
         outcome.log(ERROR, f"Failed: {name}: {outcome.reason}")
     return outcome
