@@ -90,3 +90,14 @@ def write_parquet_atomic(frame: pl.DataFrame, output: Path, metadata: Mapping[st
         Path(temp_name).unlink(missing_ok=True)
         raise
     return output.stat().st_size
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite:///path` URL (also `sqlite:///file:path?...&uri=true`,
+    query dropped), else None (another database, or `:memory:`): the Optuna and MLflow stores."""
+    if not url.startswith("sqlite:///"):
+        return None
+    name = url.removeprefix("sqlite:///")
+    if name.startswith("file:"):
+        name = name.removeprefix("file:").partition("?")[0]
+    return None if name in ("", ":memory:") else Path(name)

@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from ..labelling import CLASS_NAMES
 from ..plots import confusion_figure
 from ..secrets import redact_library_logs, redacted_errors, url_secrets
+from ..storage import sqlite_file
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -92,17 +93,6 @@ def setup_mlflow(
         return _setup_mlflow(tracking_uri, experiment, artifact_location)
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The file of `sqlite:///path` (or `sqlite:///file:path?...&uri=true`), else None (as
-    `tune.sqlite_file`, without importing optuna and torch)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    name = url.removeprefix("sqlite:///")
-    if name.startswith("file:"):
-        name = name.removeprefix("file:").partition("?")[0]
-    return None if name in ("", ":memory:") else Path(name)
-
-
 def _setup_mlflow(tracking_uri: str, experiment: str, artifact_location: str | Path | None) -> str:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -111,7 +101,7 @@ def _setup_mlflow(tracking_uri: str, experiment: str, artifact_location: str | P
     if found is not None:
         experiment_id = found.experiment_id
     else:
-        db_path = _sqlite_file(tracking_uri)
+        db_path = sqlite_file(tracking_uri)
         if artifact_location is None and db_path is not None:
             artifact_location = db_path.resolve().parent / "mlartifacts"
         location = None

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from ..secrets import redact_library_logs, redact_url, redacted_errors
 from ..settings import OptimizationSettings, SearchParam, TrainingSettings
+from ..storage import sqlite_file
 from .models import build_model
 from .train import EpochMetrics, TrainConfig, train_model
 
@@ -166,17 +167,6 @@ def _format_epoch(number: int, m: EpochMetrics) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Study
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a `sqlite:///path` URL (also `sqlite:///file:path?...&uri=true`,
-    query dropped), else None (another database, or `:memory:`)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    name = url.removeprefix("sqlite:///")
-    if name.startswith("file:"):
-        name = name.removeprefix("file:").partition("?")[0]
-    return None if name in ("", ":memory:") else Path(name)
 
 
 def _ensure_sqlite_folder(storage_url: str) -> None:
