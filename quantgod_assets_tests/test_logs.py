@@ -42,26 +42,31 @@ def test_file_names():
     )
 
 
-def test_open_log_writes_the_file_and_forwards(tmp_path):
+@pytest.fixture
+def forwarded(request):
+    """A stand-in for Dagster's run log: (the logger to forward to, the (level, line) pairs it got)."""
     seen: list[tuple[int, str]] = []
 
     class Target(logging.Handler):
         def emit(self, record):
             seen.append((record.levelno, record.getMessage()))
 
-    target = logging.getLogger("test.forward.target")
+    target = logging.getLogger(f"test.forward.{request.node.name}")
     target.propagate = False
     target.setLevel(logging.DEBUG)
     handler = Target()
     target.addHandler(handler)
-    try:
-        with run_log("etl", tmp_path, forward_to=target) as log:
-            path = log.log_path
-            log.info("Rows after resample: 1440")
-            log.warning("Significant gaps: 12.00% of seconds invalid")
-            log.debug("a traceback, for the file only")
-    finally:
-        target.removeHandler(handler)
+    yield target, seen
+    target.removeHandler(handler)
+
+
+def test_open_log_writes_the_file_and_forwards(tmp_path, forwarded):
+    target, seen = forwarded
+    with run_log("etl", tmp_path, forward_to=target) as log:
+        path = log.log_path
+        log.info("Rows after resample: 1440")
+        log.warning("Significant gaps: 12.00% of seconds invalid")
+        log.debug("a traceback, for the file only")
     assert path.parent == tmp_path / "etl"
     assert re.fullmatch(r"etl_\d{8}_\d{6}\.log", path.name)
     lines = path.read_text().splitlines()
@@ -115,33 +120,20 @@ def test_experiment_logs_are_all_kept(tmp_path, module):
     assert prune_logs(tmp_path / module, module) == []
 
 
-def test_ml_lines_reach_the_file_and_the_forwarded_run_log(tmp_path):
+def test_ml_lines_reach_the_file_and_the_forwarded_run_log(tmp_path, forwarded):
     """What the ML assets do: the stages log on their module loggers; `lines_to` hands those lines
     to the run's file log, which forwards them (INFO and up) to Dagster's run log."""
     from quantgod_assets.logs import ForwardingHandler
     from quantgod_assets.ml.lines import lines_to
 
-    seen: list[tuple[int, str]] = []
-
-    class Target(logging.Handler):
-        def emit(self, record):
-            seen.append((record.levelno, record.getMessage()))
-
-    target = logging.getLogger("test.forward.ml")
-    target.propagate = False
-    target.setLevel(logging.DEBUG)
-    handler = Target()
-    target.addHandler(handler)
+    target, seen = forwarded
     stage = logging.getLogger("quantgod_assets.ml.final")
-    try:
-        with run_log("training", tmp_path, forward_to=target) as log, lines_to(ForwardingHandler(log)):
-            path = log.log_path
-            stage.info("Model saved: data/models/quantgod_cloud_model.pth")
-            stage.warning("feature pictures skipped: ValueError: no finite row")
-            stage.debug("not a line for either")
-        stage.info("after the run: nowhere")
-    finally:
-        target.removeHandler(handler)
+    with run_log("training", tmp_path, forward_to=target) as log, lines_to(ForwardingHandler(log)):
+        path = log.log_path
+        stage.info("Model saved: data/models/quantgod_cloud_model.pth")
+        stage.warning("feature pictures skipped: ValueError: no finite row")
+        stage.debug("not a line for either")
+    stage.info("after the run: nowhere")
     lines = path.read_text().splitlines()
     assert len(lines) == 2
     assert lines[0].endswith("[INFO]  Model saved: data/models/quantgod_cloud_model.pth")

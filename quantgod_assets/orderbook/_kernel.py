@@ -399,28 +399,26 @@ def _skip_number(buf, p, end):
         p += 1
     if p >= end or not 48 <= buf[p] <= 57:
         return -1
-    if buf[p] == 48:
-        p += 1
-    else:
-        while p < end and 48 <= buf[p] <= 57:
-            p += 1
+    p = p + 1 if buf[p] == 48 else _digit_run(buf, p, end)
     if p < end and buf[p] == DOT:
-        p += 1
-        start = p
-        while p < end and 48 <= buf[p] <= 57:
-            p += 1
-        if p == start:
+        p = _digit_run(buf, p + 1, end)
+        if p < 0:
             return -1
     if p < end and (buf[p] == LOWER_E or buf[p] == UPPER_E):
         p += 1
         if p < end and (buf[p] == PLUS or buf[p] == MINUS):
             p += 1
-        start = p
-        while p < end and 48 <= buf[p] <= 57:
-            p += 1
-        if p == start:
-            return -1
+        p = _digit_run(buf, p, end)
     return p
+
+
+@helper
+def _digit_run(buf, p, end):
+    """The index after the digits starting at `p`, or -1 when there is none (JSON wants one)."""
+    start = p
+    while p < end and 48 <= buf[p] <= 57:
+        p += 1
+    return -1 if p == start else p
 
 
 @helper

@@ -12,6 +12,7 @@ import random
 import re
 import tracemalloc
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,16 @@ def _symbol_spans(line: str) -> list[range]:
     return [range(m.start() - 1, m.end() + 1) for m in re.finditer("BTCUSDT", line)]
 
 
+def _replace_one(line: str, pattern: str, tokens: Sequence[str], rng: random.Random) -> str:
+    """One match of `pattern`, chosen at random, replaced by one of `tokens` (the line as it is
+    when nothing matches)."""
+    matches = list(re.finditer(pattern, line))
+    if not matches:
+        return line
+    m = rng.choice(matches)
+    return line[: m.start()] + rng.choice(tokens) + line[m.end():]
+
+
 def mutate(line: str, rng: random.Random) -> str:
     kind = rng.randrange(10)
     if kind == 0:
@@ -159,17 +170,9 @@ def mutate(line: str, rng: random.Random) -> str:
         new = chr(rng.choice([*range(1, 10), *range(11, 128)])) if kind == 3 else ""
         return line[:at] + new + line[at + 1:]
     if kind == 5:  # one number of a level
-        numbers = list(re.finditer(r'"-?[0-9.]+"(?=[,\]])', line))
-        if not numbers:
-            return line
-        m = rng.choice(numbers)
-        return line[: m.start()] + rng.choice(NUMBER_TOKENS) + line[m.end():]
+        return _replace_one(line, r'"-?[0-9.]+"(?=[,\]])', NUMBER_TOKENS, rng)
     if kind == 6:  # one level's shape
-        levels = list(re.finditer(r'\["[^"]*","[^"]*"\]', line))
-        if not levels:
-            return line
-        m = rng.choice(levels)
-        return line[: m.start()] + rng.choice(LEVEL_TOKENS) + line[m.end():]
+        return _replace_one(line, r'\["[^"]*","[^"]*"\]', LEVEL_TOKENS, rng)
     if kind == 7:  # a side's list
         side = rng.choice(("b", "a"))
         return re.sub(rf'"{side}":\[[^\]]*(\][^\]]*)?\]', lambda _: f'"{side}":' + rng.choice(
