@@ -38,6 +38,7 @@ __all__ = [
     "label_day",
     "label_day_files",
     "label_suffix",
+    "labelled_day_counts",
     "labelled_day_path",
     "labelled_distribution",
     "month_table",
@@ -353,13 +354,21 @@ def month_table(rows: Sequence[tuple[str, Any, int]]) -> tuple[str, dict[str, di
     return "\n".join(lines), out
 
 
-def labelled_distribution(labelled_dir: str | Path) -> dict[str, Any]:
-    """The class distribution over every `*.parquet` in one suffix folder, by a DuckDB query."""
+def labelled_day_counts(labelled_dir: str | Path, connection: Any = None) -> list[tuple[str, Any, int]]:
+    """(day, target, count) rows over every `*.parquet` in one suffix folder (none: []), by a DuckDB
+    query on `connection` (the Dagster resource's), else on an in-memory database of its own."""
     import duckdb
 
     folder = Path(labelled_dir)
     if not any(folder.glob("*.parquet")):
-        return _distribution_from_counts([0, 0, 0], 0)
-    with duckdb.connect() as con:
-        rows = con.execute(day_class_counts_sql((folder / "*.parquet").as_posix())).fetchall()
-    return distribution_from_rows((target, count) for _, target, count in rows)
+        return []
+    sql = day_class_counts_sql((folder / "*.parquet").as_posix())
+    if connection is not None:
+        return connection.execute(sql).fetchall()
+    with duckdb.connect() as own:
+        return own.execute(sql).fetchall()
+
+
+def labelled_distribution(labelled_dir: str | Path) -> dict[str, Any]:
+    """The class distribution over every `*.parquet` in one suffix folder."""
+    return distribution_from_rows((target, count) for _, target, count in labelled_day_counts(labelled_dir))

@@ -34,9 +34,9 @@ from ..daily.runner import day_span, run_stage, workers_note
 from ..labelling import (
     combine_distributions,
     config_line,
-    day_class_counts_sql,
     distribution_from_rows,
     distribution_line,
+    labelled_day_counts,
     month_table,
 )
 from ..logs import run_log
@@ -137,10 +137,10 @@ def label_distribution(
     settings = quantgod.load()
     suffix = settings.labelling.suffix
     folder = settings.paths.labelled_dir / suffix
-    if not any(folder.glob("*.parquet")):
-        raise dg.Failure(description=f"no labelled days under {folder}; materialize labelled_frame first")
     with duckdb.get_connection() as conn:
-        rows = conn.execute(day_class_counts_sql((folder / "*.parquet").as_posix())).fetchall()
+        rows = labelled_day_counts(folder, conn)
+    if not rows:
+        raise dg.Failure(description=f"no labelled days under {folder}; materialize labelled_frame first")
     dist = distribution_from_rows((target, count) for _, target, count in rows)
     days = sorted({day for day, _, _ in rows})
     table, months = month_table(rows)
