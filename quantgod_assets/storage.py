@@ -8,7 +8,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import polars as pl
@@ -67,28 +67,38 @@ def current_umask() -> int:
     return mask
 
 
-def write_parquet_atomic(frame: pl.DataFrame, output: Path, metadata: Mapping[str, str]) -> int:
-    """Writes `frame` (zstd) with key-value `metadata`; returns the file's size in bytes.
+def atomic_write(output: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(temp)` to a temp name beside `output`, then the rename over it: every output file
+    (Parquet days, the model bundle, best_params.json) goes through here.
 
-    A failure (or a kill) leaves the previous file, if any, untouched and no temp file behind.
+    A failure (or a kill) leaves the previous file, if any, untouched; a failure leaves no temp
+    file, and the next write of `output` removes what a kill left. The file follows the umask.
     """
-    import pyarrow.parquet as pq
-
+    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(output)
-    table = frame.to_arrow()
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     fd, temp_name = tempfile.mkstemp(prefix=writer_prefix(output), suffix=".tmp", dir=output.parent)
     os.close(fd)
+    temp = Path(temp_name)
     try:
-        # no dictionary pages: float book columns rarely repeat a value, so building them is
-        # wasted work, and the file comes out smaller without them
-        pq.write_table(table, temp_name, compression="zstd", use_dictionary=False)
-        os.chmod(temp_name, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the umask
-        os.replace(temp_name, output)
+        write(temp)
+        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes 0600
+        os.replace(temp, output)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
+    return output
+
+
+def write_parquet_atomic(frame: pl.DataFrame, output: Path, metadata: Mapping[str, str]) -> int:
+    """Writes `frame` (zstd) with key-value `metadata`, atomically; returns the file's size in bytes."""
+    import pyarrow.parquet as pq
+
+    table = frame.to_arrow()
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    # no dictionary pages: float book columns rarely repeat a value, so building them is
+    # wasted work, and the file comes out smaller without them
+    atomic_write(output, lambda temp: pq.write_table(table, temp, compression="zstd", use_dictionary=False))
     return output.stat().st_size
 
 

@@ -13,7 +13,6 @@ import copy
 import datetime as dt
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from ..settings import LoopSettings
+from ..storage import atomic_write
 from .device import autocast, configure_device, make_batches, pick_device
 from .metrics import confusion_matrix, per_class_f1
 from .models import build_from_spec, count_parameters
@@ -381,12 +381,7 @@ def _plain(value: Any) -> Any:
 
 
 def _atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda temp: torch.save(obj, temp))
 
 
 def save_model(

@@ -22,7 +22,6 @@ import gc
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, get_args
@@ -33,7 +32,7 @@ from pydantic import ValidationError
 
 from ..secrets import redact_library_logs, redact_url, redacted_errors
 from ..settings import OptimizationSettings, SearchParam, TrainingSettings
-from ..storage import sqlite_file
+from ..storage import atomic_write, sqlite_file
 from .models import build_model
 from .train import EpochMetrics, TrainConfig, train_model
 
@@ -377,8 +376,6 @@ def _run_study(
 def write_best_params(path: str | Path, best_params: Mapping[str, Any], best: optuna.trial.FrozenTrial,
                       study_name: str, storage_url: str, n_complete: int, n_pruned: int) -> Path:
     """best_params.json: the params, the best trial and the study (its storage URL password-masked)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "best_params": dict(best_params),
         "best_value": float(best.value) if best.value is not None and math.isfinite(best.value) else None,
@@ -389,10 +386,8 @@ def write_best_params(path: str | Path, best_params: Mapping[str, Any], best: op
         "n_pruned": n_pruned,
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(payload, indent=2, sort_keys=True)
+    return atomic_write(path, lambda temp: temp.write_text(text))
 
 
 def load_best_params(path: str | Path) -> dict[str, Any]:
