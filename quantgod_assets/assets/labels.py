@@ -43,7 +43,7 @@ from ..logs import run_log
 from ..partitions import daily_partitions
 from ..plots import distribution_png, label_periods, label_periods_png, png_markdown
 from ..resources import QuantGodSettings
-from .reporting import metadata_values, partition_days, report_days
+from .reporting import metadata_values, partition_days, report_days, run_started
 
 BOOK = dg.AssetKey("preprocessed_book")
 LABELS = dg.AssetKey("labelled_frame")
@@ -103,7 +103,8 @@ def labelled_frame(context: dg.AssetExecutionContext, quantgod: QuantGodSettings
     materialize = LABELS in context.selected_asset_keys
     suffix = lab.suffix  # valid: the settings check the labelling's rules at load
     workers = settings.etl.worker_count(len(days)) if materialize else 1
-    with run_log("labelling", settings.paths.logs_dir, suffix, forward_to=context.log, cumulative=True) as log:
+    with run_log("labelling", settings.paths.logs_dir, suffix, forward_to=context.log, cumulative=True,
+                 when=run_started(context)) as log:
         log.info(config_line(lab.lookahead, lab.threshold_short, lab.threshold_long))
         log.info(f"Labelling {day_span(days)}: {len(days)} day(s), {lab.price_column}, "
                  f"{(settings.paths.labelled_dir / suffix).as_posix()}, {workers_note(workers)}")
@@ -114,7 +115,7 @@ def labelled_frame(context: dg.AssetExecutionContext, quantgod: QuantGodSettings
 
 
 def _final_distribution(outcomes: list) -> list[str]:
-    dists = [o.stats["distribution"] for o in outcomes if o.produced]
+    dists = [o.stats["distribution"] for o in outcomes if o.published]  # what the folder now holds
     return [distribution_line("FINAL DISTRIBUTION", combine_distributions(dists))] if dists else []
 
 

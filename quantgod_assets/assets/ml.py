@@ -43,7 +43,7 @@ GROUP = "ml"
 
 def _data_failure(exc: Exception, log) -> dg.Failure:
     """A missing-days (or no-days) error as a Dagster failure that names the days."""
-    from ..ml.dataset import MissingDaysError
+    from ..ml.data import MissingDaysError
 
     log.error(str(exc))
     metadata: dict[str, Any] = {}

@@ -280,7 +280,7 @@ def check_day(day: dt.date, settings: Settings) -> DayOutcome:
         checks: list[CheckOutcome] = run_checks(path, warn_share=settings.etl.gap_warn_share,
                                                 fail_share=settings.etl.gap_fail_share)
     except Exception as exc:
-        return outcome.fail(f"{path}: {type(exc).__name__}: {exc}")
+        return outcome.fail(f"{path}: {short_reason(exc)}")
     outcome.path, outcome.checks = path, checks
     outcome.log(INFO, f"Checked: {path.as_posix()}")
     _check_lines(outcome)

@@ -2,7 +2,7 @@
 
 Each check returns a `CheckOutcome` that says whether it passed, how bad a failure is (`ERROR` or
 `WARN`) and what a person needs to see (counts, the first bad minutes, gap intervals). The Dagster
-layer (`assets/book.py`) turns outcomes into `AssetCheckResult`s; nothing here imports dagster.
+layer (`assets/reporting.py`) turns outcomes into check results; nothing here imports dagster.
 
 - `no_nan_or_inf`: null means "no book at that minute" and is allowed; NaN and ±Inf never are.
 - `schema`: the exact 200-level column set, order and types, and 1440 rows.
