@@ -11,6 +11,7 @@ are shown (lines, `OptimizationOutcome.storage`, errors) with their passwords ma
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import time
@@ -103,6 +104,7 @@ def _run_optimization(settings: Settings, start: dt.date | str | None, end: dt.d
     path = settings.paths.best_params_path
     best = run_study(make_datasets, opt, settings.training, study_name, mlflow_tracking_uri=tracking_uri,
                      best_params_path=path)
+    written = json.loads(path.read_text(encoding="utf-8"))
     study = open_study(opt, study_name)
     trials = _trial_rows(study)
     states = [t["state"] for t in trials]
@@ -115,8 +117,10 @@ def _run_optimization(settings: Settings, start: dt.date | str | None, end: dt.d
         study_name=study_name,
         storage=redact_url(opt.storage),
         best_params=best,
-        best_value=float(study.best_value),
-        best_trial=int(study.best_trial.number),
+        # from the file run_study wrote with `best`: the study's best may have moved since
+        # (other workers share it), and the outcome must name the trial the params came from
+        best_value=float("nan") if written["best_value"] is None else float(written["best_value"]),
+        best_trial=int(written["best_trial"]),
         n_complete=states.count(optuna.trial.TrialState.COMPLETE.name),
         n_pruned=states.count(optuna.trial.TrialState.PRUNED.name),
         n_failed=states.count(optuna.trial.TrialState.FAIL.name),
