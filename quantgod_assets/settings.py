@@ -53,9 +53,11 @@ __all__ = [
     "DataWindow",
     "DownloadSettings",
     "EtlSettings",
+    "EvaluationSettings",
     "GapChecks",
     "LabellingSettings",
     "LoopSettings",
+    "METRIC_DIRECTIONS",
     "MlflowSettings",
     "ModelSettings",
     "OptimizationSettings",
@@ -326,8 +328,9 @@ class LoopSettings(_Schema):
     lr: float = Field(1e-3, ge=0)
     weight_decay: float = Field(1e-4, ge=0)
     min_lr: float = Field(1e-6, ge=0)  # CosineAnnealingLR's eta_min
-    class_weights: tuple[float, float, float] = (2.0, 1.0, 2.0)  # SELL, NEUTRAL, BUY
-    patience: int = Field(5, ge=0)  # epochs without a better val F1 macro before stopping; 0: never
+    # SELL, NEUTRAL, BUY; "auto": the inverse of the training windows' class priors (n / (3 n_c))
+    class_weights: tuple[float, float, float] | Literal["auto"] = "auto"
+    patience: int = Field(5, ge=0)  # epochs without a better validation metric before stopping; 0: never
     grad_clip: float | None = 1.0
     log_every: int = Field(200, ge=0)  # batches between progress lines; 0: none
     max_batches_per_epoch: int | None = Field(None, ge=1)  # a cap for smoke runs; None: every batch
@@ -340,6 +343,8 @@ class LoopSettings(_Schema):
     def _three_weights(cls, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and len(value) != 3:
             raise ValueError("must hold 3 numbers (SELL, NEUTRAL, BUY)")
+        if isinstance(value, (list, tuple)) and any(not isinstance(v, (int, float)) or v < 0 for v in value):
+            raise ValueError("must hold 3 non-negative numbers (SELL, NEUTRAL, BUY)")
         return value
 
 
@@ -357,25 +362,38 @@ class DataWindow(_Schema):
 
 
 class SplitShares(_Schema):
-    """training.yaml `split:`: chronological train / val / test shares of the windows."""
+    """training.yaml `split:`: the share of the windows, at the end of the range, that forms the
+    test block (scored once, never choosing anything). Everything before it is the development
+    period, cut into optimization.yaml `folds` walk-forward folds."""
 
-    train: float = 0.70
-    val: float = 0.15
-    test: float = 0.15
+    test: float = Field(0.15, gt=0, lt=1)
 
-    @model_validator(mode="after")
-    def _shares(self) -> SplitShares:
-        if min(self.fractions) < 0 or abs(sum(self.fractions) - 1.0) > 1e-6:
-            raise ValueError(f"split train/val/test={list(self.fractions)} must be shares summing to 1")
-        return self
-
-    @property
-    def fractions(self) -> tuple[float, float, float]:
-        return (self.train, self.val, self.test)
+    @model_validator(mode="before")
+    @classmethod
+    def _no_train_val_shares(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and ({"train", "val"} & set(data)):
+            raise ValueError(
+                "split.train and split.val are gone: the development period (everything before the test "
+                "block) is cut into optimization.yaml `folds` walk-forward folds; keep only split.test"
+            )
+        return data
 
 
 class BacktestSettings(_Schema):
+    """training.yaml `backtest:`: trades at the side of the book, with fees and slippage."""
+
     fee: float = Field(0.00055, ge=0)  # per side (Bybit taker 0.055 %)
+    slippage_bps: float = Field(0.0, ge=0)  # per side, beyond the best bid / ask
+    min_trades: int = Field(30, ge=2)  # fewer trades: Sharpe reads "n/a (k trades)"
+
+
+class EvaluationSettings(_Schema):
+    """training.yaml `evaluation:`: the moving-block bootstrap behind every interval."""
+
+    block_minutes: int | None = Field(None, ge=1)  # None: the labelling lookahead (labels overlap that long)
+    resamples: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 7
 
 
 class MlflowSettings(_Schema):
@@ -396,9 +414,11 @@ def _arch_from_model_type(data: Any) -> Any:
 class TrainingSettings(LoopSettings, ModelSettings):
     """training.yaml: the model, the loop, the data window, the split, the backtest, MLflow."""
 
+    seeds: int = Field(3, ge=1)  # final models trained (seed, seed+1, ...): test metrics as mean ± std
     data: DataWindow = DataWindow()
     split: SplitShares = SplitShares()
     backtest: BacktestSettings = BacktestSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     mlflow: MlflowSettings = MlflowSettings()
     _profile: str | None = PrivateAttr(default=None)
 
@@ -463,14 +483,35 @@ class PrunerSettings(_Schema):
     n_warmup_steps: int = Field(2, ge=0)  # no pruning before this epoch
 
 
+# validation metrics a study and the loop can select by, and the direction each is better in
+METRIC_DIRECTIONS: dict[str, str] = {
+    "f1_macro": "maximize",
+    "f1_weighted": "maximize",
+    "accuracy": "maximize",
+    "balanced_accuracy": "maximize",  # the mean of the per-class recalls
+    "loss": "minimize",  # the class-weighted cross-entropy
+}
+Metric = Literal["f1_macro", "f1_weighted", "accuracy", "balanced_accuracy", "loss"]
+
+
+def _metric_name(value: Any) -> Any:
+    """`val_f1_macro` (the older spelling) is `f1_macro`."""
+    if isinstance(value, str) and value.startswith("val_"):
+        return value[len("val_"):]
+    return value
+
+
 class OptimizationSettings(_Schema):
-    study_name: str | None = None  # None: the label suffix
+    study_name: str | None = None  # None: named after labels, profile, data range and a hash of what is searched
     storage: str = "sqlite:///optuna_study.db"  # QUANTGOD_OPTUNA_STORAGE wins
-    n_trials: int = Field(50, ge=1)  # the study's total budget
+    n_trials: int = Field(50, ge=1)  # trials each run adds to its study
     timeout_s: float | None = None
-    # the objective: what every trial reports and the study maximizes (the only one implemented)
-    metric: Literal["val_f1_macro"] = "val_f1_macro"
-    direction: Literal["maximize"] = "maximize"
+    # the objective: every trial's mean validation value over the walk-forward folds; it also
+    # drives early stopping and the checkpoint of every training (trials and the final model)
+    metric: Annotated[Metric, BeforeValidator(_metric_name)] = "f1_macro"
+    direction: Literal["maximize", "minimize"] | None = None  # None: the metric's own
+    folds: int = Field(5, ge=1, le=20)  # walk-forward folds over the development period
+    embargo_minutes: int = Field(0, ge=0)  # dropped after the purge at every fold and test boundary
     seed: int = 42  # TPE sampler seed (trial k trains with seed + k)
     sampler_startup_trials: int = Field(10, ge=0)
     pruner: PrunerSettings = PrunerSettings()
@@ -488,13 +529,23 @@ class OptimizationSettings(_Schema):
             return {("arch" if k == "model_type" else k): v for k, v in space.items()}
         return space
 
+    @model_validator(mode="after")
+    def _direction_fits_metric(self) -> OptimizationSettings:
+        natural = METRIC_DIRECTIONS[self.metric]
+        if self.direction is not None and self.direction != natural:
+            raise ValueError(f"direction {self.direction!r} contradicts metric {self.metric!r}, "
+                             f"which is better when it is {'higher' if natural == 'maximize' else 'lower'}")
+        return self
+
     @property
     def profile(self) -> str | None:
         """The QUANTGOD_ML_PROFILE entry merged in, if any."""
         return self._profile
 
-    def study_for(self, label_suffix: str) -> str:
-        return self.study_name or label_suffix
+    @property
+    def goal(self) -> str:
+        """"maximize" or "minimize": the direction given, else the metric's own."""
+        return self.direction or METRIC_DIRECTIONS[self.metric]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ TIERS = {
     "ml/test_tracking.py": "training",
     "ml/test_train.py": "training",
     "ml/test_tune.py": "training",
+    "ml/test_uncertainty.py": "unit",
     "orderbook/test_engine_vs_reference.py": "unit",
     "orderbook/test_etl.py": "unit",
     "orderbook/test_reader.py": "unit",

@@ -8,7 +8,20 @@ import numpy as np
 
 from ..labelling import CLASS_NAMES
 
-__all__ = ["CLASS_NAMES", "classification_scores", "confusion_matrix", "macro_f1", "per_class_f1"]
+__all__ = [
+    "CLASS_NAMES",
+    "class_priors",
+    "classification_scores",
+    "confusion_matrix",
+    "macro_f1",
+    "metric_from_confusion",
+    "per_class_f1",
+    "per_class_precision_recall",
+]
+
+# the scores `metric_from_confusion` computes (settings.METRIC_DIRECTIONS adds "loss", which needs logits)
+CONFUSION_METRICS = ("f1_macro", "f1_weighted", "accuracy", "balanced_accuracy")
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 3) -> np.ndarray:
     """int64 [n_classes, n_classes]: rows are the true class, columns the predicted one."""
@@ -50,3 +63,35 @@ def classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, A
         "support": {name: int(v) for name, v in zip(CLASS_NAMES, confusion.sum(axis=1))},
         "n": int(confusion.sum()),
     }
+
+
+def per_class_precision_recall(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) of each class; 0 where a class is never predicted / never true."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(confusion)
+    predicted, true = confusion.sum(axis=0), confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(true > 0, tp / true, 0.0)
+    return precision, recall
+
+
+def metric_from_confusion(name: str, confusion: np.ndarray) -> float:
+    """One of CONFUSION_METRICS from a confusion matrix (rows true, columns predicted)."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    n = confusion.sum()
+    if name == "f1_macro":
+        return float(per_class_f1(confusion).mean())
+    if name == "f1_weighted":
+        return float((per_class_f1(confusion) * confusion.sum(axis=1)).sum() / n) if n else 0.0
+    if name == "accuracy":
+        return float(np.trace(confusion) / n) if n else 0.0
+    if name == "balanced_accuracy":
+        return float(per_class_precision_recall(confusion)[1].mean())
+    raise ValueError(f"unknown metric {name!r}: one of {CONFUSION_METRICS}")
+
+
+def class_priors(y: np.ndarray, n_classes: int = 3) -> np.ndarray:
+    """The share of each class in `y` (zeros for an empty `y`)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64).ravel(), minlength=n_classes).astype(np.float64)
+    return counts / counts.sum() if counts.sum() else counts

@@ -1,21 +1,27 @@
 """Time-ordered, purged train / validation / test splits of window end rows.
 
-The purge rule: the *footprint* of a window ending at minute e is every minute its sample touches,
-its inputs e-seq_len+1 .. e and its label's price horizon e .. e+lookahead. Footprints of
-different splits never overlap. So at every boundary, with the last end of the earlier split at
-minute a and the first end of the later split at minute b,
+The purge rule: the *footprint* of a window ending at minute e is every minute its sample touches:
+its inputs e-seq_len+1 .. e, the minute before them (the first input row's mid return is
+measured from the mid of minute e-seq_len), and its label's price horizon e .. e+lookahead.
+Footprints of different parts never overlap. So at every boundary, with the last end of the
+earlier part at minute a and the first end of the later part at minute b,
 
-    a + lookahead < b - seq_len + 1,   i.e.   b - a >= lookahead + seq_len,
+    a + lookahead < b - seq_len,   i.e.   b - a >= lookahead + seq_len + 1,
 
-which drops `purge = lookahead + seq_len - 1` minutes of window ends at the start of each later
-split. This is stronger than the minimum (no training label's horizon reaching into the next
-split, b - a > lookahead): it also keeps validation inputs from containing the prices that decided
-training labels, so a model cannot score on validation by having memorised those labels. For a
-row model (seq_len = 1) the purge is `lookahead` minutes.
+which drops `purge = lookahead + seq_len` minutes of window ends at the start of each later part
+(plus an optional `embargo` of further minutes). This is stronger than the minimum (no training
+label's horizon reaching into the next part, b - a > lookahead): it also keeps validation inputs
+from containing the prices that decided training labels, so a model cannot score on validation
+by having memorised those labels.
 
 Distances are measured in minutes (`minutes` of each row) when given, so a missing day counts as
-the time it is, not as zero rows. The test split is returned but meant to be evaluated once, at
-the very end; walk-forward folds work inside the development (train + validation) ends only.
+the time it is, not as zero rows.
+
+`walk_forward_split` is what the ML stages use: the last `test_share` of the ends is the test
+block, scored once at the very end; everything before it is the development period, cut into
+K + 1 consecutive blocks, and fold k (1..K) trains on blocks 0..k-1 and validates on block k
+(expanding window). The final model trains on the last fold's training ends and stops early on
+its validation block.
 """
 
 from __future__ import annotations
@@ -24,14 +30,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Split", "purge_minutes", "train_val_test_split", "walk_forward_folds"]
+__all__ = ["Split", "WalkForward", "purge_minutes", "train_val_test_split", "walk_forward_folds",
+           "walk_forward_split"]
 
 
 def purge_minutes(lookahead: int, seq_len: int = 1) -> int:
-    """Minutes of window ends dropped at the start of each later split."""
+    """Minutes of window ends dropped at the start of each later part (the module's rule)."""
     if lookahead < 0 or seq_len < 1:
         raise ValueError(f"need lookahead >= 0 and seq_len >= 1, got {lookahead}, {seq_len}")
-    return int(lookahead) + int(seq_len) - 1
+    return int(lookahead) + int(seq_len)
 
 
 @dataclass
@@ -41,7 +48,7 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
-    purge: int  # minutes of ends dropped at the start of val and of test
+    purge: int  # minutes of ends dropped at the start of val and of test (embargo included)
     lookahead: int
     seq_len: int
 
@@ -75,6 +82,7 @@ def train_val_test_split(
     seq_len: int = 1,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     minutes: np.ndarray | None = None,
+    embargo: int = 0,
 ) -> Split:
     """Cuts the usable window ends, in time order, by `fractions` of their count, then purges
     `purge_minutes(lookahead, seq_len)` at the start of validation and of test.
@@ -87,7 +95,7 @@ def train_val_test_split(
     if len(given) != 3 or min(given) < 0 or not np.isclose(sum(given), 1.0):
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {given}")
     fractions = (given[0], given[1], given[2])
-    purge = purge_minutes(lookahead, seq_len)
+    purge = purge_minutes(lookahead, seq_len) + int(embargo)
     times = _times(ends, minutes)
     n = ends.size
     cut_1 = round(n * fractions[0])
@@ -110,6 +118,7 @@ def walk_forward_folds(
     n_folds: int = 4,
     initial_train_fraction: float = 0.5,
     minutes: np.ndarray | None = None,
+    embargo: int = 0,
 ) -> list[Split]:
     """Expanding-window folds over the development ends (pass `split.train` and `split.val`
     together, never the test ends): the ends after the first `initial_train_fraction` are cut
@@ -119,7 +128,7 @@ def walk_forward_folds(
     ends = _prepare(ends)
     if n_folds < 1 or not 0 < initial_train_fraction < 1:
         raise ValueError("need n_folds >= 1 and 0 < initial_train_fraction < 1")
-    purge = purge_minutes(lookahead, seq_len)
+    purge = purge_minutes(lookahead, seq_len) + int(embargo)
     times = _times(ends, minutes)
     first = round(ends.size * initial_train_fraction)
     bounds = np.linspace(first, ends.size, n_folds + 1).round().astype(np.int64)
@@ -132,3 +141,63 @@ def walk_forward_folds(
         val = _purged_after(ends[lo:hi], times[lo:hi], int(times[lo - 1]), purge)
         folds.append(Split(ends[:lo], val, empty, purge, int(lookahead), int(seq_len)))
     return folds
+
+
+@dataclass
+class WalkForward:
+    """The folds over the development period and the test block after it.
+
+    `final` trains on the last fold's training ends, validates (early stopping) on its block and
+    holds the test ends: the split the final model uses."""
+
+    folds: list[Split]
+    test: np.ndarray
+    purge: int
+
+    @property
+    def final(self) -> Split:
+        last = self.folds[-1]
+        return Split(last.train, last.val, self.test, self.purge, last.lookahead, last.seq_len)
+
+    @property
+    def development(self) -> np.ndarray:
+        """Every end before the test block (the last fold's training and validation ends)."""
+        last = self.folds[-1]
+        return np.concatenate([last.train, last.val])
+
+
+def walk_forward_split(
+    ends: np.ndarray,
+    lookahead: int,
+    seq_len: int = 1,
+    test_share: float = 0.15,
+    n_folds: int = 5,
+    minutes: np.ndarray | None = None,
+    embargo: int = 0,
+) -> WalkForward:
+    """The last `test_share` of the ends form the test block (purged against the development
+    period before it); the development ends are cut into `n_folds + 1` blocks of equal count and
+    fold k trains on blocks 0..k-1, validating on block k (purged). Folds whose block is emptied
+    by the purge are dropped; none left raises ValueError."""
+    ends = _prepare(ends)
+    if not 0 < test_share < 1 or n_folds < 1:
+        raise ValueError(f"need 0 < test_share < 1 and n_folds >= 1, got {test_share}, {n_folds}")
+    purge = purge_minutes(lookahead, seq_len) + int(embargo)
+    times = _times(ends, minutes)
+    cut = round(ends.size * (1 - test_share))
+    development, dev_times = ends[:cut], times[:cut]
+    test = _purged_after(ends[cut:], times[cut:], int(dev_times[-1]) if cut else None, purge)
+    bounds = np.linspace(0, cut, n_folds + 2).round().astype(np.int64)
+    folds = []
+    for k in range(1, n_folds + 1):
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        if lo == 0 or hi <= lo:
+            continue
+        val = _purged_after(development[lo:hi], dev_times[lo:hi], int(dev_times[lo - 1]), purge)
+        if val.size:
+            folds.append(Split(development[:lo], val, np.empty(0, dtype=np.int64), purge, int(lookahead),
+                               int(seq_len)))
+    if not folds:
+        raise ValueError(f"no walk-forward fold holds a window after the purge of {purge} min: "
+                         f"{ends.size} windows, {n_folds} folds")
+    return WalkForward(folds, test, purge)
