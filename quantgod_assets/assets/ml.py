@@ -5,11 +5,13 @@ null = every labelled day present) of the current label suffix, and fail naming 
 in it. `dagster asset materialize -m quantgod_assets.definitions --select optimization` (or
 `model`) runs them; `QUANTGOD_ML_PROFILE=small` gives the CPU demo's small settings.
 
-- `optimization`: the Optuna study (named after the label suffix, resumed) → best_params.json;
+- `optimization`: the Optuna study (walk-forward folds; named after labels, profile, data range and
+  the search) → best_params.json;
   log `logs/optimization/optimization_{suffix}_{YYYYMMDD_HHMMSS}.log`; MLflow parent + nested runs.
-- `model`: the final model → `{DATA_DIR}/models/quantgod_cloud_model.pth`, scored once on the
-  test split next to the baselines, backtested; log `logs/training/training_{YYYYMMDD_HHMMSS}.log`;
-  one MLflow run, the model registered (alias `champion` when it is the best so far).
+- `model`: walk-forward validation, the final model → `{DATA_DIR}/models/quantgod_cloud_model.pth`
+  and its model card, the test block scored once next to the baselines with intervals and verdicts,
+  backtested at bid/ask; log `logs/training/training_{YYYYMMDD_HHMMSS}.log`; one MLflow run, the
+  model registered (alias `champion` by the walk-forward rule).
 
 The stages log to the `quantgod_assets.ml` loggers; while an asset runs, those lines go to its
 file log and, through it, to the Dagster run log (`_stage_log`). torch, optuna and mlflow are
@@ -60,8 +62,9 @@ def _secret_urls(settings: Settings) -> tuple[str, str]:
 
 def _data_errors() -> tuple[type[Exception], ...]:
     from ..ml.data import MissingDaysError, NoLabelledDaysError
+    from ..ml.final import ParamsMismatchError
 
-    return (MissingDaysError, NoLabelledDaysError)
+    return (MissingDaysError, NoLabelledDaysError, ParamsMismatchError)
 
 
 @contextmanager
@@ -80,10 +83,11 @@ def _stage_log(context: dg.AssetExecutionContext, module: str, logs_dir: Path,
     deps=[LABELS],
     group_name=GROUP,
     kinds={"optuna", "pytorch", "mlflow"},
-    description="Optuna search (TPE with a seed, MedianPruner, validation F1 macro) over "
-    "configs/optimization.yaml's search space on the labelled days of training.yaml `data`; the study "
-    "(named after the label suffix) persists at optimization.storage and resumes. Writes "
-    "{DATA_DIR}/optimization/best_params.json.",
+    description="Optuna search (TPE with a seed, MedianPruner) over configs/optimization.yaml's search "
+    "space: each trial's value is its mean validation metric over the purged walk-forward folds of the "
+    "development period (the test block is never seen). The study is named after labels, profile, data "
+    "range and a hash of the search, so new days start a new one; each run adds n_trials. Writes "
+    "{DATA_DIR}/optimization/best_params.json with its provenance.",
 )
 def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.MaterializeResult:
     from ..ml.reports import trials_table
@@ -101,7 +105,8 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
     metadata: dict[str, Any] = {
         "study_name": outcome.study_name,
         "storage": storage,
-        "best_f1_macro": round(outcome.best_value, 4),
+        f"best_mean_{outcome.metric}": round(outcome.best_value, 4),
+        "best_fold_scores": dg.MetadataValue.json([round(v, 4) for v in outcome.best_fold_scores or []]),
         "best_trial": outcome.best_trial,
         "best_params": dg.MetadataValue.json(outcome.best_params),
         "best_params_path": dg.MetadataValue.path(str(outcome.best_params_path.resolve())),
@@ -126,15 +131,16 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
     deps=[LABELS, OPTIMIZATION],
     group_name=GROUP,
     kinds={"pytorch", "mlflow"},
-    description="The final model: best_params.json when present (else training.yaml), trained with "
-    "class-weighted cross-entropy, AdamW + cosine LR, early stopping; saved as one file "
-    "{DATA_DIR}/models/quantgod_cloud_model.pth (weights, architecture, features, scaler, label "
-    "settings); scored once on the test split next to the baselines, backtested with fees; logged "
-    "and registered in MLflow.",
+    description="The final model: best_params.json when searched for this setup (else training.yaml), "
+    "validated walk-forward next to the baselines, trained on the last fold (training.yaml seeds, the best "
+    "on validation kept); saved as one file {DATA_DIR}/models/quantgod_cloud_model.pth with its model card; "
+    "the test block scored once with bootstrap intervals, verdicts and a bid/ask backtest; logged and "
+    "registered in MLflow, champion only when its walk-forward score beats persistence, logistic and the "
+    "holder's.",
 )
 def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.MaterializeResult:
     from ..ml.final import train_final_model
-    from ..ml.reports import backtest_table, comparison_table
+    from ..ml.reports import backtest_table, comparison_table, walk_forward_table
 
     settings = quantgod.load()
     with _stage_log(context, "training", settings.paths.logs_dir) as log, redacted_errors(*_secret_urls(settings)):
@@ -145,15 +151,22 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
         log_path = str(log.log_path)  # type: ignore[attr-defined]  # open_log sets it on the Logger it returns
     test = final.test
     metadata: dict[str, Any] = {
+        "verdict": final.verdict,
         "test_f1_macro": round(test["f1_macro"], 4),
+        "test_f1_macro_interval": final.report.interval.format() if final.report else "",
         "test_f1_weighted": round(test["f1_weighted"], 4),
         "test_vs_baselines": dg.MetadataValue.md(comparison_table(final)),
+        "walk_forward": dg.MetadataValue.md(walk_forward_table(final)),
+        "model_card": dg.MetadataValue.md(final.card),
+        "test_period": f"{final.test_period[0]} .. {final.test_period[1]} UTC",
+        "class_priors": dg.MetadataValue.json(final.priors),
         "confusion_matrix": dg.MetadataValue.md(png_markdown(final.confusion_png, "confusion matrix")),
         "training_curve": dg.MetadataValue.md(png_markdown(final.curve_png, "training curve")),
         "backtest": dg.MetadataValue.md(backtest_table(final)),
         "backtest_net_return": float(final.backtests["model"]["net_return"]),
         "backtest_trades": int(final.backtests["model"]["n_trades"]),
         "model_path": dg.MetadataValue.path(str(final.model_path.resolve())),
+        "model_card_path": dg.MetadataValue.path(str(final.card_path.resolve())) if final.card_path else "",
         "arch": str(final.params.get("arch")),
         "params_source": final.params_source,
         "params": dg.MetadataValue.json({k: v for k, v in final.params.items() if _jsonable(v)}),
@@ -161,6 +174,7 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
         "device": final.device,
         "best_epoch": final.best_epoch,
         "best_val_f1_macro": round(final.best_val_f1_macro, 4),
+        "seeds": dg.MetadataValue.json(final.seeds),
         "windows": dg.MetadataValue.json(final.sizes),
         "days": len(final.days),
         "first_day": str(final.days[0]),
@@ -176,11 +190,16 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
         )
     for name, base in final.baselines.items():
         metadata[f"baseline_{name}_f1_macro"] = round(base["f1_macro"], 4)
+    if final.walk_forward is not None:
+        metadata[f"walk_forward_{final.walk_forward.metric}"] = round(final.walk_forward.model_mean, 4)
     if final.mlflow_run_id:
         metadata["mlflow_run_id"] = final.mlflow_run_id
         metadata["mlflow_tracking_uri"] = redact_url(settings.training.mlflow.tracking_uri)
         metadata["registered_version"] = str(final.registered_version)
         metadata["champion"] = bool(final.promoted)
+        metadata["champion_reason"] = final.promotion
+        if final.champion_test_f1_macro is not None:  # reported next to ours, never compared
+            metadata["previous_champion_test_f1_macro"] = round(final.champion_test_f1_macro, 4)
     return dg.MaterializeResult(metadata=metadata)
 
 

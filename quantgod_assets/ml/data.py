@@ -1,11 +1,16 @@
-"""What the ML stages train on: the labelled days of a range → features, targets, windows, split, scaler.
+"""What the ML stages train on: the labelled days of a range → features, targets, windows,
+walk-forward folds and the test block, scalers.
 
 The labelled days come from `{DATA_DIR}/L2/labelled/{suffix}/`, the range from training.yaml
 `data.start` / `data.end` (null: the first / last labelled day present); a gap in the range fails
 with `MissingDaysError` naming the missing days.
 
     settings = load_settings()
-    data = prepare_data(settings, n_levels=10, seq_len=30)   # features, targets, split, scaler
+    data = prepare_data(settings, n_levels=10, seq_len=30)   # features, targets, folds, split, scaler
+    train_ds, val_ds = data.fold_datasets(0)                  # fold 1 of optimization.yaml `folds`
+
+`data.split` is the final model's: the last fold's training ends, its validation block (early
+stopping) and the test block. Each fold scales with statistics of its own training rows only.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from .dataset import (
     load_labelled_range,
     rows_covered,
 )
-from .splits import Split, train_val_test_split
+from .splits import Split, WalkForward, walk_forward_split
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -71,13 +76,46 @@ class PreparedData:
 
     arrays: TrainingArrays
     windows: WindowIndex
-    split: Split
-    scaler: Scaler  # fitted on the rows inside training windows only
+    walk: WalkForward  # the walk-forward folds over the development period and the test block
+    scaler: Scaler  # fitted on the rows inside the final split's training windows only
     seq_len: int
     n_levels: int
     lookahead: int
     labelled: LabelledRange
-    prices: np.ndarray | None = None  # the label price column per row (for the backtest)
+    prices: np.ndarray | None = None  # the label price column per row
+    bid: np.ndarray | None = None  # best bid / ask at each minute's close (the backtest trades at them)
+    ask: np.ndarray | None = None
+
+    @property
+    def split(self) -> Split:
+        """The final model's split: the last fold's training ends and validation block, the test block."""
+        return self.walk.final
+
+    @property
+    def folds(self) -> list[Split]:
+        return self.walk.folds
+
+    def fold_scaler(self, k: int) -> Scaler:
+        """A scaler fitted on fold k's training rows (the last fold's is `scaler`)."""
+        if k in (-1, len(self.folds) - 1):
+            return self.scaler
+        rows = rows_covered(self.folds[k].train, self.seq_len, self.arrays.n_rows)
+        return Scaler.fit(self.features, rows, self.arrays.feature_names)
+
+    def fold_datasets(self, k: int) -> tuple[Any, Any]:
+        """(train, validation) `SequenceDataset`s of fold k, scaled with its own training rows' statistics."""
+        from .dataset import SequenceDataset
+
+        fold, scaler = self.folds[k], self.fold_scaler(k)
+        return (SequenceDataset(self.features, self.targets, fold.train, self.seq_len, scaler),
+                SequenceDataset(self.features, self.targets, fold.val, self.seq_len, scaler))
+
+    def period(self, ends: np.ndarray) -> tuple[dt.datetime, dt.datetime] | None:
+        """(first, last) window end of `ends` as UTC times, None when empty."""
+        if not ends.size:
+            return None
+        first, last = self.minutes[int(ends[0])], self.minutes[int(ends[-1])]
+        return (dt.datetime.fromtimestamp(int(first) * 60, dt.UTC), dt.datetime.fromtimestamp(int(last) * 60, dt.UTC))
 
     @property
     def features(self) -> np.ndarray:
@@ -107,18 +145,23 @@ class PreparedData:
     def describe(self) -> str:
         s = self.sizes()
         days = self.labelled.days
+        folds = ", ".join(f"{f.train.size:,}/{f.val.size:,}" for f in self.folds)
         return (f"Data: {len(days)} labelled day(s) {days[0]}..{days[-1]} | {self.arrays.n_rows:,} rows | "
                 f"{self.n_features} features ({self.n_levels} levels) | seq_len {self.seq_len} | "
-                f"windows train {s['train']:,} / val {s['val']:,} / test {s['test']:,} "
-                f"(purge {self.split.purge} min)")
+                f"{len(self.folds)} walk-forward folds (train/val windows: {folds}) | "
+                f"test {s['test']:,} windows | purge {self.split.purge} min")
 
 
-def _read_prices(labelled: LabelledRange, column: str, n_rows: int) -> np.ndarray:
-    parts = [frame.get_column(column).cast(float).to_numpy() for _day, frame in labelled.iter_days([column])]
-    prices = np.concatenate(parts) if parts else np.zeros(0)
-    if prices.size != n_rows:
-        raise ValueError(f"read {prices.size} prices for {n_rows} rows")
-    return prices
+def _read_columns(labelled: LabelledRange, columns: list[str], n_rows: int) -> list[np.ndarray]:
+    """Float64 columns of the labelled range, one array per column, aligned with the feature rows."""
+    parts: list[list[np.ndarray]] = [[] for _ in columns]
+    for _day, frame in labelled.iter_days(columns):
+        for part, column in zip(parts, columns):
+            part.append(frame.get_column(column).cast(float).to_numpy())
+    out = [np.concatenate(part) if part else np.zeros(0) for part in parts]
+    if any(a.size != n_rows for a in out):
+        raise ValueError(f"read {[a.size for a in out]} values of {columns} for {n_rows} rows")
+    return out
 
 
 def prepare_data(
@@ -132,8 +175,10 @@ def prepare_data(
     labelled: LabelledRange | None = None,
     with_prices: bool = False,
 ) -> PreparedData:
-    """Labelled days → float32 feature matrix → usable windows → purged train / val / test split →
-    a scaler fitted on the training rows. `arrays` reuses a matrix already built for `n_levels`."""
+    """Labelled days → float32 feature matrix → usable windows → purged walk-forward folds
+    (optimization.yaml `folds`, `embargo_minutes`) and test block (training.yaml `split.test`) → a
+    scaler fitted on the final split's training rows. `arrays` reuses a matrix already built for
+    `n_levels`; `with_prices` also reads the label price and the best bid / ask."""
     n_levels = int(n_levels or settings.training.n_levels)
     seq_len = int(seq_len or settings.training.seq_len)
     lookahead = int(settings.labelling.lookahead)
@@ -144,7 +189,15 @@ def prepare_data(
     elif arrays.n_levels != n_levels:
         raise ValueError(f"arrays hold {arrays.n_levels} levels, {n_levels} asked for")
     windows = WindowIndex.build(arrays.valid, arrays.targets, seq_len, arrays.minutes)
-    split = train_val_test_split(windows.ends, lookahead, seq_len, settings.training.split.fractions, arrays.minutes)
+    opt = settings.optimization
+    try:
+        walk = walk_forward_split(windows.ends, lookahead, seq_len, settings.training.split.test, opt.folds,
+                                  arrays.minutes, opt.embargo_minutes)
+    except ValueError as exc:
+        raise ValueError(f"too few usable windows: {len(windows)} windows of {seq_len} minutes over "
+                         f"{len(labelled.days)} day(s): {exc}: label more days, shorten seq_len or use fewer folds"
+                         ) from exc
+    split = walk.final
     if not split.train.size or not split.val.size:
         raise ValueError(
             f"too few usable windows for a split: {len(windows)} windows of {seq_len} minutes over "
@@ -152,5 +205,8 @@ def prepare_data(
             f"{split.test.size} (purge {split.purge} min): label more days or shorten seq_len"
         )
     scaler = Scaler.fit(arrays.features, rows_covered(split.train, seq_len, arrays.n_rows), arrays.feature_names)
-    prices = _read_prices(labelled, settings.labelling.price_column, arrays.n_rows) if with_prices else None
-    return PreparedData(arrays, windows, split, scaler, seq_len, n_levels, lookahead, labelled, prices)
+    prices = bid = ask = None
+    if with_prices:
+        prices, bid, ask = _read_columns(labelled, [settings.labelling.price_column, "bid_px_0", "ask_px_0"],
+                                         arrays.n_rows)
+    return PreparedData(arrays, windows, walk, scaler, seq_len, n_levels, lookahead, labelled, prices, bid, ask)

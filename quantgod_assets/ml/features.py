@@ -15,12 +15,15 @@ it is NaN (the row invalid) at the start of the data, after a gap in time, or af
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 __all__ = [
+    "FEATURE_CODE_HASH",
     "MAX_LEVELS",
     "MIN_LEVELS",
     "FeatureBlock",
@@ -46,6 +49,9 @@ ROW_FEATURES = (
     "imbalance_200",
 )
 IMBALANCE_COLUMNS = ("imbalance_1", "imbalance_5", "imbalance_20", "imbalance_200")
+# this module's source, hashed: studies, best params and models name the feature code they were made
+# with, so a change to the features never silently reuses params searched (or a model trained) before it
+FEATURE_CODE_HASH = hashlib.sha256(Path(__file__).read_bytes().replace(b"\r\n", b"\n")).hexdigest()[:12]
 
 
 def _check_levels(n_levels: int) -> int:

@@ -1,10 +1,20 @@
-"""The `model` stage: the final model, scored once on the test split next to the baselines.
+"""The `model` stage: walk-forward validation, the final model, the test block scored once.
 
-    final = train_final_model(load_settings())   # .pth bundle, test vs baselines, backtest, MLflow
+    final = train_final_model(load_settings())   # .pth bundle + model card, test vs baselines, MLflow
 
-Its settings: training.yaml, with `{DATA_DIR}/optimization/best_params.json` over them when the
-file exists (`resolve_training`). Lines go to this package's loggers; torch and mlflow are
-imported when the model trains.
+1. Params: training.yaml, with `{DATA_DIR}/optimization/best_params.json` over them when it
+   exists (`resolve_training`); params searched under another profile, labelling or feature code
+   are refused with a clear message instead of being used silently.
+2. Walk-forward (`evaluation.walk_forward`): the params trained on every fold but the last, each
+   fold's validation block scored next to the baselines. The final model is the last fold's
+   training (training.yaml `seeds` of them; the one kept is the best on validation).
+3. The test block, once: macro-F1 with a moving-block bootstrap interval, model − each baseline
+   with its interval and verdict, the seeds' mean ± std, per-class precision / recall, the
+   backtest at the side of the book with its interval.
+4. MLflow (`tracking.log_final_run`): the alias `champion` moves only to a model whose
+   walk-forward score beats persistence, logistic and the holder's; the test score never chooses.
+
+Lines go to this package's loggers; torch and mlflow are imported when the model trains.
 """
 
 from __future__ import annotations
@@ -32,20 +42,37 @@ from ..secrets import redact_url
 from ..settings import LoopSettings
 from .data import PreparedData, prepare_data
 from .dataset import rows_covered
-from .reports import num, pct
+from .evaluation import TestReport, WalkForwardReport, priors_line, seed_spread, split_priors, test_report, walk_forward
+from .features import FEATURE_CODE_HASH
+from .reports import pct
 
 if TYPE_CHECKING:
     from ..settings import Settings, TrainingSettings
 
-__all__ = ["FinalModel", "feature_pictures", "resolve_training", "train_final_model"]
+__all__ = ["FinalModel", "ParamsMismatchError", "feature_pictures", "resolve_training", "train_final_model"]
 
 log = logging.getLogger(__name__)
 TRAINING_CONFIG = "training config"  # where the params come from when best_params.json is not used
 
 
+class ParamsMismatchError(ValueError):
+    """best_params.json was searched under another profile, labelling or feature code."""
+
+
+def _searched_under(meta: Mapping[str, Any], settings: Settings) -> list[str]:
+    """What differs between where best_params.json was searched and this run, in words."""
+    here = {"profile": settings.optimization.profile or "default", "label_suffix": settings.labelling.suffix,
+            "feature_hash": FEATURE_CODE_HASH}
+    words = {"profile": "profile", "label_suffix": "labels", "feature_hash": "feature code"}
+    if not all(key in meta for key in here):
+        return ["it records no profile, labels or feature code (written before they were recorded)"]
+    return [f"{words[key]} {meta[key]!r} (this run: {value!r})" for key, value in here.items() if meta[key] != value]
+
+
 def resolve_training(settings: Settings, use_best_params: bool = True) -> tuple[TrainingSettings, str]:
     """(training settings to train with, where their params came from): training.yaml, with
-    `best_params.json` over it when it exists and fits (else a warning and training.yaml)."""
+    `best_params.json` over it when it exists. Raises `ParamsMismatchError` when the file was
+    searched under another profile, labelling or feature code; warns when over other days."""
     training = settings.training
     path = settings.paths.best_params_path
     if not use_best_params or not path.exists():
@@ -57,12 +84,15 @@ def resolve_training(settings: Settings, use_best_params: bool = True) -> tuple[
         meta = json.loads(path.read_text())
         resolved = training.with_params(best)
     except (OSError, ValueError, KeyError) as exc:  # ConfigError included: a key that is no setting
-        log.warning(f"Ignoring {path}: unreadable ({exc}); using the training config")
-        return training, TRAINING_CONFIG
-    expected = settings.optimization.study_for(settings.labelling.suffix)
-    if isinstance(meta, dict) and meta.get("study_name") not in (None, expected):
-        log.warning(f"{path} comes from study '{meta.get('study_name')}', the current labels are '{expected}'")
-    log.info(f"Using best params from {path}: {json.dumps(best, sort_keys=True)}")
+        raise ParamsMismatchError(f"{path}: unreadable ({exc}): run the optimization asset again or remove it") from exc
+    differences = _searched_under(meta if isinstance(meta, dict) else {}, settings)
+    if differences:
+        raise ParamsMismatchError(
+            f"{path} was searched under {'; '.join(differences)}: run the optimization asset for this "
+            "setup first, or remove the file to train with training.yaml's params"
+        )
+    log.info(f"Using best params from {path} (study '{meta.get('study_name')}', days {meta.get('data_start')}.."
+             f"{meta.get('data_end')}): {json.dumps(best, sort_keys=True)}")
     return resolved, str(path)
 
 
@@ -79,55 +109,113 @@ class FinalModel:
     params_source: str
     history: list[Any]
     best_epoch: int
-    best_val_f1_macro: float
+    best_val_f1_macro: float  # F1 macro of the kept seed's best epoch on the last fold's validation block
     n_parameters: int
     device: str
-    test: dict[str, Any]  # f1_macro, f1_weighted, f1_{sell,neutral,buy}, accuracy, confusion, n
-    baselines: dict[str, dict[str, Any]]  # name -> {"f1_macro", "f1_weighted", per class, "confusion"}
+    test: dict[str, Any]  # the kept model's test scores: f1_*, precision_*, recall_*, accuracy, confusion, n
+    baselines: dict[str, dict[str, Any]]  # name -> the same scores of each baseline on the test block
     backtests: dict[str, dict[str, Any]]  # "model" and each baseline -> BacktestResult.summary()
     sizes: dict[str, int]
     days: list[dt.date]
     confusion_png: bytes
     curve_png: bytes
+    walk_forward: WalkForwardReport | None = None
+    report: TestReport | None = None
+    priors: dict[str, list[float]] = field(default_factory=dict)
+    test_period: tuple[str, str] = ("", "")
+    metric: str = "f1_macro"  # optimization.yaml `metric`: early stopping, the checkpoint, walk-forward
+    seeds: list[int] = field(default_factory=list)
+    kept_seed: int = 0
+    class_weights: list[float] = field(default_factory=list)
+    card_path: Path | None = None
+    card: str = ""
     features_png: bytes | None = None  # feature histograms, raw and scaled, on the training rows
     correlation_png: bytes | None = None  # the feature correlation matrix on the training rows
     mlflow_run_id: str | None = None
     mlflow_model_uri: str | None = None
     registered_version: str | None = None
     promoted: bool = False
-    previous_champion: float | None = None
+    promotion: str = ""  # why this run became champion, or why not
+    previous_champion: float | None = None  # the holder's walk-forward score
+    champion_test_f1_macro: float | None = None  # the holder's test score: reported, never used
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-
-def _baseline_scores(result: Any) -> dict[str, Any]:
-    f1 = result.f1
-    cm = np.asarray(result.confusion)
-    support = cm.sum(axis=1)
-    values = np.array([f1["SELL"], f1["NEUTRAL"], f1["BUY"]])
-    n = int(cm.sum())
-    return {
-        "f1_macro": float(result.macro_f1),
-        "f1_weighted": float((values * support).sum() / n) if n else 0.0,
-        "f1_sell": float(f1["SELL"]), "f1_neutral": float(f1["NEUTRAL"]), "f1_buy": float(f1["BUY"]),
-        "confusion": cm.tolist(), "n": n,
-    }
+    @property
+    def verdict(self) -> str:
+        return self.report.verdict if self.report else ""
 
 
-def _backtest(data: PreparedData, predictions: np.ndarray, fee: float) -> dict[str, Any]:
-    """The test-period backtest of per-window predictions: the signal is NEUTRAL except at the
-    test window ends; trades enter at t+1 and hold `lookahead` minutes."""
-    from .backtest import backtest_signals
+def _backtest(data: PreparedData, predictions: np.ndarray, training: TrainingSettings,
+              block_trades: int = 1) -> dict[str, Any]:
+    """The test-period backtest of per-window predictions at the side of the book: the signal is
+    NEUTRAL except at the test window ends; trades enter at t+1 and hold `lookahead` minutes."""
+    from .backtest import backtest_book
 
-    if data.prices is None:
-        raise ValueError("the backtest needs the label prices: prepare_data(..., with_prices=True)")
+    if data.bid is None or data.ask is None:
+        raise ValueError("the backtest needs the book prices: prepare_data(..., with_prices=True)")
     ends = data.split.test
     first = int(ends[0])
     signals = np.ones(data.arrays.n_rows - first, dtype=np.int64)
     signals[ends - first] = predictions
-    result = backtest_signals(signals, data.prices[first:], hold=data.lookahead, fee=fee,
-                              minutes=data.minutes[first:])
+    bt = training.backtest
+    result = backtest_book(signals, data.bid[first:], data.ask[first:], hold=data.lookahead, fee=bt.fee,
+                           slippage_bps=bt.slippage_bps, minutes=data.minutes[first:], min_trades=bt.min_trades,
+                           interval_block=block_trades, resamples=training.evaluation.resamples,
+                           confidence=training.evaluation.confidence, seed=training.evaluation.seed)
     return result.summary()
+
+
+@dataclass
+class _SeedRun:
+    seed: int
+    model: Any
+    result: Any
+    val: dict[str, Any]  # evaluate() on the last fold's validation block
+    test: dict[str, Any]  # evaluate() on the test block
+
+
+class _Trainer:
+    """Trains the resolved params on a fold; shared by the walk-forward folds and the final seeds."""
+
+    def __init__(self, settings: Settings, training: TrainingSettings, data: PreparedData):
+        from .train import TrainConfig
+
+        self.training, self.data = training, data
+        opt = settings.optimization
+        self.metric = opt.metric
+        self.cfg = TrainConfig.from_settings(training, metric=opt.metric, direction=opt.goal)
+
+    def _config(self, seed: int) -> Any:
+        return self.cfg.model_copy(update={"seed": seed})
+
+    def fit(self, train_ds: Any, val_ds: Any, seed: int, **loop: Any) -> tuple[Any, Any]:
+        import torch
+
+        from .models import build_model
+        from .train import train_model
+
+        torch.manual_seed(seed)
+        model = build_model(self.training.arch, self.data.n_features, self.training.model_params())
+        return model, train_model(model, train_ds, val_ds, self._config(seed), **loop)
+
+    def scores(self, model: Any, dataset: Any) -> dict[str, Any]:
+        from .train import evaluate
+
+        device = next(model.parameters()).device
+        return evaluate(model, dataset, device, batch_size=self.cfg.eval_batch_size or 2 * self.cfg.batch_size,
+                        amp=self.cfg.amp)
+
+    def fold(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(y_true, y_pred, best epoch) of fold k's validation block, trained with the first seed."""
+        train_ds, val_ds = self.data.fold_datasets(k)
+        model, result = self.fit(train_ds, val_ds, self.training.seed, quiet=True)
+        val = self.scores(model, val_ds)
+        return val["y_true"], val["y_pred"], result.best_epoch
+
+
+def _better(a: float, b: float, direction: str) -> bool:
+    return a < b if direction == "minimize" else a > b
 
 
 def train_final_model(
@@ -138,117 +226,171 @@ def train_final_model(
     mlflow: bool = True,
     run_tags: Mapping[str, Any] | None = None,
 ) -> FinalModel:
-    """Trains the final model (best_params.json when present, else training.yaml), checkpoints the
-    one-file bundle `{DATA_DIR}/models/quantgod_cloud_model.pth` whenever val F1 macro improves,
-    evaluates ONCE on the test split next to the majority / persistence / logistic baselines with a
-    fee-aware backtest, and logs it all to MLflow (the model registered; alias `champion` moved
-    when it beats the holder's test F1 macro)."""
-    import torch
-
+    """Walk-forward validation of the params, the final model (training.yaml `seeds` trainings on
+    the last fold; the best on validation kept and saved as the one-file bundle
+    `{DATA_DIR}/models/quantgod_cloud_model.pth` with its model card beside it), the test block
+    scored ONCE next to the majority / stratified / persistence / logistic baselines with
+    intervals, verdicts and a bid/ask backtest, and the MLflow run (the model registered; alias
+    `champion` moved by the walk-forward rule)."""
     from ..progress import Progress
-    from .baselines import run_baselines
-    from .models import build_model
-    from .train import TrainConfig, evaluate, save_model, train_model
 
     started = time.perf_counter()
-    lab = settings.labelling
+    lab, opt = settings.labelling, settings.optimization
     training, source = resolve_training(settings, use_best_params)
     params = run_params(training)
     arch = training.arch
     data = prepare_data(settings, start, end, training.n_levels, training.seq_len, with_prices=True)
     if not data.split.test.size:
-        raise ValueError(f"the test split is empty ({data.describe()}): label more days")
-    log.info(f"Final model: {arch} | labels {lab.suffix} | params from {source}"
+        raise ValueError(f"the test block is empty ({data.describe()}): label more days")
+    log.info(f"Final model: {arch} | labels {lab.suffix} | params from {source} | metric {opt.metric} ({opt.goal})"
              + (f" | profile {training.profile}" if training.profile else ""))
     log.info(data.describe())
+    priors = split_priors(data)
+    log.info(priors_line(priors))
+    trainer = _Trainer(settings, training, data)
 
-    cfg = TrainConfig.from_settings(training)
-    torch.manual_seed(cfg.seed)
-    model = build_model(arch, data.n_features, training.model_params())
+    # the final model: the last fold, once per seed; the one kept is the best on validation
     label_settings = {
         "suffix": lab.suffix, "lookahead": lab.lookahead, "threshold_short": lab.threshold_short,
-        "threshold_long": lab.threshold_long, "price_column": lab.price_column,
-        "classes": list(CLASS_NAMES),
+        "threshold_long": lab.threshold_long, "price_column": lab.price_column, "classes": list(CLASS_NAMES),
     }
+    test_period = tuple(t.strftime("%Y-%m-%d %H:%M") for t in (data.period(data.split.test) or ()))
     extra = {
         "params": params, "params_source": source, "n_levels": data.n_levels, "seq_len": data.seq_len,
         "days": [d.isoformat() for d in data.labelled.days], "split": data.sizes(), "purge_minutes": data.split.purge,
+        "folds": len(data.folds), "metric": opt.metric, "feature_hash": FEATURE_CODE_HASH,
+        "test_period": list(test_period),
     }
     path = settings.paths.model_path
     # mid-training checkpoints go beside the model file: a run that dies leaves the last finished
     # model in place, not a half-trained one under its name
     checkpoint_path = path.with_name(f"{path.stem}.checkpoint{path.suffix}")
+    seeds = [training.seed + i for i in range(training.seeds)]
+    runs = []
+    train_ds, val_ds, test_ds = data.dataset("train"), data.dataset("val"), data.dataset("test")
+    for seed in seeds:
+        if len(seeds) > 1:
+            log.info(f"Final model, seed {seed} ({seeds.index(seed) + 1}/{len(seeds)})")
 
-    def checkpoint(m: Any, metrics: Any) -> None:
-        save_model(checkpoint_path, m, feature_names=data.arrays.feature_names, scaler_dict=data.scaler.to_dict(),
-                   label_settings=label_settings, metrics={"best_val_f1_macro": metrics.f1_macro,
-                                                           "best_epoch": metrics.epoch}, extra=extra)
+        def checkpoint(m: Any, metrics: Any, seed: int = seed) -> None:
+            from .train import save_model
 
-    with Progress(cfg.epochs, "training") as progress:  # a bar in a terminal, plain lines in logs
-        result = train_model(model, data.dataset("train"), data.dataset("val"), cfg,
-                             on_epoch=lambda m: progress.update(note=f"val F1 macro {m.f1_macro:.4f}"),
-                             checkpoint_fn=checkpoint)
+            save_model(checkpoint_path, m, feature_names=data.arrays.feature_names, scaler_dict=data.scaler.to_dict(),
+                       label_settings=label_settings, metrics={f"best_val_{opt.metric}": metrics.value(opt.metric),
+                                                               "best_epoch": metrics.epoch, "seed": seed}, extra=extra)
 
-    # the test split, once
-    device = next(model.parameters()).device
-    scores = evaluate(model, data.dataset("test"), device, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
-                      amp=cfg.amp)
-    test = {k: scores[k] for k in ("f1_macro", "f1_weighted", "f1_sell", "f1_neutral", "f1_buy", "accuracy", "n")}
-    test["confusion"] = scores["confusion"]
+        with Progress(trainer.cfg.epochs, "training") as progress:  # a bar in a terminal, plain lines in logs
+            model, result = trainer.fit(
+                train_ds, val_ds, seed, checkpoint_fn=checkpoint,
+                on_epoch=lambda m: progress.update(note=f"val {opt.metric} {m.value(opt.metric):.4f}"))
+        runs.append(_SeedRun(seed, model, result, trainer.scores(model, val_ds), trainer.scores(model, test_ds)))
+    kept = runs[0]
+    for run in runs[1:]:
+        if _better(run.result.best_value, kept.result.best_value, opt.goal):
+            kept = run
+    if len(runs) > 1:
+        log.info(f"Kept seed {kept.seed}: best validation {opt.metric} {kept.result.best_value:.4f} of "
+                 + ", ".join(f"{r.result.best_value:.4f}" for r in runs))
+
+    # walk-forward: the other folds trained with the first seed; the last fold is the final training
+    last = runs[0].val
+    wf = walk_forward(data, opt.metric, trainer.fold, (last["y_true"], last["y_pred"], runs[0].result.best_epoch))
+
+    # the test block, once
+    from .baselines import run_baselines
+
     baseline_results = run_baselines(data.features, data.targets, data.split, data.lookahead, data.minutes,
                                      on=("test",), scaler=data.scaler)
-    baselines = {name: _baseline_scores(parts["test"]) for name, parts in baseline_results.items()}
-    fee = training.backtest.fee
-    backtests = {"model": _backtest(data, scores["y_pred"], fee)}
+    scores = kept.test
+    block = int(training.evaluation.block_minutes or lab.lookahead)
+    report = test_report(scores["y_true"], scores["y_pred"],
+                         {name: parts["test"].predictions for name, parts in baseline_results.items()},
+                         training.evaluation, block)
+    report.seeds = seed_spread([{k: v for k, v in r.test.items() if not isinstance(v, (list, np.ndarray))}
+                                for r in runs])
+    test = {k: v for k, v in report.model.items()}
+    backtests = {"model": _backtest(data, scores["y_pred"], training)}
     for name, parts in baseline_results.items():
-        backtests[name] = _backtest(data, parts["test"].predictions, fee)
+        backtests[name] = _backtest(data, parts["test"].predictions, training)
+    _log_test(report, backtests["model"], training, data.lookahead, len(runs))
 
-    s, n, b = test["f1_sell"], test["f1_neutral"], test["f1_buy"]
-    log.info(f"Test ({test['n']:,} windows) | F1 Macro: {test['f1_macro']:.4f} | "
-             f"F1 Weighted: {test['f1_weighted']:.4f} | F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}] | "
-             f"Accuracy: {test['accuracy']:.4f}")
-    for name, base in baselines.items():
-        log.info(f"Baseline {name:<11} | F1 Macro: {base['f1_macro']:.4f} | F1 [S/N/B]: "
-                 f"[{base['f1_sell']:.3f}/{base['f1_neutral']:.3f}/{base['f1_buy']:.3f}]")
-    bt = backtests["model"]
-    log.info(f"Backtest (fee {100 * fee:.3f} %/side, hold {data.lookahead} min) | trades {bt['n_trades']} | "
-             f"net {pct(bt['net_return'])} | hit rate {pct(bt['hit_rate'])} | Sharpe {num(bt['sharpe'])}")
-    log.info(f"Confusion matrix (rows true S/N/B, cols predicted): {test['confusion']}")
-
-    # the final bundle: best weights + test scores
-    save_model(path, model, feature_names=data.arrays.feature_names, scaler_dict=data.scaler.to_dict(),
-               label_settings=label_settings,
-               metrics={"best_val_f1_macro": result.best_f1_macro, "best_epoch": result.best_epoch,
-                        **{f"test_{k}": v for k, v in test.items()}},
-               extra={**extra, "baselines_test_f1_macro": {k: v["f1_macro"] for k, v in baselines.items()},
-                      "backtest": bt})
+    save_model_bundle(path, kept.model, data, label_settings, extra, kept, report, wf, backtests["model"])
     checkpoint_path.unlink(missing_ok=True)
     log.info(f"Model saved: {path}")
 
     features_png, correlation_png_ = feature_pictures(data)
     final = FinalModel(
-        model_path=path, params=params, params_source=source, history=result.history,
-        best_epoch=result.best_epoch, best_val_f1_macro=result.best_f1_macro,
-        n_parameters=result.n_parameters, device=result.device, test=test, baselines=baselines,
-        backtests=backtests, sizes=data.sizes(), days=list(data.labelled.days),
+        model_path=path, params=params, params_source=source, history=kept.result.history,
+        best_epoch=kept.result.best_epoch, best_val_f1_macro=float(kept.val["f1_macro"]),
+        n_parameters=kept.result.n_parameters, device=kept.result.device, test=test,
+        baselines=report.baselines, backtests=backtests, sizes=data.sizes(), days=list(data.labelled.days),
         confusion_png=fig_png(confusion_figure(test["confusion"], title=f"Test confusion matrix ({arch})")),
-        curve_png=fig_png(training_curve_figure(result.history, title=f"{arch}: training curve")),
+        curve_png=fig_png(training_curve_figure(kept.result.history, title=f"{arch}: training curve")),
+        walk_forward=wf, report=report, priors=priors, test_period=(test_period[0], test_period[1]),
+        metric=opt.metric, seeds=seeds, kept_seed=kept.seed, class_weights=list(kept.result.class_weights),
         features_png=features_png, correlation_png=correlation_png_,
+        promotion=wf.why_not() or "walk-forward score beats persistence and logistic",
     )
+    final.extra = extra
+    from .card import model_card, write_model_card
+
+    final.card = model_card(final, settings)  # logged with the run; the file below adds the run's ids
 
     if mlflow:
         from .tracking import log_final_run
 
-        log_final_run(settings, final, model, data, run_tags)
+        log_final_run(settings, final, kept.model, data, run_tags)
         store = training.mlflow
         log.info(f"MLflow run {final.mlflow_run_id} ({redact_url(store.tracking_uri)}, experiment '{store.experiment}')"
                  + (f" | registered '{store.registered_model}' v{final.registered_version}"
                     if final.registered_version else "")
-                 + (" | now champion" if final.promoted else " | champion unchanged"
-                    + (f" (holds test F1 macro {final.previous_champion:.4f})"
-                       if final.previous_champion is not None else "")))
+                 + f" | {'now champion' if final.promoted else 'champion unchanged'}: {final.promotion}")
+    final.card_path, final.card = write_model_card(final, settings)
+    log.info(f"Model card: {final.card_path}")
     final.seconds = time.perf_counter() - started
     return final
+
+
+def save_model_bundle(path: Path, model: Any, data: PreparedData, label_settings: Mapping[str, Any],
+                      extra: Mapping[str, Any], kept: _SeedRun, report: TestReport, wf: WalkForwardReport,
+                      backtest: Mapping[str, Any]) -> Path:
+    """The one-file bundle: best weights, scaler, labels, walk-forward and test scores."""
+    from .train import save_model
+
+    metrics = {"best_val_f1_macro": float(kept.val["f1_macro"]), "best_epoch": kept.result.best_epoch,
+               "seed": kept.seed, f"walk_forward_{wf.metric}": wf.model_mean,
+               **{f"test_{k}": v for k, v in report.model.items() if k not in ("confusion",)}}
+    return save_model(path, model, feature_names=data.arrays.feature_names, scaler_dict=data.scaler.to_dict(),
+                      label_settings=label_settings, metrics=metrics,
+                      extra={**extra,
+                             "baselines_test_f1_macro": {k: v["f1_macro"] for k, v in report.baselines.items()},
+                             "walk_forward": wf.summary(), "verdicts": report.verdicts, "backtest": dict(backtest)})
+
+
+def _log_test(report: TestReport, bt: Mapping[str, Any], training: TrainingSettings, lookahead: int,
+              n_seeds: int) -> None:
+    test = report.model
+    s, n, b = test["f1_sell"], test["f1_neutral"], test["f1_buy"]
+    log.info(f"Test ({test['n']:,} windows, scored once) | F1 Macro: {report.interval.format()} | "
+             f"F1 Weighted: {test['f1_weighted']:.4f} | F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}] | "
+             f"Accuracy: {test['accuracy']:.4f} ({int(100 * training.evaluation.confidence)} % intervals, "
+             f"moving blocks of {report.block} windows)")
+    precision = "/".join(f"{test[f'precision_{c}']:.3f}" for c in ("sell", "neutral", "buy"))
+    recall = "/".join(f"{test[f'recall_{c}']:.3f}" for c in ("sell", "neutral", "buy"))
+    log.info(f"Test precision [S/N/B]: [{precision}] | recall [S/N/B]: [{recall}]")
+    if n_seeds > 1:
+        mean, std = report.seeds["f1_macro"]
+        log.info(f"Test F1 Macro over {n_seeds} seeds: {mean:.4f} ± {std:.4f}")
+    for name, base in report.baselines.items():
+        log.info(f"Baseline {name:<11} | F1 Macro: {base['f1_macro']:.4f} | F1 [S/N/B]: "
+                 f"[{base['f1_sell']:.3f}/{base['f1_neutral']:.3f}/{base['f1_buy']:.3f}] | {report.verdicts[name]}")
+    fee = training.backtest.fee
+    log.info(f"Backtest at bid/ask (fee {100 * fee:.3f} %/side, slippage {training.backtest.slippage_bps:g} bps, "
+             f"hold {lookahead} min) | trades {bt['n_trades']} | net {pct(bt['net_return'])} "
+             f"[{pct(bt['net_return_low'])}, {pct(bt['net_return_high'])}] | hit rate {pct(bt['hit_rate'])} | "
+             f"Sharpe {bt['sharpe_text']}")
+    log.info(f"Confusion matrix (rows true S/N/B, cols predicted): {test['confusion']}")
+    log.info(f"Verdict: {report.verdict}")
 
 
 def feature_pictures(data: PreparedData) -> tuple[bytes | None, bytes | None]:

@@ -2,8 +2,12 @@
 
     outcome = run_optimization(load_settings())   # the study, best_params.json, MLflow runs
 
-The study is named after the label suffix (optimization.yaml `study_name` otherwise) and resumes;
-the trials themselves run in `tune.run_study`. Lines go to this package's loggers. optuna, torch
+The study is named after what it searched (`study_name`: labels, profile, data range and a hash of
+the feature code, search space, folds and metric; optimization.yaml `study_name` otherwise), so a
+run over other days or another search starts a new study, and a run over the same ones adds
+`n_trials` trials to it. best_params.json records the study, profile, data range and hashes
+(`search_provenance`), which the `model` stage checks. The trials run in `tune.run_study`.
+Lines go to this package's loggers. optuna, torch
 and mlflow are imported when the search runs. The storage and tracking URLs connect as given and
 are shown (lines, `OptimizationOutcome.storage`, errors) with their passwords masked.
 """
@@ -11,6 +15,7 @@ are shown (lines, `OptimizationOutcome.storage`, errors) with their passwords ma
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -21,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..secrets import redact_url, redacted_errors
 from .data import labelled_range, prepare_data
-from .dataset import TrainingArrays, build_training_arrays
+from .dataset import LabelledRange, TrainingArrays, build_training_arrays
+from .features import FEATURE_CODE_HASH
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["OptimizationOutcome", "run_optimization"]
+__all__ = ["OptimizationOutcome", "run_optimization", "search_provenance", "study_name"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,52 @@ class OptimizationOutcome:
     days: list[dt.date]
     mlflow_parent_run_id: str | None = None
     seconds: float = 0.0
+    best_fold_scores: list[float] | None = None  # the best trial's validation score on each walk-forward fold
+    metric: str = "f1_macro"
+
+
+# training.yaml keys that do not change what a trial computes (where it runs, what the final model does)
+_NOT_SEARCH_RELEVANT = {"device", "log_every", "seeds", "data", "backtest", "evaluation", "mlflow", "epochs",
+                        "patience"}
+
+
+def _search_hash(settings: Settings) -> str:
+    """A hash of everything that decides a trial's value besides the data: the search space,
+    folds, embargo, test share, metric, epochs per trial and the training settings trials use."""
+    opt, training = settings.optimization, settings.training
+    searched = {
+        "space": {name: spec.as_dict() for name, spec in opt.search_space.items()},
+        "folds": opt.folds, "embargo": opt.embargo_minutes, "test": training.split.test,
+        "metric": opt.metric, "direction": opt.goal, "epochs_per_trial": opt.epochs_per_trial,
+        "max_batches_per_epoch": opt.max_batches_per_epoch,
+        "training": training.model_dump(mode="json", exclude=_NOT_SEARCH_RELEVANT),
+        "labels": settings.labelling.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(searched, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def search_provenance(settings: Settings, labelled: LabelledRange) -> dict[str, Any]:
+    """Where a search ran: profile, label suffix, data range and the feature-code and search hashes."""
+    return {
+        "profile": settings.optimization.profile or "default",
+        "label_suffix": settings.labelling.suffix,
+        "data_start": labelled.start.isoformat(),
+        "data_end": labelled.end.isoformat(),
+        "n_days": len(labelled.days),
+        "feature_hash": FEATURE_CODE_HASH,
+        "search_hash": _search_hash(settings),
+    }
+
+
+def study_name(settings: Settings, labelled: LabelledRange) -> str:
+    """optimization.yaml `study_name` when set, else
+    `{labels}_{profile}_{first day}_{last day}_{hash of feature code + search}`."""
+    opt = settings.optimization
+    if opt.study_name:
+        return opt.study_name
+    p = search_provenance(settings, labelled)
+    digest = hashlib.sha256(f"{p['feature_hash']}:{p['search_hash']}".encode()).hexdigest()[:8]
+    return f"{p['label_suffix']}_{p['profile']}_{p['data_start']}_{p['data_end']}_{digest}"
 
 
 def _trial_rows(study: Any) -> list[dict[str, Any]]:
@@ -57,6 +109,7 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
             "value": float(t.value) if t.value is not None and math.isfinite(t.value) else None,
             "params": dict(t.params),
             "epochs": {int(k): float(v) for k, v in t.intermediate_values.items()},
+            "fold_scores": t.user_attrs.get("fold_scores"),
         })
     return rows
 
@@ -67,9 +120,10 @@ def run_optimization(
     end: dt.date | str | None = None,
     mlflow: bool = True,
 ) -> OptimizationOutcome:
-    """Runs (or resumes) the study named after the label suffix on the labelled range, writes
-    `{DATA_DIR}/optimization/best_params.json`, logs parent + nested runs to MLflow. An error
-    quoting the storage's or the tracking URI's password is re-raised with it masked."""
+    """Adds `n_trials` trials to the study named after the labelled range and the search
+    (`study_name`), writes `{DATA_DIR}/optimization/best_params.json` with its provenance, logs
+    parent + nested runs to MLflow. An error quoting the storage's or the tracking URI's password
+    is re-raised with it masked."""
     tracking_uri = settings.training.mlflow.tracking_uri if mlflow else None
     with redacted_errors(settings.optimization.storage, tracking_uri):
         return _run_optimization(settings, start, end, tracking_uri)
@@ -84,43 +138,45 @@ def _run_optimization(settings: Settings, start: dt.date | str | None, end: dt.d
     opt = settings.optimization
     started = time.perf_counter()
     labelled = labelled_range(settings, start, end)
-    study_name = opt.study_for(settings.labelling.suffix)
-    log.info(f"Optimization: study '{study_name}' at {redact_url(opt.storage)} | labels {settings.labelling.suffix} | "
+    name = study_name(settings, labelled)
+    log.info(f"Optimization: study '{name}' at {redact_url(opt.storage)} | labels {settings.labelling.suffix} | "
              f"days {labelled.start}..{labelled.end} ({len(labelled.days)}) | "
-             f"{opt.n_trials} trials x {opt.epochs_per_trial} epochs"
-             + (f" | profile {opt.profile}" if opt.profile else ""))
+             f"{opt.n_trials} trials x {opt.folds} folds x {opt.epochs_per_trial} epochs | objective: mean "
+             f"validation {opt.metric} ({opt.goal})" + (f" | profile {opt.profile}" if opt.profile else ""))
 
     cache: dict[int, TrainingArrays] = {}  # one feature matrix per n_levels, shared by the trials
 
-    def make_datasets(params: dict[str, Any]) -> tuple[Any, Any, int]:
+    def make_datasets(params: dict[str, Any]) -> Any:
         n_levels = int(params.get("n_levels", settings.training.n_levels))
         seq_len = int(params.get("seq_len", settings.training.seq_len))
         if n_levels not in cache:
             cache[n_levels] = build_training_arrays(labelled, n_levels)
         data = prepare_data(settings, n_levels=n_levels, seq_len=seq_len, arrays=cache[n_levels], labelled=labelled)
         log.info(data.describe())
-        return data.dataset("train"), data.dataset("val"), data.n_features
+        return data  # the walk-forward folds; the test block is never touched here
 
     path = settings.paths.best_params_path
-    best = run_study(make_datasets, opt, settings.training, study_name, mlflow_tracking_uri=tracking_uri,
-                     best_params_path=path)
+    best = run_study(make_datasets, opt, settings.training, name, mlflow_tracking_uri=tracking_uri,
+                     best_params_path=path, provenance=search_provenance(settings, labelled))
     written = json.loads(path.read_text(encoding="utf-8"))
-    study = open_study(opt, study_name)
+    study = open_study(opt, name)
     trials = _trial_rows(study)
     states = [t["state"] for t in trials]
     parent = None
     if tracking_uri:
         from .tracking import study_parent_run
 
-        parent = study_parent_run(tracking_uri, opt.mlflow_experiment, study_name)
+        parent = study_parent_run(tracking_uri, opt.mlflow_experiment, name)
     outcome = OptimizationOutcome(
-        study_name=study_name,
+        study_name=name,
         storage=redact_url(opt.storage),
         best_params=best,
         # from the file run_study wrote with `best`: the study's best may have moved since
         # (other workers share it), and the outcome must name the trial the params came from
         best_value=float("nan") if written["best_value"] is None else float(written["best_value"]),
         best_trial=int(written["best_trial"]),
+        best_fold_scores=list(written.get("best_fold_scores") or []),
+        metric=opt.metric,
         n_complete=states.count(optuna.trial.TrialState.COMPLETE.name),
         n_pruned=states.count(optuna.trial.TrialState.PRUNED.name),
         n_failed=states.count(optuna.trial.TrialState.FAIL.name),
@@ -130,6 +186,6 @@ def _run_optimization(settings: Settings, start: dt.date | str | None, end: dt.d
         mlflow_parent_run_id=parent,
         seconds=time.perf_counter() - started,
     )
-    log.info(f"Best params written to {path} (trial {outcome.best_trial}, F1 Macro {outcome.best_value:.4f}) "
-             f"in {outcome.seconds:.0f} s")
+    log.info(f"Best params written to {path} (trial {outcome.best_trial}, mean {opt.metric} {outcome.best_value:.4f} "
+             f"over {len(outcome.best_fold_scores)} folds) in {outcome.seconds:.0f} s")
     return outcome

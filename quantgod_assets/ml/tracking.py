@@ -1,6 +1,10 @@
 """MLflow helpers: one parent run per Optuna study with a nested run per trial, and the final
-model's run (params, per-epoch metrics, test metrics, confusion matrix image, the model itself,
-registered, with alias `champion` moved only when the test F1 macro beats the current one).
+model's run (params, per-epoch metrics, walk-forward and test metrics with intervals, verdicts,
+pictures, the model card, the model itself, registered).
+
+The alias `champion` moves only by walk-forward validation scores (`promote_if_better`): a model
+is eligible when its walk-forward score beats persistence's and logistic's, and it takes the alias
+when it also beats the holder's. The test score is logged and reported, never compared.
 
 The default store is a local SQLite file (`sqlite:///mlflow.db`) with artifacts in a folder
 beside it, so everything works offline; `mlflow ui --backend-store-uri sqlite:///mlflow.db`
@@ -16,6 +20,7 @@ re-raised with the password masked (`secrets.redacted_errors`).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import tempfile
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FinalRun",
+    "Promotion",
     "StudyTracker",
     "current_champion",
     "log_final_model",
@@ -52,7 +58,7 @@ __all__ = [
 ]
 
 CHAMPION = "champion"
-CHAMPION_METRIC = "test_f1_macro"
+CHAMPION_METRIC = "walk_forward_f1_macro"  # the model-version tag promotion compares (walk_forward_<metric>)
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -209,14 +215,17 @@ class StudyTracker:
     def log_epoch(self, metrics: Mapping[str, Any], step: int) -> None:
         mlflow.log_metrics(_finite(metrics), step=step)
 
-    def log_trial_value(self, value: float) -> None:
+    def log_trial_value(self, value: float, metric: str = "f1_macro", fold_scores: Sequence[float] = ()) -> None:
+        """The trial's objective (`objective_<metric>`: the mean over the folds) and each fold's score."""
         mlflow.set_tag("optuna_state", "COMPLETE")
-        mlflow.log_metric("objective_f1_macro", float(value))
+        mlflow.log_metric(f"objective_{metric}", float(value))
+        for k, score in enumerate(fold_scores, start=1):
+            mlflow.log_metric(f"fold_{k}_{metric}", float(score))
 
     def log_best(self, best_params: Mapping[str, Any], best_value: float, n_trials: int) -> None:
         if self.parent_run_id is None:
             return
-        self.client.log_metric(self.parent_run_id, "best_f1_macro", float(best_value))
+        self.client.log_metric(self.parent_run_id, "best_objective", float(best_value))
         self.client.log_metric(self.parent_run_id, "n_trials", float(n_trials))
         self.client.log_dict(self.parent_run_id, dict(best_params), "best_params.json")
 
@@ -227,7 +236,7 @@ class StudyTracker:
 
 def current_champion(client: MlflowClient, name: str, alias: str = CHAMPION,
                      metric: str = CHAMPION_METRIC) -> tuple[str | None, float | None]:
-    """(version, its `metric`) of the model version holding `alias`, or (None, None)."""
+    """(version, its `metric` tag or run metric) of the model version holding `alias`, or (None, None)."""
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -238,6 +247,23 @@ def current_champion(client: MlflowClient, name: str, alias: str = CHAMPION,
     return version.version, (float(value) if value is not None else None)
 
 
+def _champion_test_score(client: MlflowClient, name: str, alias: str = CHAMPION) -> float | None:
+    """The holder's test F1 macro: reported next to a new model's, never compared."""
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+        return client.get_run(version.run_id).data.metrics.get("test_f1_macro") if version.run_id else None
+    except MlflowException:
+        return None
+
+
+@dataclass
+class Promotion:
+    promoted: bool
+    reason: str
+    previous_score: float | None
+    previous_test_f1_macro: float | None = None
+
+
 def promote_if_better(
     client: MlflowClient,
     name: str,
@@ -245,15 +271,40 @@ def promote_if_better(
     score: float,
     alias: str = CHAMPION,
     metric: str = CHAMPION_METRIC,
-) -> tuple[bool, float | None]:
-    """Moves `alias` to `version` when `score` beats the current holder's (or there is none).
-    Returns (promoted, previous score)."""
+    eligible: bool = True,
+    not_eligible_reason: str = "",
+    direction: str = "maximize",
+) -> Promotion:
+    """Moves `alias` to `version` when it is `eligible` (beats the baselines on walk-forward) and
+    its walk-forward `score` beats the holder's (or there is none); the runs' `champion` tags follow
+    the alias, so exactly one run carries `champion=true`."""
     client.set_model_version_tag(name, str(version), metric, str(float(score)))
-    _holder, previous = current_champion(client, name, alias, metric)
-    if previous is None or score > previous:
-        client.set_registered_model_alias(name, alias, str(version))
-        return True, previous
-    return False, previous
+    holder, previous = current_champion(client, name, alias, metric)
+    previous_test = _champion_test_score(client, name, alias)
+    if not eligible:
+        return Promotion(False, not_eligible_reason or "not eligible", previous, previous_test)
+    if previous is not None:
+        better = score < previous if direction == "minimize" else score > previous
+        if not better:
+            return Promotion(False, f"{metric} {score:.4f} does not beat the champion's {previous:.4f} "
+                                    f"(v{holder})", previous, previous_test)
+    if holder is not None:
+        _untag_run_of(client, name, holder)
+    client.set_registered_model_alias(name, alias, str(version))
+    reason = (f"{metric} {score:.4f} beats persistence, logistic"
+              + (f" and the champion's {previous:.4f} (v{holder})" if previous is not None else
+                 (" (the holder recorded no such score)" if holder is not None else " (first champion)")))
+    return Promotion(True, reason, previous, previous_test)
+
+
+def _untag_run_of(client: MlflowClient, name: str, version: str) -> None:
+    """The run of the version losing the alias no longer says `champion=true`."""
+    try:
+        run_id = client.get_model_version(name, version).run_id
+        if run_id:
+            client.set_tag(run_id, "champion", "false")
+    except MlflowException:
+        pass  # a deleted run: nothing to untag
 
 
 @dataclass
@@ -263,6 +314,8 @@ class FinalRun:
     registered_version: str | None
     promoted: bool
     previous_champion_score: float | None
+    reason: str = ""
+    previous_champion_test_f1_macro: float | None = None
 
 
 def _history_dicts(history: Sequence[Any]) -> list[dict[str, float]]:
@@ -331,13 +384,21 @@ def log_final_model(
     artifacts: Sequence[str | Path] = (),
     extra_metrics: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
+    champion_score: float | None = None,
+    champion_metric: str = CHAMPION_METRIC,
+    eligible: bool = True,
+    not_eligible_reason: str = "",
+    direction: str = "maximize",
+    texts: Mapping[str, str] | None = None,
 ) -> FinalRun:
     """One run for the final model: params, per-epoch metrics (`EpochMetrics` or dicts with an
     "epoch"), test metrics (logged as `test_<key>`), `extra_metrics` as given (baselines,
-    backtest), the confusion matrix image, `artifacts` (e.g. the .pth bundle), the model with
-    signature and input example, registered as `registered_model_name`; `alias` moves to the new
-    version only when its test F1 macro beats the current holder's. The tracking URI is never
-    logged as a param or tag; an error quoting its password is re-raised masked."""
+    backtest), the confusion matrix image, `artifacts` (e.g. the .pth bundle), `texts` (name ->
+    text, e.g. the model card), the model with signature and input example, registered as
+    `registered_model_name`; `alias` moves to the new version only when it is `eligible` and its
+    `champion_score` (walk-forward, tagged `champion_metric`) beats the holder's. Without a
+    `champion_score` nothing is promoted. The tracking URI is never logged as a param or tag; an
+    error quoting its password is re-raised masked."""
     with redacted_errors(tracking_uri):  # an MLflow error quoting the URI, masked
         setup_mlflow(tracking_uri, experiment, artifact_location)
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -357,38 +418,82 @@ def log_final_model(
                             "confusion_matrix.json")
             for path in artifacts:
                 mlflow.log_artifact(str(path))
+            for name, text in (texts or {}).items():
+                mlflow.log_text(text, name)
             info = _log_pytorch_model(model, "model", input_example, registered_model_name)
             version = getattr(info, "registered_model_version", None)
-            promoted, previous = False, None
-            if registered_model_name and version is not None:
-                score = float(test[CHAMPION_METRIC])
-                promoted, previous = promote_if_better(client, registered_model_name, version, score, alias)
-                mlflow.set_tag("champion", str(promoted).lower())
+            promotion = Promotion(False, "no walk-forward score to compare", None)
+            if registered_model_name and version is not None and champion_score is not None:
+                promotion = promote_if_better(client, registered_model_name, version, float(champion_score), alias,
+                                              champion_metric, eligible, not_eligible_reason, direction)
+            mlflow.set_tag("champion", str(promotion.promoted).lower())
+            mlflow.set_tag("champion_reason", promotion.reason)
             return FinalRun(run.info.run_id, info.model_uri, str(version) if version is not None else None,
-                            promoted, previous)
+                            promotion.promoted, promotion.previous_score, promotion.reason,
+                            promotion.previous_test_f1_macro)
+
+
+def _final_metrics(final: FinalModel) -> dict[str, Any]:
+    """Everything but the per-epoch and test scores: walk-forward, intervals, baselines, backtests, sizes."""
+    out: dict[str, Any] = {"best_val_f1_macro": final.best_val_f1_macro, "best_epoch": final.best_epoch,
+                           "n_parameters": final.n_parameters}
+    wf, report = final.walk_forward, final.report
+    if wf is not None:
+        out[f"walk_forward_{wf.metric}"] = wf.model_mean
+        for f in wf.folds:
+            out[f"fold_{f.fold}_{wf.metric}"] = f.model
+        for name, mean in wf.baseline_means.items():
+            out[f"walk_forward_{name}_{wf.metric}"] = mean
+    if report is not None:
+        out.update(test_f1_macro_low=report.interval.low, test_f1_macro_high=report.interval.high)
+        for name, edge in report.edges.items():
+            out.update({f"edge_{name}_f1_macro": edge.estimate, f"edge_{name}_low": edge.low,
+                        f"edge_{name}_high": edge.high})
+        for key, (mean, std) in report.seeds.items():
+            if len(final.seeds) > 1:
+                out.update({f"seeds_test_{key}_mean": mean, f"seeds_test_{key}_std": std})
+    for name, base in final.baselines.items():
+        for key in ("f1_macro", "f1_weighted", "f1_sell", "f1_neutral", "f1_buy"):
+            out[f"baseline_{name}_{key}"] = base[key]
+    for name, bt in final.backtests.items():
+        prefix = "backtest" if name == "model" else f"backtest_{name}"
+        for key in ("net_return", "net_return_low", "net_return_high", "gross_return", "hit_rate", "sharpe",
+                    "n_trades", "max_drawdown"):
+            out[f"{prefix}_{key}"] = bt.get(key)
+    for part, size in final.sizes.items():
+        out[f"n_{part}_windows"] = size
+    for part, priors in final.priors.items():
+        for cls, p in zip(("sell", "neutral", "buy"), priors):
+            out[f"prior_{part}_{cls}"] = p
+    return out
 
 
 def log_final_run(settings: Settings, final: FinalModel, model: Any, data: PreparedData,
                   run_tags: Mapping[str, Any] | None) -> None:
-    """The `model` asset's MLflow run (training.yaml `mlflow:`): params, per-epoch and test
-    metrics, baselines and backtests, the pictures and the bundle; fills `final`'s run fields."""
-    tr, lab = settings.training, settings.labelling
+    """The `model` asset's MLflow run (training.yaml `mlflow:`): params, per-epoch, walk-forward and
+    test metrics with intervals, baselines and backtests, the verdicts, the pictures, the model
+    card and the bundle; promotion by the walk-forward rule; fills `final`'s run fields."""
+    from .features import FEATURE_CODE_HASH
+    from .provenance import git_commit
+
+    tr, lab, opt = settings.training, settings.labelling, settings.optimization
     test = {k: v for k, v in final.test.items() if k != "confusion"}
-    extra_metrics: dict[str, Any] = {"best_val_f1_macro": final.best_val_f1_macro,
-                                     "best_epoch": final.best_epoch, "n_parameters": final.n_parameters}
-    for name, base in final.baselines.items():
-        for key in ("f1_macro", "f1_weighted", "f1_sell", "f1_neutral", "f1_buy"):
-            extra_metrics[f"baseline_{name}_{key}"] = base[key]
-    for name, bt in final.backtests.items():
-        prefix = "backtest" if name == "model" else f"backtest_{name}"
-        for key in ("net_return", "gross_return", "hit_rate", "sharpe", "n_trades", "max_drawdown"):
-            extra_metrics[f"{prefix}_{key}"] = bt[key]
-    for part, size in final.sizes.items():
-        extra_metrics[f"n_{part}_windows"] = size
     params = {**final.params, "params_source": final.params_source, "label_suffix": lab.suffix,
               "lookahead": lab.lookahead, "n_features": data.n_features,
               "data_start": data.labelled.start.isoformat(), "data_end": data.labelled.end.isoformat(),
-              "n_days": len(data.labelled.days), "fee": tr.backtest.fee}
+              "n_days": len(data.labelled.days), "fee": tr.backtest.fee, "slippage_bps": tr.backtest.slippage_bps,
+              "metric": opt.metric, "folds": len(data.folds), "seeds": len(final.seeds), "kept_seed": final.kept_seed,
+              "test_start": final.test_period[0], "test_end": final.test_period[1],
+              "bootstrap_block": final.report.block if final.report else None}
+    tags = {"label_suffix": lab.suffix, "git_commit": git_commit(), "feature_hash": FEATURE_CODE_HASH,
+            "data_range": f"{data.labelled.start}..{data.labelled.end}",
+            "test_period": f"{final.test_period[0]}..{final.test_period[1]}", "verdict": final.verdict,
+            **({f"verdict_{k}": v for k, v in final.report.verdicts.items()} if final.report else {}),
+            **(run_tags or {})}
+    texts = {"model_card.md": final.card} if final.card else {}
+    if final.walk_forward is not None:
+        texts["walk_forward.json"] = json.dumps(final.walk_forward.summary(), indent=2)
+    wf = final.walk_forward
     with tempfile.TemporaryDirectory(prefix="quantgod_final_") as temp:
         curve = Path(temp) / "training_curve.png"
         curve.write_bytes(final.curve_png)
@@ -403,13 +508,19 @@ def log_final_run(settings: Settings, final: FinalModel, model: Any, data: Prepa
             input_example=_input_example(data), tracking_uri=tr.mlflow.tracking_uri,
             experiment=tr.mlflow.experiment, run_name=f"final_{lab.suffix}",
             registered_model_name=tr.mlflow.registered_model, artifacts=[final.model_path, *pictures],
-            extra_metrics=extra_metrics, tags={"label_suffix": lab.suffix, **(run_tags or {})},
+            extra_metrics=_final_metrics(final), tags=tags, texts=texts,
+            champion_score=wf.model_mean if wf else None,
+            champion_metric=f"walk_forward_{wf.metric}" if wf else CHAMPION_METRIC,
+            eligible=bool(wf and wf.promotable), not_eligible_reason=(wf.why_not() or "") if wf else "",
+            direction=opt.goal if wf and wf.metric == opt.metric else "maximize",
         )
     final.mlflow_run_id = run.run_id
     final.mlflow_model_uri = run.model_uri
     final.registered_version = run.registered_version
     final.promoted = run.promoted
+    final.promotion = run.reason
     final.previous_champion = run.previous_champion_score
+    final.champion_test_f1_macro = run.previous_champion_test_f1_macro
 
 
 def _input_example(data: PreparedData) -> np.ndarray:

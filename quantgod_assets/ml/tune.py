@@ -1,13 +1,18 @@
 """The Optuna hyper-parameter search.
 
 A persisted study (SQLite by default, any Optuna storage URL otherwise) with a seeded TPE sampler
-and a MedianPruner; each trial trains with the shared `train_model` loop and reports its
-validation F1 macro every epoch. The datasets depend on searched parameters (`seq_len`,
-`n_levels`), so the caller passes `make_datasets(params) -> (train_ds, val_ds, n_features)`.
+and a MedianPruner; each trial trains with the shared `train_model` loop once per walk-forward
+fold and its value is the MEAN over the folds of the validation metric (optimization.yaml
+`metric`, in its `direction`). Every epoch of every fold is reported (step = fold × epochs +
+epoch), so the pruner compares a trial with the others at the same fold and epoch. The datasets
+depend on searched parameters (`seq_len`, `n_levels`), so the caller passes
+`make_datasets(params)`, returning a `FoldData` (`data.PreparedData` is one) or, for a single
+split, `(train_ds, val_ds, n_features)`.
 
 What to search and how long come from optimization.yaml (`OptimizationSettings`), everything a
-trial does not search from training.yaml (`TrainingSettings`). `n_trials` is the study's total budget: a resumed
-study runs only the trials still missing, so re-running after a crash finishes the search instead of starting it over.
+trial does not search from training.yaml (`TrainingSettings`). `n_trials` is how many trials each
+run ADDS to its study; the study is named after what it searched (`search.study_name`), so new
+data or another search space starts a new study instead of silently reusing old trials.
 
 The storage URL may carry a password (PostgreSQL): the study connects with it, while every line,
 MLflow param and best_params.json shows `redact_url(storage_url)`, and an error quoting it is
@@ -24,7 +29,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 import optuna
 import torch
@@ -47,7 +52,37 @@ __all__ = [
 
 _DEFAULT = OptimizationSettings()  # optimization.yaml's defaults, for make_study's own
 
-MakeDatasets = Callable[[dict[str, Any]], tuple[Any, Any, int]]
+
+
+class FoldData(Protocol):
+    """What a trial trains on: walk-forward folds, each a (train, validation) pair of datasets."""
+
+    @property
+    def folds(self) -> list[Any]: ...
+
+    @property
+    def n_features(self) -> int: ...
+
+    def fold_datasets(self, k: int) -> tuple[Any, Any]: ...
+
+
+class _OneSplit:
+    """A single (train, validation) pair as one fold."""
+
+    def __init__(self, train_ds: Any, val_ds: Any, n_features: int):
+        self.folds = [None]
+        self.n_features = int(n_features)
+        self._pair = (train_ds, val_ds)
+
+    def fold_datasets(self, k: int) -> tuple[Any, Any]:
+        return self._pair
+
+
+def _as_folds(made: Any) -> FoldData:
+    return _OneSplit(*made) if isinstance(made, tuple) else made
+
+
+MakeDatasets = Callable[[dict[str, Any]], "FoldData | tuple[Any, Any, int]"]
 SearchSpace = Mapping[str, SearchParam | Mapping[str, Any] | Any]
 
 log = logging.getLogger(__name__)
@@ -158,10 +193,10 @@ def format_trial_start(number: int, params: Mapping[str, Any]) -> str:
     return line + (" | " + ", ".join(rest) if rest else "")
 
 
-def _format_epoch(number: int, m: EpochMetrics) -> str:
+def _format_epoch(number: int, fold: str, m: EpochMetrics, metric: str) -> str:
     s, n, b = m.f1_per_class
-    return (f"Trial {number}, Epoch {m.epoch}/{m.epochs} | F1 Macro: {m.f1_macro:.4f} | "
-            f"F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}]")
+    return (f"Trial {number}{fold}, Epoch {m.epoch}/{m.epochs} | {metric}: {m.value(metric):.4f} | "
+            f"F1 Macro: {m.f1_macro:.4f} | F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +216,9 @@ def make_study(
     n_startup_trials: int = _DEFAULT.pruner.n_startup_trials,
     n_warmup_steps: int = _DEFAULT.pruner.n_warmup_steps,
     sampler_startup_trials: int = _DEFAULT.sampler_startup_trials,
+    direction: str = "maximize",
 ) -> optuna.Study:
-    """The study at `storage_url`, created or loaded (resumed): maximize, TPE(seed), MedianPruner.
+    """The study at `storage_url`, created or loaded (resumed): `direction`, TPE(seed), MedianPruner.
 
     A `.log` / `.jsonl` path (no URL scheme) is opened as an Optuna journal file, the storage that
     parallel workers on one file system can share. An error quoting the URL's password (a URL
@@ -202,7 +238,7 @@ def make_study(
         return optuna.create_study(
             storage=storage,
             study_name=study_name,
-            direction="maximize",
+            direction=direction,
             load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler_startup_trials),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
@@ -210,9 +246,9 @@ def make_study(
 
 
 def open_study(optimization: OptimizationSettings, study_name: str) -> optuna.Study:
-    """`make_study` with optimization.yaml's storage, seed, pruner and sampler settings."""
+    """`make_study` with optimization.yaml's storage, seed, pruner, sampler and direction."""
     return make_study(optimization.storage, study_name, optimization.seed, optimization.pruner.n_startup_trials,
-                      optimization.pruner.n_warmup_steps, optimization.sampler_startup_trials)
+                      optimization.pruner.n_warmup_steps, optimization.sampler_startup_trials, optimization.goal)
 
 
 def _free_accelerator_memory() -> None:
@@ -235,7 +271,7 @@ class _NullTracker:
     def log_epoch(self, metrics, step):
         pass
 
-    def log_trial_value(self, value):
+    def log_trial_value(self, value, metric="f1_macro", fold_scores=()):
         pass
 
     def log_best(self, best_params, best_value, n_trials):
@@ -254,16 +290,20 @@ def run_study(
     mlflow_tracking_uri: str | None = None,
     mlflow_artifact_location: str | Path | None = None,
     best_params_path: str | Path | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Runs (or resumes) the study until it holds `optimization.n_trials` finished trials; returns
-    the best params (the searched ones plus any fixed entries of the search space).
+    """Adds `optimization.n_trials` trials to the study (created or resumed); returns the best
+    params (the searched ones plus any fixed entries of the search space).
 
-    Each trial: params from `optimization.search_space` → `make_datasets(params)` →
-    `build_model(arch, …)` → `train_model` for `epochs_per_trial` (no early stopping: the pruner
-    decides), reporting validation F1 macro each epoch. `training` (batch_size, weight_decay,
-    class_weights, device, model sizes…) fills what the space does not search. A CUDA
-    out-of-memory error prunes the trial after freeing memory. With `mlflow_tracking_uri`, one
-    parent run per study (in `optimization.mlflow_experiment`) and a nested run per trial.
+    Each trial: params from `optimization.search_space` → `make_datasets(params)` → for every
+    walk-forward fold `build_model(arch, …)` → `train_model` for `epochs_per_trial` (no early
+    stopping: the pruner decides), reporting the fold's validation metric each epoch; the trial's
+    value is the mean of the folds' best values (each fold's score is logged and kept in the
+    trial's `fold_scores`). `training` (batch_size, weight_decay, class_weights, device, model
+    sizes…) fills what the space does not search. A CUDA out-of-memory error prunes the trial
+    after freeing memory. With `mlflow_tracking_uri`, one parent run per study (in
+    `optimization.mlflow_experiment`) and a nested run per trial. `provenance` (profile, data
+    range, hashes) is written into best_params.json beside the params.
 
     The storage and tracking URLs are shown (lines, MLflow params, best_params.json) with their
     passwords masked; an error quoting one is re-raised masked (`secrets.redacted_errors`), before
@@ -271,7 +311,75 @@ def run_study(
     """
     with redacted_errors(optimization.storage, mlflow_tracking_uri):
         return _run_study(make_datasets, optimization, training, study_name, mlflow_tracking_uri,
-                          mlflow_artifact_location, best_params_path)
+                          mlflow_artifact_location, best_params_path, provenance or {})
+
+
+class _Objective:
+    """One trial: the params' walk-forward folds trained in turn, the mean validation metric returned."""
+
+    def __init__(self, make_datasets: MakeDatasets, opt: OptimizationSettings, training: TrainingSettings,
+                 tracker: Any, secret_urls: tuple[str | None, ...]):
+        self.make_datasets, self.opt, self.training = make_datasets, opt, training
+        self.tracker, self.secret_urls = tracker, secret_urls
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest_params(trial, self.opt.search_space)
+        log.info(format_trial_start(trial.number, params))
+        # an error quoting a URL is masked here, before Optuna logs it as the trial's failure
+        with redacted_errors(*self.secret_urls), self.tracker.trial(trial.number, params):
+            return self._folds(trial, params)
+
+    def _folds(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
+        opt, number = self.opt, trial.number
+        try:
+            data = _as_folds(self.make_datasets(dict(params)))
+            settings = self.training.with_params(params)
+            scores = []
+            for k in range(len(data.folds)):
+                scores.append(self._fold(trial, params, settings, data, k))
+        except torch.OutOfMemoryError:
+            data = None
+            _free_accelerator_memory()
+            log.info(f"Trial {number} — CUDA OOM! Clearing cache and pruning...")
+            raise optuna.TrialPruned("CUDA out of memory") from None
+        except ValueError as exc:
+            if "must be a multiple of n_heads" not in str(exc):
+                raise
+            log.info(f"Trial {number} — invalid parameters ({exc}), pruning")
+            raise optuna.TrialPruned(str(exc)) from None
+        value = float(sum(scores) / len(scores))
+        shown = ", ".join(f"{v:.4f}" for v in scores)
+        log.info(f"Trial {number} DONE | mean {opt.metric} over {len(scores)} fold(s): {value:.4f} | folds: [{shown}]")
+        self.tracker.log_trial_value(value, opt.metric, scores)
+        trial.set_user_attr("fold_scores", scores)
+        return value
+
+    def _fold(self, trial: optuna.Trial, params: dict[str, Any], settings: TrainingSettings, data: FoldData,
+              k: int) -> float:
+        opt, number, epochs = self.opt, trial.number, self.opt.epochs_per_trial
+        train_ds, val_ds = data.fold_datasets(k)
+        seed = opt.seed + number
+        torch.manual_seed(seed)
+        model = build_model(settings.arch, data.n_features, settings.model_params())
+        cfg = TrainConfig.from_settings(settings, epochs=epochs, patience=0, seed=seed,
+                                        max_batches_per_epoch=opt.max_batches_per_epoch,
+                                        metric=opt.metric, direction=opt.goal)
+        fold = f" fold {k + 1}/{len(data.folds)}" if len(data.folds) > 1 else ""
+
+        def on_epoch(m: EpochMetrics) -> None:
+            value = m.value(opt.metric)
+            log.info(_format_epoch(number, fold, m, opt.metric))
+            step = k * epochs + m.epoch
+            self.tracker.log_epoch(m.as_mlflow(), step)
+            trial.report(value, step)
+            if trial.should_prune():
+                log.info(f"Trial {number} pruned at{fold} epoch {m.epoch}/{m.epochs} ({opt.metric}: {value:.4f})")
+                raise optuna.TrialPruned(f"fold {k + 1} epoch {m.epoch}: {opt.metric} {value:.4f}")
+
+        result = train_model(model, train_ds, val_ds, cfg, on_epoch=on_epoch, quiet=True)
+        trial.set_user_attr(f"fold_{k + 1}_best_epoch", result.best_epoch)
+        trial.set_user_attr("n_parameters", result.n_parameters)
+        return float(result.best_value)
 
 
 def _run_study(
@@ -282,16 +390,17 @@ def _run_study(
     mlflow_tracking_uri: str | None,
     mlflow_artifact_location: str | Path | None,
     best_params_path: str | Path | None,
+    provenance: Mapping[str, Any],
 ) -> dict[str, Any]:
     storage_url, seed, epochs = opt.storage, opt.seed, opt.epochs_per_trial
     shown = redact_url(storage_url)  # what lines, MLflow and best_params.json show
     study = open_study(opt, study_name)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state in _FINISHED]
-    remaining = max(int(opt.n_trials) - len(finished), 0)
     if finished:
-        log.info(f"Resuming study '{study_name}' ({shown}): {len(finished)} trials done, {remaining} to run")
+        log.info(f"Study '{study_name}' ({shown}) holds {len(finished)} finished trials: adding {opt.n_trials}")
     else:
-        log.info(f"Study '{study_name}' ({shown}): {remaining} trials, {epochs} epochs each, seed {seed}")
+        log.info(f"Study '{study_name}' ({shown}): {opt.n_trials} trials, {epochs} epochs per fold, seed {seed}, "
+                 f"objective: mean {opt.metric} over the walk-forward folds ({opt.goal})")
 
     if mlflow_tracking_uri:
         from .tracking import StudyTracker
@@ -299,60 +408,13 @@ def _run_study(
         tracker: Any = StudyTracker(mlflow_tracking_uri, opt.mlflow_experiment, study_name, mlflow_artifact_location)
     else:
         tracker = _NullTracker()
-
-    def objective(trial: optuna.Trial) -> float:
-        params = suggest_params(trial, opt.search_space)
-        number = trial.number
-        log.info(format_trial_start(number, params))
-        # an error quoting a URL is masked here, before Optuna logs it as the trial's failure
-        with redacted_errors(storage_url, mlflow_tracking_uri), tracker.trial(number, params):
-            oom = False
-            invalid: str | None = None
-            model = datasets = None
-            try:
-                train_ds, val_ds, n_features = make_datasets(dict(params))
-                datasets = (train_ds, val_ds)
-                torch.manual_seed(seed + number)
-                settings = training.with_params(params)
-                model = build_model(settings.arch, n_features, settings.model_params())
-                cfg = TrainConfig.from_settings(settings, epochs=epochs, patience=0, seed=seed + number,
-                                                max_batches_per_epoch=opt.max_batches_per_epoch)
-
-                def on_epoch(m: EpochMetrics) -> None:
-                    log.info(_format_epoch(number, m))
-                    tracker.log_epoch(m.as_mlflow(), m.epoch)
-                    trial.report(m.f1_macro, m.epoch)
-                    if trial.should_prune():
-                        log.info(f"Trial {number} pruned at epoch {m.epoch}/{m.epochs} (F1 Macro: {m.f1_macro:.4f})")
-                        raise optuna.TrialPruned(f"epoch {m.epoch}: F1 Macro {m.f1_macro:.4f}")
-
-                result = train_model(model, train_ds, val_ds, cfg, on_epoch=on_epoch, quiet=True)
-            except torch.OutOfMemoryError:
-                oom = True  # handled below, once the traceback (and the tensors it holds) is gone
-            except ValueError as exc:
-                if "must be a multiple of n_heads" not in str(exc):
-                    raise
-                invalid = str(exc)
-            if oom:
-                model = datasets = None  # noqa: F841 - drop the references before collecting
-                _free_accelerator_memory()
-                log.info(f"Trial {number} — CUDA OOM! Clearing cache and pruning...")
-                raise optuna.TrialPruned("CUDA out of memory")
-            if invalid is not None:
-                log.info(f"Trial {number} — invalid parameters ({invalid}), pruning")
-                raise optuna.TrialPruned(invalid)
-            value = float(result.best_f1_macro)
-            log.info(f"Trial {number} DONE | best F1 Macro: {value:.4f} (epoch {result.best_epoch})")
-            tracker.log_trial_value(value)
-            trial.set_user_attr("best_epoch", result.best_epoch)
-            trial.set_user_attr("n_parameters", result.n_parameters)
-            return value
+    objective = _Objective(make_datasets, opt, training, tracker, (storage_url, mlflow_tracking_uri))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tracker.study({"study_name": study_name, "storage_url": shown, "n_trials": opt.n_trials,
-                        "epochs": epochs, "seed": seed, "search_space": _space_json(opt.search_space)}):
-        if remaining:
-            study.optimize(objective, n_trials=remaining, timeout=opt.timeout_s, gc_after_trial=True)
+                        "epochs": epochs, "seed": seed, "metric": opt.metric, "direction": opt.goal,
+                        "folds": opt.folds, "search_space": _space_json(opt.search_space), **provenance}):
+        study.optimize(objective, n_trials=opt.n_trials, timeout=opt.timeout_s, gc_after_trial=True)
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -364,21 +426,26 @@ def _run_study(
         if best.value is None:  # best_trial is a completed trial, which always has its value
             raise RuntimeError(f"study '{study_name}': the best trial {best.number} has no value")
         best_params = {**_fixed_params(opt.search_space), **best.params}
-        log.info(f"Best trial {best.number} | F1 Macro: {best.value:.4f} | {len(complete)} complete, "
-            f"{len(pruned)} pruned | params: {json.dumps(best_params, sort_keys=True)}")
+        log.info(f"Best trial {best.number} | mean {opt.metric}: {best.value:.4f} | {len(complete)} complete, "
+                 f"{len(pruned)} pruned | params: {json.dumps(best_params, sort_keys=True)}")
         tracker.log_best(best_params, float(best.value), len(trials))
 
     if best_params_path is not None:
-        write_best_params(best_params_path, best_params, best, study_name, shown, len(complete), len(pruned))
+        write_best_params(best_params_path, best_params, best, study_name, shown, len(complete), len(pruned),
+                          {"metric": opt.metric, "direction": opt.goal, "folds": opt.folds, **provenance})
     return best_params
 
 
 def write_best_params(path: str | Path, best_params: Mapping[str, Any], best: optuna.trial.FrozenTrial,
-                      study_name: str, storage_url: str, n_complete: int, n_pruned: int) -> Path:
-    """best_params.json: the params, the best trial and the study (its storage URL password-masked)."""
+                      study_name: str, storage_url: str, n_complete: int, n_pruned: int,
+                      provenance: Mapping[str, Any] | None = None) -> Path:
+    """best_params.json: the params, the best trial (its per-fold scores), the study (its storage
+    URL password-masked) and where the search ran (`provenance`: profile, data range, hashes)."""
     payload = {
+        **dict(provenance or {}),
         "best_params": dict(best_params),
         "best_value": float(best.value) if best.value is not None and math.isfinite(best.value) else None,
+        "best_fold_scores": best.user_attrs.get("fold_scores"),
         "best_trial": best.number,
         "study_name": study_name,
         "storage_url": redact_url(storage_url),

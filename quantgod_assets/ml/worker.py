@@ -107,14 +107,17 @@ def run_quantgod_worker(n_trials: int | None = None, storage: str | None = None,
     and rewrites best_params.json. Returns how many calls this worker made.
     """
     from ..settings import load_settings
+    from .data import labelled_range
     from .lines import lines_to
     from .search import run_optimization
+    from .search import study_name as search_study_name
     from .tune import open_study
 
     settings = load_settings()
     changes: dict[str, Any] = {"storage": storage, "study_name": study_name, "n_trials": n_trials}
     opt = settings.optimization.model_copy(update={k: v for k, v in changes.items() if v})
-    name = opt.study_for(settings.labelling.suffix)
+    settings = settings.model_copy(update={"optimization": opt})
+    name = search_study_name(settings, labelled_range(settings))  # the study the `optimization` asset fills
     study = open_study(opt, name)  # an error quoting the storage's password comes masked
     me = f"worker {socket.gethostname()}:{os.getpid()}"
     calls = 0
@@ -124,7 +127,7 @@ def run_quantgod_worker(n_trials: int | None = None, storage: str | None = None,
             if count_taken(study) >= opt.n_trials:
                 say(f"{me}: study '{name}' holds {finished} finished trials of {opt.n_trials}: done")
                 return calls
-            one_more = settings.model_copy(update={"optimization": opt.model_copy(update={"n_trials": finished + 1})})
+            one_more = settings.model_copy(update={"optimization": opt.model_copy(update={"n_trials": 1})})
             try:
                 run_optimization(one_more, mlflow=mlflow)
             except RuntimeError as exc:  # "no completed trial" yet: the first trials were pruned
@@ -173,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--objective", choices=("quantgod", "toy"), default="quantgod")
     p.add_argument("--storage", help="Optuna storage URL or journal file (default: optimization.yaml / "
                                      "QUANTGOD_OPTUNA_STORAGE)")
-    p.add_argument("--study", help="study name (default: optimization.yaml study_name, else the label suffix)")
+    p.add_argument("--study", help="study name (default: optimization.yaml study_name, else the `optimization` "
+                                   "asset's: labels, profile, data range, search hash)")
     p.add_argument("--n-trials", type=int, help="the study's total budget (default: optimization.yaml n_trials)")
     p.add_argument("--no-mlflow", action="store_true", help="quantgod: do not log trials to MLflow")
     p.add_argument("--sleep", type=float, default=0.0, help="toy: seconds each trial sleeps")
