@@ -1,8 +1,9 @@
 """Training loop, evaluation and the one-file model bundle.
 
 `train_model` is the loop the `model` asset and every Optuna trial share: class-weighted
-cross-entropy, AdamW + CosineAnnealingLR (stepped per epoch), early stopping on validation
-F1 macro, the best weights kept (and checkpointed) whenever it improves, and the log lines the
+cross-entropy (fixed weights, or "auto": the inverse training priors), AdamW + CosineAnnealingLR
+(stepped per epoch), early stopping on the chosen validation metric (`TrainConfig.metric`, in its
+direction), the best weights kept (and checkpointed) whenever it improves, and the log lines the
 team reads (on this module's logger). `save_model` / `load_model` write and read ONE .pth holding everything needed to
 predict: weights, architecture spec, feature names, scaling statistics, label settings.
 """
@@ -17,16 +18,24 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import model_validator
 from torch import nn
 
-from ..settings import LoopSettings
+from ..settings import METRIC_DIRECTIONS, LoopSettings
 from ..storage import atomic_write
-from .device import autocast, configure_device, make_batches, pick_device
-from .metrics import confusion_matrix, per_class_f1
+from .device import autocast, configure_device, make_batches, pick_device, window_arrays
+from .metrics import (
+    CONFUSION_METRICS,
+    class_priors,
+    confusion_matrix,
+    metric_from_confusion,
+    per_class_f1,
+    per_class_precision_recall,
+)
 from .models import build_from_spec, count_parameters
 
 if TYPE_CHECKING:
@@ -37,6 +46,7 @@ __all__ = [
     "EpochMetrics",
     "TrainConfig",
     "TrainResult",
+    "class_weights_for",
     "classification_summary",
     "evaluate",
     "load_model",
@@ -63,6 +73,25 @@ class TrainConfig(LoopSettings):
     eval_batch_size: int | None = None  # default: 2 × batch_size
     checkpoint_path: str | None = None  # state_dict written on each improvement
     num_workers: int = 0  # DataLoader workers, for datasets that are not window datasets
+    # the validation metric that picks the best epoch, the kept weights and the checkpoint and
+    # drives early stopping (one of settings.METRIC_DIRECTIONS), and its direction (None: its own)
+    metric: str = "f1_macro"
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> TrainConfig:
+        if self.metric not in METRIC_DIRECTIONS:
+            raise ValueError(f"unknown metric {self.metric!r}: one of {', '.join(METRIC_DIRECTIONS)}")
+        # a contradicting direction would keep the worst epoch; settings refuses it the same way
+        if self.direction is not None and self.direction != METRIC_DIRECTIONS[self.metric]:
+            raise ValueError(f"direction {self.direction!r} contradicts metric {self.metric!r}, "
+                             f"which is to {METRIC_DIRECTIONS[self.metric]}")
+        return self
+
+    @property
+    def goal(self) -> str:
+        """"maximize" or "minimize": `direction`, else the metric's own."""
+        return self.direction or METRIC_DIRECTIONS[self.metric]
 
     @classmethod
     def from_settings(cls, training: TrainingSettings, **changes: Any) -> TrainConfig:
@@ -82,6 +111,21 @@ class EpochMetrics:
     lr: float
     samples_per_s: float
     seconds: float
+    # every selectable validation metric (settings.METRIC_DIRECTIONS) of the epoch; the fields
+    # above fill the ones a caller leaves out
+    values: dict[str, float] = field(default_factory=dict)
+    precision_per_class: list[float] = field(default_factory=list)  # validation, S / N / B
+    recall_per_class: list[float] = field(default_factory=list)  # validation, S / N / B
+
+    def __post_init__(self) -> None:
+        self.values = {"f1_macro": self.f1_macro, "f1_weighted": self.f1_weighted, "loss": self.val_loss,
+                       **self.values}
+
+    def value(self, name: str) -> float:
+        """The validation metric `name` (one of settings.METRIC_DIRECTIONS) of this epoch."""
+        if name not in self.values:
+            raise KeyError(f"no validation {name!r} in epoch {self.epoch}: {', '.join(self.values)}")
+        return float(self.values[name])
 
     def as_mlflow(self) -> dict[str, float]:
         out = {
@@ -92,13 +136,20 @@ class EpochMetrics:
             "lr": self.lr,
             "samples_per_s": self.samples_per_s,
         }
-        for name, value in zip(LONG_NAMES, self.f1_per_class):
-            out[f"val_f1_{name}"] = value
+        for name in ("accuracy", "balanced_accuracy"):
+            if name in self.values:
+                out[f"val_{name}"] = self.values[name]
+        for prefix, triplet in (("f1", self.f1_per_class), ("precision", self.precision_per_class),
+                                ("recall", self.recall_per_class)):
+            for name, value in zip(LONG_NAMES, triplet):
+                out[f"val_{prefix}_{name}"] = value
         return {k: float(v) for k, v in out.items() if math.isfinite(float(v))}
 
 
 @dataclass
 class TrainResult:
+    # the validation F1 macro AT the best epoch (the best by `metric`, not the highest F1 macro
+    # unless `metric` is f1_macro)
     best_f1_macro: float
     best_epoch: int
     history: list[EpochMetrics]
@@ -106,11 +157,17 @@ class TrainResult:
     device: str
     n_parameters: int
     best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    metric: str = "f1_macro"  # the validation metric that chose the best epoch
+    best_value: float = float("nan")  # that metric at the best epoch
+    class_weights: list[float] = field(default_factory=list)  # the loss's S / N / B weights
 
     def summary(self) -> dict[str, Any]:
         return {
+            "metric": self.metric,
+            "best_value": self.best_value,
             "best_f1_macro": self.best_f1_macro,
             "best_epoch": self.best_epoch,
+            "class_weights": list(self.class_weights),
             "epochs_run": len(self.history),
             "stopped_early": self.stopped_early,
             "device": self.device,
@@ -123,25 +180,20 @@ class TrainResult:
 
 
 def classification_summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """f1_macro, f1_weighted, f1_{sell,neutral,buy}, accuracy, confusion (rows true, cols pred)."""
+    """f1_macro, f1_weighted, accuracy, balanced_accuracy, {f1,precision,recall}_{sell,neutral,buy},
+    confusion (rows true, cols pred), n."""
     cm = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), 3)
-    f1 = per_class_f1(cm)
-    support = cm.sum(axis=1)
-    n = int(cm.sum())
-    out: dict[str, Any] = {
-        "f1_macro": float(f1.mean()),
-        "f1_weighted": float((f1 * support).sum() / n) if n else 0.0,
-        "accuracy": float(np.trace(cm) / n) if n else 0.0,
-        "confusion": cm.tolist(),
-        "n": n,
-    }
-    for name, value in zip(LONG_NAMES, f1):
-        out[f"f1_{name}"] = float(value)
+    out: dict[str, Any] = {name: metric_from_confusion(name, cm) for name in CONFUSION_METRICS}
+    out.update(confusion=cm.tolist(), n=int(cm.sum()))
+    precision, recall = per_class_precision_recall(cm)
+    for prefix, values in (("f1", per_class_f1(cm)), ("precision", precision), ("recall", recall)):
+        for name, value in zip(LONG_NAMES, values):
+            out[f"{prefix}_{name}"] = float(value)
     return out
 
 
-def _f1_triplet(summary: Mapping[str, Any]) -> list[float]:
-    return [float(summary[f"f1_{name}"]) for name in LONG_NAMES]
+def _triplet(summary: Mapping[str, Any], prefix: str) -> list[float]:
+    return [float(summary[f"{prefix}_{name}"]) for name in LONG_NAMES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +278,75 @@ def _state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def _train_targets(train_ds: Any) -> np.ndarray:
+    """The class of every training window: the targets at the window ends of a window dataset
+    (no window is built), else each item's y (reads every item: fine for the small generic
+    datasets tests use; the pipeline's datasets are window datasets)."""
+    arrays = window_arrays(train_ds)
+    if arrays is not None:
+        targets, ends = arrays[1], arrays[2]
+        return np.asarray(targets)[ends].astype(np.int64)
+    return np.fromiter((int(train_ds[i][1]) for i in range(len(train_ds))), dtype=np.int64, count=len(train_ds))
+
+
+def class_weights_for(cfg: TrainConfig, train_ds: Any) -> list[float]:
+    """The loss's S / N / B weights: `cfg.class_weights` when fixed; for "auto" the inverse
+    training priors n / (3 n_c), so each class weighs as much in the loss as if classes were
+    balanced. A class absent from training gets 0: no training window carries its loss term, so
+    its weight changes nothing there (and n / 0 is no number)."""
+    if cfg.class_weights != "auto":
+        return [float(w) for w in cfg.class_weights]
+    priors = class_priors(_train_targets(train_ds), 3)
+    return [float(1.0 / (3.0 * p)) if p > 0 else 0.0 for p in priors]
+
+
+def _weights_line(cfg: TrainConfig, weights: Sequence[float]) -> str:
+    how = "auto, inverse train priors" if cfg.class_weights == "auto" else "fixed"
+    return f"Class weights ({how}): " + " / ".join(f"{n} {w:.2f}" for n, w in zip(SHORT_NAMES, weights))
+
+
+def _improves(value: float, best: float, goal: str) -> bool:
+    """Whether `value` beats `best` in `goal`'s direction. A NaN (a diverged loss) never beats
+    anything but is beaten by any number, so a NaN first epoch is not kept for good."""
+    if math.isnan(best) and not math.isnan(value):
+        return True
+    return value > best if goal == "maximize" else value < best
+
+
+def _epoch_metrics(epoch: int, cfg: TrainConfig, train_loss: float, val: Mapping[str, Any], lr: float,
+                   samples_per_s: float, seconds: float) -> EpochMetrics:
+    values = {name: float(val[name]) for name in CONFUSION_METRICS}
+    values["loss"] = float(val["loss"])
+    return EpochMetrics(
+        epoch=epoch,
+        epochs=cfg.epochs,
+        train_loss=train_loss,
+        val_loss=values["loss"],
+        f1_macro=values["f1_macro"],
+        f1_weighted=values["f1_weighted"],
+        f1_per_class=_triplet(val, "f1"),
+        lr=lr,
+        samples_per_s=samples_per_s,
+        seconds=seconds,
+        values=values,
+        precision_per_class=_triplet(val, "precision"),
+        recall_per_class=_triplet(val, "recall"),
+    )
+
+
+def _epoch_line(m: EpochMetrics, metric: str) -> str:
+    s, n, b = m.f1_per_class
+    line = (
+        f"Epoch {m.epoch}/{m.epochs} | Train Loss: {m.train_loss:.4f} | Val Loss: {m.val_loss:.4f} | "
+        f"F1 Macro: {m.f1_macro:.4f} | F1 Weighted: {m.f1_weighted:.4f} | "
+        f"F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}] | LR: {m.lr:.6f} | "
+        f"{m.samples_per_s:,.0f} samples/s | {m.seconds:.1f}s"
+    )
+    if metric not in ("f1_macro", "f1_weighted", "loss"):  # those are on the line already
+        line += f" | val {metric}: {m.value(metric):.4f}"
+    return line
+
+
 def train_model(
     model: nn.Module,
     train_ds: Any,
@@ -235,7 +356,8 @@ def train_model(
     checkpoint_fn: Callable[[nn.Module, EpochMetrics], Any] | None = None,
     quiet: bool = False,
 ) -> TrainResult:
-    """Trains `model` in place and leaves it holding the best-validation-F1-macro weights.
+    """Trains `model` in place and leaves it holding the weights of the best epoch by the
+    validation `cfg.metric` in `cfg.goal`'s direction.
 
     `on_epoch(metrics)` is called after each epoch (Optuna reports and prunes from there; an
     exception it raises stops training and propagates). `checkpoint_fn(model, metrics)` is
@@ -245,6 +367,7 @@ def train_model(
     """
     cfg = cfg or TrainConfig()
     say = (lambda _line: None) if quiet else log.info
+    metric, goal = cfg.metric, cfg.goal
     device = pick_device(cfg.device)
     configure_device(device)
     torch.manual_seed(cfg.seed)
@@ -262,13 +385,15 @@ def train_model(
     if train_batches.n_samples == 0 or val_batches.n_samples == 0:
         raise ValueError("the training and validation sets must both hold at least one window")
 
-    weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
-    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    class_weights = class_weights_for(cfg, train_ds)
+    say(_weights_line(cfg, class_weights))
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32, device=device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1), eta_min=cfg.min_lr)
 
     history: list[EpochMetrics] = []
-    best_f1, best_epoch, best_state = -1.0, 0, None
+    best: EpochMetrics | None = None
+    best_state = None
     epochs_without_gain = 0
     stopped_early = False
     n_batches = len(train_batches)
@@ -307,40 +432,25 @@ def train_model(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - started
-        train_loss = float(loss_sum) / max(seen, 1)
         scheduler.step()
 
         val = evaluate(model, None, device, loss_fn=loss_fn, amp=cfg.amp, batches=val_batches)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            epochs=cfg.epochs,
-            train_loss=train_loss,
-            val_loss=float(val["loss"]),
-            f1_macro=float(val["f1_macro"]),
-            f1_weighted=float(val["f1_weighted"]),
-            f1_per_class=_f1_triplet(val),
-            lr=lr_now,
-            samples_per_s=seen / max(train_seconds, 1e-9),
-            seconds=time.perf_counter() - started,
-        )
+        metrics = _epoch_metrics(epoch, cfg, float(loss_sum) / max(seen, 1), val, lr_now,
+                                 seen / max(train_seconds, 1e-9), time.perf_counter() - started)
         history.append(metrics)
-        s, n, b = metrics.f1_per_class
-        say(
-            f"Epoch {epoch}/{cfg.epochs} | Train Loss: {metrics.train_loss:.4f} | Val Loss: {metrics.val_loss:.4f} | "
-            f"F1 Macro: {metrics.f1_macro:.4f} | F1 Weighted: {metrics.f1_weighted:.4f} | "
-            f"F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}] | LR: {metrics.lr:.6f} | "
-            f"{metrics.samples_per_s:,.0f} samples/s | {metrics.seconds:.1f}s"
-        )
+        say(_epoch_line(metrics, metric))
 
-        if metrics.f1_macro > best_f1:
-            best_f1, best_epoch = metrics.f1_macro, epoch
-            best_state = _state_on_cpu(model)
+        # the first epoch is always the best so far
+        if best is None or _improves(metrics.value(metric), best.value(metric), goal):
+            best, best_state = metrics, _state_on_cpu(model)
             epochs_without_gain = 0
             if checkpoint_fn is not None:
                 checkpoint_fn(model, metrics)
             elif cfg.checkpoint_path:
-                _atomic_torch_save({"state_dict": best_state, "epoch": epoch, "f1_macro": best_f1}, cfg.checkpoint_path)
-            say(f"✅ Best model saved (F1 Macro: {best_f1:.4f})")
+                _atomic_torch_save({"state_dict": best_state, "epoch": epoch, "metric": metric,
+                                    "value": metrics.value(metric), "f1_macro": metrics.f1_macro},
+                                   cfg.checkpoint_path)
+            say(f"✅ Best model saved (val {metric}: {metrics.value(metric):.4f})")
         else:
             epochs_without_gain += 1
 
@@ -348,14 +458,26 @@ def train_model(
             on_epoch(metrics)
 
         if cfg.patience and epochs_without_gain >= cfg.patience and epoch < cfg.epochs:
-            say(f"⏹ Early stopping at epoch {epoch}: no F1 Macro gain for {cfg.patience} epochs "
-                f"(best {best_f1:.4f} at epoch {best_epoch})")
+            say(f"⏹ Early stopping at epoch {epoch}: no val {metric} improvement for {cfg.patience} epochs "
+                f"(best {best.value(metric):.4f} at epoch {best.epoch})")
             stopped_early = True
             break
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return TrainResult(best_f1, best_epoch, history, stopped_early, device.type, n_params, best_state)
+    # epochs >= 1 and the first epoch always improves, so there is a best epoch
+    assert best is not None and best_state is not None
+    model.load_state_dict(best_state)
+    return TrainResult(
+        best_f1_macro=best.f1_macro,
+        best_epoch=best.epoch,
+        history=history,
+        stopped_early=stopped_early,
+        device=device.type,
+        n_parameters=n_params,
+        best_state=best_state,
+        metric=metric,
+        best_value=best.value(metric),
+        class_weights=class_weights,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

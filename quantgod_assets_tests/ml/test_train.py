@@ -12,7 +12,9 @@ from quantgod_assets.ml.device import make_batches, pick_device, window_arrays
 from quantgod_assets.ml.lines import lines_to
 from quantgod_assets.ml.models import build_model
 from quantgod_assets.ml.train import (
+    EpochMetrics,
     TrainConfig,
+    class_weights_for,
     classification_summary,
     evaluate,
     load_model,
@@ -88,11 +90,13 @@ def test_trained_model_beats_the_majority_baseline(data, tmp_path):
         result = train_model(model, train, val, cfg, on_epoch=epochs_seen.append)
     text = "\n".join(handler.lines)
     assert "Device: cpu | Parameters: " in text
-    assert "✅ Best model saved (F1 Macro: " in text
+    assert "Class weights (auto, inverse train priors): S " in text
+    assert "✅ Best model saved (val f1_macro: " in text
     assert "F1 [S/N/B]: [" in text and "samples/s" in text and "Batch 10/" in text
     assert [m.epoch for m in epochs_seen] == [m.epoch for m in result.history]
     assert (tmp_path / "ckpt.pth").exists()
     assert result.best_f1_macro == max(m.f1_macro for m in result.history)
+    assert result.metric == "f1_macro" and result.best_value == result.best_f1_macro
 
     scores = evaluate(model, test, torch.device("cpu"), batch_size=256)
     baseline = macro_f1_of_majority(scores["y_true"])
@@ -160,6 +164,10 @@ def test_classification_summary_by_hand():
     assert s["f1_macro"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     assert s["f1_weighted"] == pytest.approx(s["f1_macro"])  # equal supports
     assert s["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    # predicted SELL twice (1 right), NEUTRAL 3 times (2 right), BUY once (right)
+    assert [s["precision_sell"], s["precision_neutral"], s["precision_buy"]] == pytest.approx([0.5, 2 / 3, 1.0])
+    assert [s["recall_sell"], s["recall_neutral"], s["recall_buy"]] == pytest.approx([0.5, 1.0, 0.5])
+    assert s["balanced_accuracy"] == pytest.approx(2 / 3) and s["accuracy"] == pytest.approx(4 / 6)
 
 
 def test_pick_device_prefers_what_exists():
@@ -190,6 +198,161 @@ def test_train_config_comes_from_the_training_settings():
     training = TrainingSettings(epochs=7, lr=0.002, tcn_channels=8)
     cfg = TrainConfig.from_settings(training, patience=0, checkpoint_path="x.pth")
     assert (cfg.epochs, cfg.lr, cfg.patience, cfg.checkpoint_path) == (7, 0.002, 0, "x.pth")
-    assert cfg.weight_decay == training.weight_decay and cfg.class_weights == (2.0, 1.0, 2.0)
+    assert cfg.weight_decay == training.weight_decay and cfg.class_weights == "auto"
+    assert (cfg.metric, cfg.goal) == ("f1_macro", "maximize")
     with pytest.raises(ValueError, match="epoch"):  # a misspelt name fails, it is not dropped
         TrainConfig.from_settings(training, epoch=3)
+
+
+def test_train_config_takes_the_study_metric_and_goal():
+    from quantgod_assets.settings import OptimizationSettings, TrainingSettings
+
+    opt = OptimizationSettings(metric="loss")
+    cfg = TrainConfig.from_settings(TrainingSettings(), metric=opt.metric, direction=opt.goal)
+    assert (cfg.metric, cfg.direction, cfg.goal) == ("loss", "minimize", "minimize")
+    assert TrainConfig(metric="balanced_accuracy").goal == "maximize"  # None: the metric's own
+
+
+def test_unknown_metric_or_contradicting_direction_fails():
+    with pytest.raises(ValueError, match="unknown metric 'f2_macro': one of f1_macro, "):
+        TrainConfig(metric="f2_macro")
+    with pytest.raises(ValueError, match="contradicts metric 'loss'"):
+        TrainConfig(metric="loss", direction="maximize")
+
+
+# ---------------------------------------------------------------------------------------------
+# Class weights
+
+
+def windows_with_labels(counts, seq_len=1):
+    """TensorWindows whose window ends carry counts[c] labels of class c (shuffled)."""
+    y = np.repeat(np.arange(3), counts)
+    np.random.default_rng(0).shuffle(y)
+    return TensorWindows(np.eye(3, dtype=np.float32)[y], y, np.arange(seq_len - 1, len(y)), seq_len)
+
+
+def test_auto_weights_are_the_inverse_train_priors():
+    ds = windows_with_labels([20, 160, 20])
+    weights = class_weights_for(TrainConfig(class_weights="auto"), ds)
+    n = 200
+    assert weights == pytest.approx([n / (3 * 20), n / (3 * 160), n / (3 * 20)])
+
+
+def test_auto_weights_read_only_the_window_end_targets():
+    # rows 0..3 are SELL but no window ends there: only the 6 window ends count
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    ds = TensorWindows(np.zeros((10, 3), np.float32), y, np.arange(4, 10), 5)
+    assert class_weights_for(TrainConfig(), ds) == pytest.approx([0.0, 6 / (3 * 4), 6 / (3 * 2)])
+
+
+def test_a_class_absent_from_training_gets_weight_zero():
+    weights = class_weights_for(TrainConfig(), windows_with_labels([0, 50, 150]))
+    assert weights == pytest.approx([0.0, 200 / 150, 200 / 450])
+    generic = torch.utils.data.TensorDataset(torch.zeros(4, 2, 3), torch.tensor([1, 1, 2, 1]))
+    assert class_weights_for(TrainConfig(), generic) == pytest.approx([0.0, 4 / 9, 4 / 3])
+
+
+def test_fixed_weights_are_used_as_given():
+    assert class_weights_for(TrainConfig(class_weights=(2, 1, 2)), windows_with_labels([1, 1, 1])) == [2.0, 1.0, 2.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The chosen metric: a scripted model whose validation scores are set epoch by epoch
+
+
+class Scripted(torch.nn.Module):
+    """logits = one-hot(label) @ W: row c of W is what a window of class c scores. With lr 0 the
+    optimizer never moves W; `on_epoch` installs the next epoch's W from `script`."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = script
+        self.w = torch.nn.Parameter(script[0].clone())
+
+    def forward(self, x):
+        return x[:, -1, :3] @ self.w
+
+    def next_epoch(self, metrics):
+        if metrics.epoch < len(self.script):
+            with torch.no_grad():
+                self.w.copy_(self.script[metrics.epoch])
+
+
+def mapping(scale, sell=0, neutral=1, buy=2):
+    """W predicting class `sell` for SELL windows, ... with confidence `scale`."""
+    w = torch.zeros(3, 3)
+    for true, predicted in enumerate((sell, neutral, buy)):
+        w[true, predicted] = scale
+    return w
+
+
+PERFECT_BUT_TIMID = mapping(0.2)  # F1 1, accuracy 1, loss log(1 + 2e^-0.2) ≈ 0.97
+SELL_MISSED_CONFIDENT = mapping(5.0, sell=1)  # F1 ≈ 0.65, accuracy 0.9, loss ≈ 0.51
+EVERYTHING_SELL_BUT_BUY = mapping(5.0, neutral=0)  # F1 0.4, accuracy 0.2
+ALL_NEUTRAL = mapping(5.0, sell=1, buy=1)  # F1 ≈ 0.30, accuracy 0.8
+
+
+def run_script(script, patience=0, **cfg):
+    ds = windows_with_labels([20, 160, 20])
+    model = Scripted(script)
+    config = TrainConfig(epochs=len(script), batch_size=64, lr=0.0, min_lr=0.0, patience=patience,
+                         class_weights=(1.0, 1.0, 1.0), device="cpu", log_every=0, **cfg)
+    handler = ListHandler()
+    with lines_to(handler):
+        result = train_model(model, ds, ds, config, on_epoch=model.next_epoch)
+    return model, result, handler.lines
+
+
+def test_loss_keeps_the_lowest_validation_loss_epoch_not_the_best_f1():
+    model, result, lines = run_script([PERFECT_BUT_TIMID, SELL_MISSED_CONFIDENT], metric="loss")
+    losses = [m.val_loss for m in result.history]
+    f1s = [m.f1_macro for m in result.history]
+    assert int(np.argmax(f1s)) + 1 == 1  # the script works: F1 prefers epoch 1 ...
+    assert result.best_epoch == int(np.argmin(losses)) + 1 == 2  # ... the loss epoch 2, and wins
+    assert result.best_value == pytest.approx(losses[1]) and result.metric == "loss"
+    assert result.best_f1_macro == pytest.approx(f1s[1])  # F1 macro AT the best epoch
+    torch.testing.assert_close(model.w.detach(), SELL_MISSED_CONFIDENT)  # its weights are kept
+    assert f"✅ Best model saved (val loss: {losses[1]:.4f})" in lines
+
+
+def test_accuracy_keeps_the_highest_accuracy_epoch():
+    _model, result, _lines = run_script([EVERYTHING_SELL_BUT_BUY, ALL_NEUTRAL], metric="accuracy",
+                                        direction="maximize")
+    accuracies = [m.value("accuracy") for m in result.history]
+    assert accuracies == pytest.approx([0.2, 0.8])
+    assert int(np.argmax([m.f1_macro for m in result.history])) + 1 == 1
+    assert result.best_epoch == int(np.argmax(accuracies)) + 1 == 2
+
+
+@pytest.mark.parametrize(("metric", "stopped_at"), [("loss", 3), ("f1_macro", 4)])
+def test_early_stopping_counts_epochs_without_gain_in_the_chosen_metric(metric, stopped_at):
+    # F1 gains at epoch 2, the loss never after epoch 1: patience 2 runs out at 3 or 4
+    script = [SELL_MISSED_CONFIDENT, PERFECT_BUT_TIMID, mapping(0.1), mapping(0.1), mapping(0.1)]
+    _model, result, lines = run_script(script, patience=2, metric=metric)
+    assert result.stopped_early and len(result.history) == stopped_at
+    assert any(line.startswith(f"⏹ Early stopping at epoch {stopped_at}: no val {metric} improvement")
+               for line in lines)
+
+
+def test_epoch_metrics_hold_every_selectable_metric_and_log_them():
+    _model, result, _lines = run_script([EVERYTHING_SELL_BUT_BUY])
+    m = result.history[0]
+    assert set(m.values) == {"f1_macro", "f1_weighted", "accuracy", "balanced_accuracy", "loss"}
+    assert m.value("loss") == m.val_loss and m.value("balanced_accuracy") == pytest.approx(2 / 3)
+    # SELL is predicted for 180 windows, 20 right; BUY always right
+    assert m.precision_per_class == pytest.approx([20 / 180, 0.0, 1.0])
+    assert m.recall_per_class == pytest.approx([1.0, 0.0, 1.0])
+    logged = m.as_mlflow()
+    assert logged["val_accuracy"] == pytest.approx(0.2)
+    assert logged["val_balanced_accuracy"] == pytest.approx(2 / 3)
+    assert logged["val_precision_sell"] == pytest.approx(20 / 180) and logged["val_recall_buy"] == 1.0
+    assert {"val_precision_neutral", "val_precision_buy", "val_recall_sell", "val_recall_neutral"} <= set(logged)
+    with pytest.raises(KeyError, match="no validation 'f2'"):
+        m.value("f2")
+
+
+def test_epoch_metrics_built_by_hand_still_answer_the_old_metrics():
+    m = EpochMetrics(epoch=1, epochs=1, train_loss=1.0, val_loss=0.9, f1_macro=0.4, f1_weighted=0.5,
+                     f1_per_class=[0.1, 0.2, 0.3], lr=1e-3, samples_per_s=1.0, seconds=1.0)
+    assert (m.value("loss"), m.value("f1_macro"), m.value("f1_weighted")) == (0.9, 0.4, 0.5)
+    assert "val_accuracy" not in m.as_mlflow()
