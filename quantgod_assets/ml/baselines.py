@@ -1,6 +1,9 @@
 """Reference scores every model is logged next to, computed on the same window ends.
 
 - majority:    always the most frequent class of the training ends.
+- stratified:  random classes drawn at the training ends' class priors (seeded). Under macro-F1
+               this beats "majority" (which scores 0 on two of three classes), so it is the
+               chance level a macro-F1 classifier must clear.
 - persistence: the label known at t, i.e. the target of the row H minutes earlier (its price
                horizon ends at t); where that row has no target, the training majority class.
 - logistic:    multinomial logistic regression with L2 on the last row's features (scaled with
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import classification_scores
+from .metrics import CLASS_NAMES, class_priors, classification_scores, per_class_precision_recall
 
 __all__ = [
     "BaselineResult",
@@ -26,6 +29,7 @@ __all__ = [
     "majority_baseline",
     "persistence_baseline",
     "run_baselines",
+    "stratified_baseline",
 ]
 
 
@@ -37,16 +41,26 @@ class BaselineResult:
     confusion: list[list[int]]
     n: int
     predictions: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.int64))
+    precision: dict[str, float] = field(default_factory=dict)  # per class; 0 for a class never predicted
+    recall: dict[str, float] = field(default_factory=dict)  # per class; 0 for a class never true
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat numbers for logging: `{"macro_f1", "f1_SELL", "f1_NEUTRAL", "f1_BUY", "n"}`."""
-        return {"macro_f1": self.macro_f1, **{f"f1_{k}": v for k, v in self.f1.items()}, "n": self.n}
+        """Flat numbers for logging: `{"macro_f1", "f1_SELL", ..., "precision_SELL", ...,
+        "recall_SELL", ..., "n"}` (per class: SELL, NEUTRAL, BUY)."""
+        out: dict[str, Any] = {"macro_f1": self.macro_f1}
+        for score, per_class in (("f1", self.f1), ("precision", self.precision), ("recall", self.recall)):
+            out.update({f"{score}_{name}": value for name, value in per_class.items()})
+        out["n"] = self.n
+        return out
 
 
 def _result(name: str, y_true: np.ndarray, y_pred: np.ndarray) -> BaselineResult:
     scores = classification_scores(y_true, y_pred)
+    precision, recall = per_class_precision_recall(np.asarray(scores["confusion"]))
     return BaselineResult(name, scores["macro_f1"], scores["f1"], scores["confusion"], scores["n"],
-                          np.asarray(y_pred, dtype=np.int64))
+                          np.asarray(y_pred, dtype=np.int64),
+                          precision=dict(zip(CLASS_NAMES, map(float, precision))),
+                          recall=dict(zip(CLASS_NAMES, map(float, recall))))
 
 
 def _labels(targets: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -67,6 +81,19 @@ def majority_baseline(targets: np.ndarray, train_ends: np.ndarray, eval_ends: np
     majority = _majority_class(targets, train_ends)
     y = _labels(targets, eval_ends)
     return _result("majority", y, np.full(y.size, majority, dtype=np.int64))
+
+
+def stratified_baseline(
+    targets: np.ndarray, train_ends: np.ndarray, eval_ends: np.ndarray, seed: int = 0
+) -> BaselineResult:
+    """Random classes at the training ends' priors, independent of everything else: the score of
+    guessing with the right class balance (seeded: the same `seed` gives the same predictions)."""
+    priors = class_priors(_labels(targets, train_ends))
+    if not priors.sum():
+        raise ValueError("no training ends")
+    y = _labels(targets, eval_ends)
+    prediction = np.random.default_rng(seed).choice(priors.size, size=y.size, p=priors)
+    return _result("stratified", y, prediction.astype(np.int64))
 
 
 def persistence_baseline(
@@ -190,17 +217,26 @@ def run_baselines(
     minutes: np.ndarray | None = None,
     on: Sequence[str] = ("val",),
     scaler: Any | None = None,
+    seed: int = 0,
 ) -> dict[str, dict[str, BaselineResult]]:
-    """`{"majority": {"val": result}, "persistence": {...}, "logistic": {...}}` for a `splits.Split`.
+    """`{"majority": {"val": result}, "stratified": {...}, "persistence": {...}, "logistic": {...}}`
+    for a `splits.Split`.
 
-    Evaluated on `on` (default validation only: pass `("val", "test")` once, at the very end).
+    Evaluated on `on`, any names of `split.parts()` (default validation only: pass
+    `("val", "test")` once, at the very end). The stratified draws use `seed`.
     """
     parts = split.parts()
-    results: dict[str, dict[str, BaselineResult]] = {"majority": {}, "persistence": {}, "logistic": {}}
+    unknown = [part for part in on if part not in parts]
+    if unknown:
+        raise ValueError(f"unknown split parts {unknown}: the split has {sorted(parts)}")
+    results: dict[str, dict[str, BaselineResult]] = {
+        "majority": {}, "stratified": {}, "persistence": {}, "logistic": {},
+    }
     model = fit_logistic(features, targets, split.train, scaler=scaler) if on else None
     for part in on:
         ends = parts[part]
         results["majority"][part] = majority_baseline(targets, split.train, ends)
+        results["stratified"][part] = stratified_baseline(targets, split.train, ends, seed=seed)
         results["persistence"][part] = persistence_baseline(targets, split.train, ends, lookahead, minutes)
         results["logistic"][part] = logistic_baseline(features, targets, split.train, ends, model=model)
     return results
