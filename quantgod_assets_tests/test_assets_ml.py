@@ -224,12 +224,12 @@ def test_ml_settings_defaults_profile_and_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("QUANTGOD_DATA_DIR", str(env.data_dir))
     s = load_settings()
     assert s.optimization.storage == "sqlite:///optuna_study.db" and s.optimization.study_name is None
-    assert s.optimization.study_for(SUFFIX) == SUFFIX
+    assert (s.optimization.folds, s.optimization.metric) == (5, "f1_macro")
     assert (s.optimization.pruner.n_startup_trials, s.optimization.pruner.n_warmup_steps) == (5, 2)
     assert s.optimization.search_space["arch"].choices == ("tcn_lstm", "transformer")
     assert s.training.mlflow.tracking_uri == "sqlite:///mlflow.db" and s.training.arch == "tcn_lstm"
     assert (s.training.data.start, s.training.data.end) == (None, None)
-    assert s.training.split.fractions == (0.70, 0.15, 0.15) and s.training.backtest.fee == 0.00055
+    assert s.training.split.test == 0.15 and s.training.backtest.fee == 0.00055
     assert s.paths.model_path == env.data_dir / "models" / "quantgod_cloud_model.pth"
     assert s.paths.best_params_path == env.data_dir / "optimization" / "best_params.json"
 

@@ -53,7 +53,8 @@ def test_repo_configs_give_the_team_defaults(clean_env):
     assert s.labelling.price_column == "micro_price"
     assert s.optimization.storage == "sqlite:///optuna_study.db"
     assert s.optimization.n_trials > 0 and "lr" in s.optimization.search_space
-    assert s.training.class_weights == (2.0, 1.0, 2.0)
+    assert s.training.class_weights == "auto" and s.training.seeds == 3
+    assert (s.optimization.metric, s.optimization.goal, s.optimization.folds) == ("f1_macro", "maximize", 5)
     assert s.training.epochs > 0 and s.training.batch_size > 0 and s.training.lr > 0
 
 
@@ -92,7 +93,7 @@ def test_config_dir_values_are_read(configs):
     assert (s.labelling.lookahead, s.labelling.threshold_short, s.labelling.threshold_long) == (30, -0.002, 0.008)
     # files that are absent fall back to the defaults
     (configs / "training.yaml").unlink()
-    assert load_settings().training.class_weights == (2.0, 1.0, 2.0)
+    assert load_settings().training.class_weights == "auto"
 
 
 @pytest.mark.parametrize(
@@ -168,7 +169,7 @@ def test_unknown_key_in_each_file_names_the_key_and_the_file(configs, name, text
         ("optimization.yaml", "search_space: {lr: {type: float, low: 0.1, high: 1, lgo: true}}\n",
          "search_space.lr.lgo"),
         ("training.yaml", "mlflow: {uri: 'sqlite:///x.db'}\n", "mlflow.uri"),
-        ("training.yaml", "split: {train: 0.7, valid: 0.3}\n", "split.valid"),
+        ("training.yaml", "split: {test: 0.2, valid: 0.3}\n", "split.valid"),
         ("training.yaml", "data: {begin: 2025-03-01}\n", "data.begin"),
         ("training.yaml", "backtest: {fees: 0.001}\n", "backtest.fees"),
     ],
@@ -199,7 +200,7 @@ def test_profile_merge_is_typed(configs, clean_env):
     assert (s.training.seq_len, s.training.n_levels, s.training.tcn_channels) == (30, 10, 16)
     assert s.training.patience == 0 and s.training.max_batches_per_epoch == 40
     # nested sections not named by the profile keep the file's values
-    assert s.training.mlflow.experiment == "quantgod" and s.training.split.fractions == (0.70, 0.15, 0.15)
+    assert s.training.mlflow.experiment == "quantgod" and s.training.split.test == 0.15
     assert s.optimization.profile == "small" and s.optimization.pruner.n_startup_trials == 5
     assert all(isinstance(p, SearchParam) for p in s.optimization.search_space.values())
     assert s.optimization.search_space["seq_len"].type == "fixed" and s.optimization.search_space["seq_len"].value == 30
@@ -285,3 +286,31 @@ def test_labelling_rules_fail_at_load_naming_the_file(tmp_path, monkeypatch):
         with pytest.raises(ConfigError) as info:
             load_settings()
         assert str(info.value).startswith(f"{tmp_path / 'labelling.yaml'}: ") and words in str(info.value)
+
+
+def test_evaluation_settings_are_checked_at_load(configs):
+    """The metric, its direction, class weights and the old split shares fail at load, naming the file."""
+    from quantgod_assets.settings import ConfigError, load_settings
+
+    opt, training = configs / "optimization.yaml", configs / "training.yaml"
+    original_opt, original_training = opt.read_text(), training.read_text()
+
+    opt.write_text(original_opt.replace("metric: f1_macro ", "metric: val_f1_weighted "))
+    assert load_settings().optimization.metric == "f1_weighted"  # the older val_ spelling still reads
+    opt.write_text(original_opt.replace("metric: f1_macro ", "metric: sharpe "))
+    with pytest.raises(ConfigError, match=r"optimization\.yaml.*metric"):
+        load_settings()
+    opt.write_text(original_opt.replace("direction: null ", "direction: minimize "))
+    with pytest.raises(ConfigError, match="contradicts metric 'f1_macro'"):
+        load_settings()
+    opt.write_text(original_opt.replace("metric: f1_macro ", "metric: loss ").replace("direction: null ",
+                                                                                      "direction: minimize "))
+    assert load_settings().optimization.goal == "minimize"
+    opt.write_text(original_opt)
+
+    training.write_text(original_training.replace("class_weights: auto ", "class_weights: [2.0, 1.0] "))
+    with pytest.raises(ConfigError, match="class_weights"):
+        load_settings()
+    training.write_text(original_training.replace("  test: 0.15 ", "  train: 0.7\n  test: 0.15 "))
+    with pytest.raises(ConfigError, match="walk-forward folds"):
+        load_settings()
