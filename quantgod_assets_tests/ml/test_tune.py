@@ -71,17 +71,54 @@ def test_study_file_holds_the_trials_and_resumes(tmp_path):
 
     text = "\n".join(lines)
     assert "Trial 0 START | " in text and "Trial 1 START | " in text
-    assert "Trial 0, Epoch 2/2 | F1 Macro: " in text and "| F1 [S/N/B]: [" in text
+    assert "Trial 0, Epoch 2/2 | f1_macro: " in text and "| F1 [S/N/B]: [" in text
     assert "Best trial " in text
+    assert saved["metric"] == "f1_macro" and saved["best_fold_scores"] == [pytest.approx(study.best_value)]
 
-    # the same budget again: nothing to run; a larger one: only the missing trials
+    # every run ADDS n_trials to the study it names
     lines2: list[str] = []
-    run(tmp_path, lines2)
-    assert len(load(tmp_path).trials) == 2
-    assert any("Resuming study 'labels_h15_t8'" in line and "0 to run" in line for line in lines2)
-    run(tmp_path, lines2, n_trials=3)
+    run(tmp_path, lines2, n_trials=1)
     assert len(load(tmp_path).trials) == 3
+    assert any("holds 2 finished trials: adding 1" in line for line in lines2)
     assert any("Trial 2 START" in line for line in lines2)
+
+
+class TwoFolds:
+    """Two walk-forward folds of planted-signal windows, shaped like `data.PreparedData`."""
+
+    def __init__(self, params):
+        self.pairs = [make_datasets(params)[:2], make_datasets({**params, "seed": 1})[:2]]
+        self.folds = [None, None]
+        self.n_features = make_datasets(params)[2]
+
+    def fold_datasets(self, k):
+        return self.pairs[k]
+
+
+def test_a_trial_averages_its_folds_and_reports_every_fold_epoch(tmp_path):
+    optimization = search(n_trials=1, storage=f"sqlite:///{tmp_path / 's.db'}", seed=3, epochs_per_trial=2,
+                          pruner={"n_startup_trials": 5, "n_warmup_steps": 0})
+    lines: list[str] = []
+    with lines_to(Lines(lines)):
+        run_study(TwoFolds, optimization, CPU, "folds", best_params_path=tmp_path / "best_params.json")
+    trial = optuna.load_study(study_name="folds", storage=f"sqlite:///{tmp_path / 's.db'}").trials[0]
+    scores = trial.user_attrs["fold_scores"]
+    assert len(scores) == 2 and trial.value == pytest.approx(sum(scores) / 2)
+    # fold k's epoch e is step k * epochs + e: the pruner compares trials at the same fold and epoch
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+    assert any("Trial 0 fold 2/2, Epoch 2/2" in line for line in lines)
+    assert any("mean f1_macro over 2 fold(s)" in line for line in lines)
+
+
+def test_the_study_follows_the_metric_and_its_direction(tmp_path):
+    optimization = search(n_trials=1, storage=f"sqlite:///{tmp_path / 's.db'}", seed=3, epochs_per_trial=2,
+                          metric="loss", pruner={"n_startup_trials": 5, "n_warmup_steps": 0})
+    run_study(make_datasets, optimization, CPU, "by_loss")
+    study = optuna.load_study(study_name="by_loss", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    trial = study.trials[0]
+    # the value is the lowest validation loss of the epochs, not an F1
+    assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
 
 
 def test_cuda_oom_prunes_the_trial_and_frees_memory(tmp_path, monkeypatch):
