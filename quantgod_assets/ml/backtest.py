@@ -228,9 +228,9 @@ def backtest_signals(
     overlap: bool = False,
     min_trades: int = 2,
     interval_block: int = 1,
-    interval_resamples: int = _EVALUATION.resamples,
-    interval_confidence: float = _EVALUATION.confidence,
-    interval_seed: int = _EVALUATION.seed,
+    resamples: int = _EVALUATION.resamples,
+    confidence: float = _EVALUATION.confidence,
+    seed: int = _EVALUATION.seed,
 ) -> BacktestResult:
     """Backtest `signals` (per row: class labels 0/1/2 when `signal_kind="label"`, positions
     -1/0/+1 when "position") against `prices` (same rows, e.g. the mid at each minute's close).
@@ -240,15 +240,16 @@ def backtest_signals(
     t .. t+1+hold are consecutive minutes, so no trade spans a gap. `overlap=True` takes every
     signal (a stack of overlapping positions) instead of one position at a time.
     `min_trades` defaults to 2 here (any Sharpe that can be computed), as before the book
-    backtest; pass `BacktestSettings.min_trades` for a report. The `interval_*` options go to
-    `uncertainty.compounded_return_interval` (block in trades).
+    backtest; pass `BacktestSettings.min_trades` for a report. `interval_block` (in trades),
+    `resamples`, `confidence` and `seed` set the bootstrap of the net-return interval
+    (`uncertainty.compounded_return_interval`).
     """
     signals = np.asarray(signals)
     prices = np.asarray(prices, dtype=np.float64)
     if signals.shape != prices.shape or signals.ndim != 1:
         raise ValueError(f"signals and prices must be 1-D and aligned: {signals.shape} vs {prices.shape}")
     position = _to_positions(signals, signal_kind)
-    interval = _interval_options(interval_block, interval_resamples, interval_confidence, interval_seed)
+    interval = _interval_options(interval_block, resamples, confidence, seed)
     return _backtest(position, prices, prices, hold, fee, 0.0, minutes, overlap, min_trades, interval)
 
 
@@ -264,9 +265,9 @@ def backtest_book(
     min_trades: int = DEFAULT_MIN_TRADES,
     signal_kind: str = "label",
     interval_block: int = 1,
-    interval_resamples: int = _EVALUATION.resamples,
-    interval_confidence: float = _EVALUATION.confidence,
-    interval_seed: int = _EVALUATION.seed,
+    resamples: int = _EVALUATION.resamples,
+    confidence: float = _EVALUATION.confidence,
+    seed: int = _EVALUATION.seed,
 ) -> BacktestResult:
     """Backtest `signals` against the best `bid` and `ask` at each row's close, as a taker.
 
@@ -276,7 +277,7 @@ def backtest_book(
     Timing, gaps (`minutes`), `overlap` and `signal_kind` as in `backtest_signals`; a row without
     a finite positive price on the side a trade needs is not traded. Trades do not overlap (one
     position at a time), so the net-return interval resamples single trades by default
-    (`interval_block=1`).
+    (`interval_block=1`; `resamples`, `confidence`, `seed`: its bootstrap).
     """
     signals = np.asarray(signals)
     bid = np.asarray(bid, dtype=np.float64)
@@ -290,5 +291,5 @@ def backtest_book(
     position = _to_positions(signals, signal_kind)
     buy = ask * (1.0 + slippage_bps * BPS)
     sell = bid * (1.0 - slippage_bps * BPS)
-    interval = _interval_options(interval_block, interval_resamples, interval_confidence, interval_seed)
+    interval = _interval_options(interval_block, resamples, confidence, seed)
     return _backtest(position, buy, sell, hold, fee, slippage_bps, minutes, overlap, min_trades, interval)
