@@ -47,23 +47,24 @@ def test_study_has_a_parent_run_and_a_nested_run_per_trial(store):
     trials = [r for r in runs if r.data.tags.get("run_kind") == "trial"]
     assert len(parents) == 1 and len(trials) == 2
     parent = parents[0]
-    assert parent.data.metrics["best_f1_macro"] > 0
+    assert parent.data.metrics["best_objective"] > 0
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert "lr" in run.data.params and "seq_len" in run.data.params
         history = client.get_metric_history(run.info.run_id, "val_f1_macro")
         assert [m.step for m in history] == [1, 2]
         assert run.data.tags["optuna_state"] == "COMPLETE"
+        assert run.data.metrics["objective_f1_macro"] == pytest.approx(run.data.metrics["fold_1_f1_macro"])
 
-    # resuming the study re-opens the same parent run
+    # a second run adds its trials to the study and re-opens the same parent run
     run_study(make_datasets, OptimizationSettings.model_validate({**search, "n_trials": 3, "epochs_per_trial": 1}),
               cpu, "labels_h15_t8", mlflow_tracking_uri=uri)
     runs = client.search_runs([experiment.experiment_id])
     assert len([r for r in runs if r.data.tags.get("run_kind") == "study"]) == 1
-    assert len([r for r in runs if r.data.tags.get("run_kind") == "trial"]) == 3
+    assert len([r for r in runs if r.data.tags.get("run_kind") == "trial"]) == 5
 
 
-def _final(uri, tmp_path, model, f1, test_x, name="final"):
+def _final(uri, tmp_path, model, f1, test_x, name="final", walk_forward=None, eligible=True):
     history = [{"epoch": 1, "val_f1_macro": 0.3, "train_loss": 1.0},
                {"epoch": 2, "val_f1_macro": 0.35, "train_loss": 0.9}]
     bundle = tmp_path / "quantgod_cloud_model.pth"
@@ -81,6 +82,8 @@ def _final(uri, tmp_path, model, f1, test_x, name="final"):
         registered_model_name="quantgod_test",
         artifacts=[bundle],
         extra_metrics={"baseline_majority_f1_macro": 0.25, "backtest_sharpe": float("nan")},
+        champion_score=f1 if walk_forward is None else walk_forward, eligible=eligible,
+        not_eligible_reason="does not beat persistence",
     )
 
 
@@ -111,6 +114,18 @@ def test_final_model_run_and_champion_alias(store):
     better = _final(uri, tmp_path, model, 0.45, test_x, "better")
     assert better.promoted and better.registered_version == "3"
     assert str(client.get_model_version_by_alias("quantgod_test", "champion").version) == "3"
+
+    # the test score never chooses: a far better test score with a worse walk-forward score stays out
+    lucky = _final(uri, tmp_path, model, 0.90, test_x, "lucky_on_test", walk_forward=0.30)
+    assert not lucky.promoted and "does not beat the champion's 0.4500" in lucky.reason
+    assert lucky.previous_champion_test_f1_macro == pytest.approx(0.45)  # reported beside it
+    # a model that does not beat the baselines on walk-forward is never promoted, however high
+    below = _final(uri, tmp_path, model, 0.50, test_x, "below_baselines", walk_forward=0.99, eligible=False)
+    assert not below.promoted and below.reason == "does not beat persistence"
+    assert str(client.get_model_version_by_alias("quantgod_test", "champion").version) == "3"
+    # exactly one run carries champion=true: the alias holder's
+    runs = client.search_runs([client.get_experiment_by_name("final").experiment_id])
+    assert [r.info.run_name for r in runs if r.data.tags.get("champion") == "true"] == ["better"]
 
     # the registered model loads back and predicts like the trained one, any batch size
     loaded = mlflow.pytorch.load_model("models:/quantgod_test@champion")
