@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import errno
+import math
 import os
 import sys
 import time
@@ -109,6 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _at_least(args.days, 1, "--days")
     _at_least(args.rate_ms, 1, "--rate-ms")
     _at_least(args.duration_s, 1, "--duration-s")
+    if not (math.isfinite(args.signal) and args.signal >= 0):  # argparse's float takes "nan" and "-1"
+        raise CliError(f"--signal must be a number >= 0, got {args.signal}")
     _folder_to_write(args.out, "--out")
     from .orderbook.synthetic import generate_days
     from .progress import Progress
@@ -118,6 +121,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         paths = generate_days(
             args.start, args.days, args.out, symbol=args.symbol, depth=args.depth,
             rate_ms=args.rate_ms, seed=args.seed, faults=tuple(args.faults), duration_s=args.duration_s,
+            signal=args.signal,
             on_day=lambda path: progress.update(note=f"{path.name} ({path.stat().st_size / 1e6:.1f} MB)"),
         )
     for path in paths:
@@ -232,26 +236,38 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a longer line is a bad line (default 64 MB; real lines are 1-25 KB)")
     etl.set_defaults(func=cmd_etl)
 
+    # every generate / demo option says its default: %(default)s is the value argparse holds
     gen = sub.add_parser("generate", help="write synthetic daily archives shaped like Bybit's")
-    gen.add_argument("--start", type=_date, required=True)
-    gen.add_argument("--days", type=int, default=1)
-    gen.add_argument("--out", type=Path, required=True)
-    gen.add_argument("--symbol", default="BTCUSDT")
-    gen.add_argument("--depth", type=int, choices=(200, 500), default=200)
-    gen.add_argument("--rate-ms", type=int, default=100)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--duration-s", type=int, default=None, help="only the first N seconds of each day")
+    gen.add_argument("--start", type=_date, required=True, help="the first UTC day, YYYY-MM-DD (required)")
+    gen.add_argument("--days", type=int, default=1, help="consecutive days to write (default: %(default)s)")
+    gen.add_argument("--out", type=Path, required=True,
+                     help="the folder to write into, as {out}/{YYYY}/{day}_{SYMBOL}_ob{depth}.data.zip (required)")
+    gen.add_argument("--symbol", default="BTCUSDT", help="the symbol in the names and lines (default: %(default)s)")
+    gen.add_argument("--depth", type=int, choices=(200, 500), default=200,
+                     help="book levels a side, as Bybit's ob200 / ob500 files (default: %(default)s)")
+    gen.add_argument("--rate-ms", type=int, default=100,
+                     help="milliseconds between deltas; 1000 writes small, quick days (default: %(default)s)")
+    gen.add_argument("--seed", type=int, default=0,
+                     help="the same seed writes the same bytes (default: %(default)s)")
+    gen.add_argument("--duration-s", type=int, default=None,
+                     help="only the first N seconds of each day (default: the whole day)")
+    gen.add_argument("--signal", type=float, default=1.0, metavar="FLOAT",
+                     help="strength of the planted signal: 1 the normal market, where the book's imbalance "
+                          "leads the next hour's return; 0 NULL data with no directional information (no "
+                          "drift regimes, no skew link); 0.5 halves both (default: %(default)s)")
     gen.add_argument("--faults", nargs="*", default=[], metavar="FAULT",
                      help="inject faults: restart, gap, silence, crossed, malformed, truncated, "
-                          "early_deltas, boundary, narrow_restart, one_sided_cross (see orderbook/synthetic.py)")
+                          "early_deltas, boundary, narrow_restart, one_sided_cross (see orderbook/synthetic.py) "
+                          "(default: none)")
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="generate a few days and run the pipeline end to end")
-    demo.add_argument("--days", type=int, default=3)
-    demo.add_argument("--start", type=_date, default=dt.date(2025, 3, 10))
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--days", type=int, default=3, help="days to generate and process (default: %(default)s)")
+    demo.add_argument("--start", type=_date, default=dt.date(2025, 3, 10),
+                      help="the first UTC day, YYYY-MM-DD (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=7, help="the generator's seed (default: %(default)s)")
     demo.add_argument("--duration-s", type=int, default=None,
-                      help="shorter generated days, for a quick look")
+                      help="shorter generated days, for a quick look (default: the whole day)")
     demo.set_defaults(func=cmd_demo)
 
     plot = sub.add_parser("plots", help="write one day's diagnostic pictures (PNG) to logs/debug_plots/")

@@ -99,6 +99,7 @@ TIER_OF_TEST = {
     "test_plots.py::test_cli_plots_on_a_converted_generated_day_without_labels": "cli",
     "test_plots.py::test_cli_plots_missing_day_names_the_file": "cli",
     "test_plots.py::test_cli_generate_reports_progress_and_matches_generate_days": "cli",
+    "test_plots.py::test_cli_generate_signal_zero_writes_null_days_and_every_option_says_its_default": "cli",
     "orderbook/test_etl.py::test_cli_etl_prints_one_summary_line": "cli",
     "orderbook/test_etl.py::test_cli_etl_names_the_bad_file": "cli",
     "test_cli_errors.py::test_a_bug_keeps_its_traceback": "unit",

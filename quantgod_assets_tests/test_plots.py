@@ -3,6 +3,7 @@ says (checked on the numbers returned next to it), and `quantgod plots --date D`
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import io
 import os
@@ -228,6 +229,35 @@ def test_cli_generate_reports_progress_and_matches_generate_days(tmp_path):
     expected = generate_days(DAY, 2, tmp_path / "lib", duration_s=60, seed=5)
     for path in expected:
         assert (tmp_path / "cli" / path.relative_to(tmp_path / "lib")).read_bytes() == path.read_bytes()
+
+
+def test_cli_generate_signal_zero_writes_null_days_and_every_option_says_its_default(tmp_path, capsys):
+    from quantgod_assets.cli import build_parser, main
+    from quantgod_assets.orderbook.synthetic import generate_days
+
+    done = _cli(tmp_path, "generate", "--start", DAY.isoformat(), "--days", "2", "--out", "cli",
+                "--duration-s", "60", "--rate-ms", "1000", "--seed", "4", "--signal", "0")
+    assert done.returncode == 0, done.stderr
+    # seed 4 opens in a drifting regime (in the flat one, a minute's bytes are the same at any signal)
+    null = generate_days(DAY, 2, tmp_path / "null", duration_s=60, rate_ms=1000, seed=4, signal=0.0)
+    default = generate_days(DAY, 2, tmp_path / "default", duration_s=60, rate_ms=1000, seed=4)
+    for path, other in zip(null, default, strict=True):
+        written = (tmp_path / "cli" / path.relative_to(tmp_path / "null")).read_bytes()
+        assert written == path.read_bytes() and written != other.read_bytes()  # signal 0, not the default
+
+    # a newcomer's complaint: the options had no help text and no defaults
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("generate", "demo"):
+        parser = subparsers.choices[command]
+        for action in parser._actions[1:]:  # [0] is --help
+            text = action.help or ""
+            assert "(default: " in text or "(required)" in text, (command, action.dest)
+    shown = " ".join(subparsers.choices["generate"].format_help().split())
+    assert "--signal FLOAT" in shown and "0 NULL data" in shown and "(default: 1.0)" in shown
+
+    assert main(["generate", "--start", DAY.isoformat(), "--out", str(tmp_path / "bad"), "--signal", "-1"]) == 2
+    assert capsys.readouterr().err == "error: --signal must be a number >= 0, got -1.0\n"
+    assert not (tmp_path / "bad").exists()
 
 
 def test_model_feature_pictures_use_the_training_scaler(tmp_path, monkeypatch):

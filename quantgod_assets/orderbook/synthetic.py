@@ -12,6 +12,17 @@ The market:
   * the book (numba, `_fill`): tick 0.10, spread usually one tick, level sizes log-normal and
     larger near the top; the drift regime skews the sizes (bids larger when the drift is up), so
     the top-level imbalance leads the next hour's return: a learnable signal;
+  * the signal strength (`signal`, default 1.0, >= 0): scales the regime drifts and, with them,
+    the size skew (skew = signal * SKEW_GAIN * regime drift / DRIFT_SCALE + noise).
+    `signal=0` is NULL data with no directional information anywhere: the regimes are switched
+    off too (drift 0 everywhere: a driftless price with the same volatility, jumps and noise),
+    because regimes that last hours would make past returns predict future ones (momentum) even
+    with no information in the book; the size skew is then its slow noise alone. `signal=0.5`
+    halves every regime drift (-0.5 ... +0.6 % an hour) and the skew they cause: the book reads
+    the weaker drift at the same gain, which is smaller next to the unchanged noise. The random
+    numbers drawn do not depend on `signal` (they are drawn, then scaled), so days of one seed
+    share their noise, volatility and jumps at every strength; the default 1.0 writes the same
+    bytes as before the setting existed;
   * the exchange window: after every message each side holds exactly `depth` levels; levels
     that leave the window arrive as `"0"` deletes, new deep levels as inserts.
 
@@ -167,11 +178,22 @@ def _day_start_ms(day: dt.date) -> int:
 # =============================================================================================
 
 
-class _PathModel:
-    """The latent market: log price, drift regime, volatility and size skew, carried across days."""
+def _check_signal(signal: float) -> float:
+    if not (math.isfinite(signal) and signal >= 0.0):
+        raise ValueError(f"signal must be a finite number >= 0, got {signal}")
+    return float(signal)
 
-    def __init__(self, rng: np.random.Generator, start_price: float):
+
+class _PathModel:
+    """The latent market: log price, drift regime, volatility and size skew, carried across days.
+
+    `signal` scales the regime drifts (see the module docstring); the regimes are still drawn at
+    any strength so that the random streams, hence noise, volatility and jumps, stay the same.
+    """
+
+    def __init__(self, rng: np.random.Generator, start_price: float, signal: float = 1.0):
         self.rng = rng
+        self.signal = _check_signal(signal)
         self.log_price = math.log(start_price)
         self.regime = int(rng.choice(len(REGIME_DRIFT), p=REGIME_PROB))
         self.regime_left_ms = float(rng.uniform(*REGIME_HOURS) * 3_600_000 * rng.random())
@@ -183,8 +205,13 @@ class _PathModel:
     def new_day(self) -> None:
         self.sigma_min = float(self.rng.uniform(*VOL_MIN_RANGE))
 
+    def drift_now(self) -> float:
+        """The current regime's drift (log-return per hour), scaled by the signal strength."""
+        # signal * x == x exactly at the default 1.0: the default's bytes do not change
+        return self.signal * float(REGIME_DRIFT[self.regime])
+
     def skew_now(self) -> float:
-        return SKEW_GAIN * REGIME_DRIFT[self.regime] / DRIFT_SCALE + self.noise_x
+        return SKEW_GAIN * self.drift_now() / DRIFT_SCALE + self.noise_x
 
     def _ar_blocks(self, x0: float, n: int, phi: float, std: float) -> np.ndarray:
         eps = self.rng.standard_normal(n) * std * math.sqrt(1 - phi * phi)
@@ -245,7 +272,7 @@ class _PathModel:
         while start < n:
             end_time = passed + self.regime_left_ms
             stop = int(np.searchsorted(elapsed, end_time, side="left"))
-            mu = REGIME_DRIFT[self.regime]
+            mu = self.drift_now()
             drift[start:stop] = mu
             if stop >= n:
                 self.regime_left_ms = end_time - elapsed[-1]
@@ -260,7 +287,7 @@ class _PathModel:
             passed = end_time
             start = stop
 
-        # size skew: the drift plus a slow noise (1-minute AR(1) blocks)
+        # size skew: the (signal-scaled) drift plus a slow noise (1-minute AR(1) blocks)
         minute = (elapsed // 60_000).astype(np.int64)
         noise = self._ar_blocks(self.noise_x, int(minute[-1]) + 1, math.exp(-1.0 / SKEW_NOISE_TAU_MIN),
                                 SKEW_NOISE)
@@ -273,13 +300,14 @@ class _PathModel:
 
 
 def price_path(days: int = 1, *, rate_ms: int = 1000, seed: int = 0, start_price: float | None = None,
-               start: dt.date = dt.date(2025, 1, 1)) -> np.ndarray:
+               start: dt.date = dt.date(2025, 1, 1), signal: float = 1.0) -> np.ndarray:
     """The mid price every `rate_ms` over `days` consecutive days, from the generator's model.
 
-    Cheap (no book, no text): for checking the price dynamics on many days.
+    Cheap (no book, no text): for checking the price dynamics on many days. `signal` as in
+    `generate_days`.
     """
     path_rng, meta_rng = _streams(seed, start)
-    model = _PathModel(path_rng, _start_price(meta_rng, start_price))
+    model = _PathModel(path_rng, _start_price(meta_rng, start_price), signal)
     out = []
     per_day = DAY_MS // rate_ms
     t = np.arange(1, per_day + 1, dtype=np.int64) * rate_ms
@@ -715,7 +743,7 @@ class _Market:
     """Everything carried from one generated day to the next."""
 
     def __init__(self, *, seed: int, first_day: dt.date, symbol: str, depth: int, rate_ms: int,
-                 start_price: float | None):
+                 start_price: float | None, signal: float):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if rate_ms < 1:
@@ -724,7 +752,7 @@ class _Market:
             raise ValueError(f"symbol must be alphanumeric, got {symbol!r}")
         self.symbol, self.depth, self.rate_ms = symbol, depth, rate_ms
         path_rng, self.meta = _streams(seed, first_day)
-        self.path = _PathModel(path_rng, _start_price(self.meta, start_price))
+        self.path = _PathModel(path_rng, _start_price(self.meta, start_price), signal)
         self.st = np.zeros(ST_SIZE, dtype=np.int64)
         self.st[ST_U] = int(self.meta.integers(1_000_000, 60_000_000))
         self.st[ST_MSG] = 0
@@ -909,26 +937,33 @@ class _Market:
 
 def generate_day(day: dt.date, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int = 200, rate_ms: int = 100,
                  seed: int = 0, faults: tuple[str, ...] = (), start_price: float | None = None,
-                 duration_s: int | None = None) -> Path:
-    """Writes one synthetic day; returns the ZIP's path. Deterministic for (seed, day, arguments)."""
+                 duration_s: int | None = None, signal: float = 1.0) -> Path:
+    """Writes one synthetic day; returns the ZIP's path. Deterministic for (seed, day, arguments).
+
+    `signal` (>= 0) is the strength of the planted signal: 1.0 the default market, 0 NULL data
+    with no directional information (see the module docstring).
+    """
     market = _Market(seed=seed, first_day=day, symbol=symbol, depth=depth, rate_ms=rate_ms,
-                     start_price=start_price)
+                     start_price=start_price, signal=signal)
     return market.write_day(day, Path(out_dir), tuple(faults), duration_s)
 
 
 def generate_days(start: dt.date, days: int, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int = 200,
                   rate_ms: int = 100, seed: int = 0, faults: tuple[str, ...] = (),
-                  duration_s: int | None = None,
+                  duration_s: int | None = None, signal: float = 1.0,
                   on_day: Callable[[Path], None] | None = None) -> list[Path]:
     """Writes `days` consecutive, continuous days (one market, one seed stream); returns the paths.
 
     The first day is byte-identical to `generate_day(start, ..., seed=seed)`. With `duration_s`
-    each day holds only its first `duration_s` seconds and no next-day snapshot. `on_day` is
-    called with each day's path as soon as it is written (progress reports).
+    each day holds only its first `duration_s` seconds and no next-day snapshot. `signal` (>= 0)
+    is the strength of the planted signal: 1.0 the default market, 0 NULL data with no
+    directional information (see the module docstring). `on_day` is called with each day's path
+    as soon as it is written (progress reports).
     """
     if days < 0:
         raise ValueError(f"days must be >= 0, got {days}")
-    market = _Market(seed=seed, first_day=start, symbol=symbol, depth=depth, rate_ms=rate_ms, start_price=None)
+    market = _Market(seed=seed, first_day=start, symbol=symbol, depth=depth, rate_ms=rate_ms, start_price=None,
+                     signal=signal)
     paths = []
     for i in range(days):
         paths.append(market.write_day(start + dt.timedelta(days=i), Path(out_dir), tuple(faults), duration_s))

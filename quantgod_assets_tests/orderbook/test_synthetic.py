@@ -15,6 +15,7 @@ import pytest
 
 from quantgod_assets.orderbook.synthetic import (
     FAULTS,
+    REGIME_DRIFT,
     fault_times,
     generate_day,
     generate_days,
@@ -311,9 +312,9 @@ def test_hourly_moves_like_btc():
     assert np.allclose(price_path(1, rate_ms=1000, seed=11)[59::60], minute[:1440])
 
 
-def test_imbalance_leads_the_next_hour(tmp_path):
-    """corr(top-20 imbalance at minute t, return t -> t+60) is clearly positive."""
-    paths = generate_days(DAY, 2, tmp_path, seed=0, rate_ms=2000, depth=30)
+def minute_imbalance_and_mid(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Replays consecutive days' lines; at each minute boundary, the top-20 size imbalance
+    (bids - asks) / (bids + asks) and the mid price of the book held then."""
     bids: dict[float, float] = {}
     asks: dict[float, float] = {}
     imbalance, mid = [], []
@@ -342,10 +343,85 @@ def test_imbalance_leads_the_next_hour(tmp_path):
                             book.pop(float(px), None)
                         else:
                             book[float(px)] = float(sz)
-    imbalance, mid = np.array(imbalance), np.array(mid)
-    assert len(mid) >= 2 * 1440 - 2
+    return np.array(imbalance), np.array(mid)
+
+
+def imbalance_lead(imbalance: np.ndarray, mid: np.ndarray) -> tuple[float, np.ndarray]:
+    """corr(imbalance at minute t, return t -> t+60), and those forward returns."""
     forward = mid[60:] / mid[:-60] - 1
-    corr = np.corrcoef(imbalance[:-60], forward)[0, 1]
+    return float(np.corrcoef(imbalance[:-60], forward)[0, 1]), forward
+
+
+def hourly_autocorrelation(prices: np.ndarray, lags: tuple[int, ...] = (1, 2, 3)) -> np.ndarray:
+    """The autocorrelation of hourly log returns at `lags` hours; `prices` one a minute."""
+    hourly = np.diff(np.log(prices[59::60]))
+    return np.array([np.corrcoef(hourly[:-k], hourly[k:])[0, 1] for k in lags])
+
+
+def test_imbalance_leads_the_next_hour(tmp_path):
+    """corr(top-20 imbalance at minute t, return t -> t+60) is clearly positive."""
+    paths = generate_days(DAY, 2, tmp_path, seed=0, rate_ms=2000, depth=30)
+    imbalance, mid = minute_imbalance_and_mid(paths)
+    assert len(mid) >= 2 * 1440 - 2
+    corr, forward = imbalance_lead(imbalance, mid)
     assert corr > 0.15, corr
     # and the labels are not degenerate: SELL (<= -0.4 %) and BUY (>= +0.8 %) both happen
     assert np.mean(forward <= -0.004) > 0.05 and np.mean(forward >= 0.008) > 0.02
+
+
+@pytest.mark.slow  # ~4.5 s a seed (four generated days replayed in Python)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_null_signal_imbalance_does_not_lead(tmp_path, seed):
+    """At signal 0 the imbalance says nothing of the next hour, while the same seed at signal 1
+    (the same noise: shown by the minute returns) has the lead, so the measurement can see one.
+    10 s messages keep it quick; 2 days give 2,820 (imbalance, next hour) pairs."""
+    measured = {}
+    for signal in (0.0, 1.0):
+        paths = generate_days(DAY, 2, tmp_path / str(signal), seed=seed, rate_ms=10_000, depth=30, signal=signal)
+        measured[signal] = minute_imbalance_and_mid(paths)
+    null_corr, _ = imbalance_lead(*measured[0.0])
+    lead_corr, _ = imbalance_lead(*measured[1.0])
+    # The imbalance forgets in minutes, but the 60-minute forward returns overlap: about 600
+    # independent pairs, a null standard error near 1/sqrt(600) = 0.04 (Bartlett's formula on
+    # these days: 0.03-0.05). 0.15 is ~4 of them; signal 1 measures 0.35-0.6 here.
+    assert abs(null_corr) < 0.15, null_corr
+    assert lead_corr > 0.25, lead_corr
+    # same noise and volatility: the drift is the only difference in the price
+    null_ret, lead_ret = (np.diff(np.log(mid)) for _, mid in measured.values())
+    assert abs(null_ret.std() / lead_ret.std() - 1) < 0.1
+    assert np.corrcoef(null_ret, lead_ret)[0, 1] > 0.9
+
+
+def test_null_signal_hourly_returns_have_no_momentum():
+    """Drift regimes lasting 1-3 h make the last hour predict the next at signal 1; at signal 0
+    (regimes off) the hourly returns are uncorrelated. The path alone (no book) is cheap, so 100
+    days at one price a minute."""
+    for seed in (1, 2):
+        null = hourly_autocorrelation(price_path(100, rate_ms=60_000, seed=seed, signal=0.0))
+        regimes = hourly_autocorrelation(price_path(100, rate_ms=60_000, seed=seed))
+        # 2,399 hourly returns: a null standard error of 1/sqrt(2399) = 0.02; 0.08 is 4 of them
+        assert np.abs(null).max() < 0.08, null
+        assert regimes[0] > 0.12, regimes  # ~0.2 measured: the momentum the null must not have
+
+
+@pytest.mark.parametrize("signal", [0.5, 1.0])
+def test_signal_scales_only_the_drift(signal):
+    """The same random numbers at every strength: a minute's log return at `signal` differs from
+    the null's by exactly `signal` times one of the regime drifts (per hour, over 1/60 h)."""
+    null = np.diff(np.log(price_path(3, rate_ms=60_000, seed=4, signal=0.0)))
+    scaled = np.diff(np.log(price_path(3, rate_ms=60_000, seed=4, signal=signal)))
+    drift_per_hour = (scaled - null) * 60
+    nearest = np.abs(drift_per_hour[:, None] - signal * REGIME_DRIFT[None, :]).min(axis=1)
+    assert nearest.max() < 1e-9
+    assert len(np.unique(np.round(drift_per_hour, 6))) >= 3  # several regimes were met
+
+
+@pytest.mark.parametrize("signal", [-0.1, float("nan"), float("inf")])
+def test_bad_signal_is_refused_before_writing(tmp_path, signal):
+    with pytest.raises(ValueError, match="signal must be"):
+        generate_day(DAY, tmp_path, duration_s=5, signal=signal)
+    with pytest.raises(ValueError, match="signal must be"):
+        generate_days(DAY, 1, tmp_path, duration_s=5, signal=signal)
+    with pytest.raises(ValueError, match="signal must be"):
+        price_path(1, signal=signal)
+    assert not list(tmp_path.rglob("*"))
