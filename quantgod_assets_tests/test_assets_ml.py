@@ -93,23 +93,32 @@ def test_optimization_then_model_in_process(ml_env):
     result = materialize([optimization], instance=instance)
     assert result.success, _failure_text(result)
 
-    # the study file holds the 2 trials, under the label suffix's name
-    study = optuna.load_study(study_name=SUFFIX, storage=f"sqlite:///{ml_env.root / 'optuna_study.db'}")
+    # the study holds the 2 trials, named after labels, profile, data range and the search
+    meta = _metadata(instance, "optimization")
+    name = meta["study_name"].value
+    assert name.startswith(f"{SUFFIX}_small_2025-03-10_2025-03-12_")
+    storage = f"sqlite:///{ml_env.root / 'optuna_study.db'}"
+    study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.trials) == 2
-    assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials if t.state.name == "COMPLETE")
+    # 3 walk-forward folds x 2 epochs, each reported; the value is the mean over the folds
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            assert sorted(t.intermediate_values) == [1, 2, 3, 4, 5, 6]
+            assert t.value == pytest.approx(np.mean(t.user_attrs["fold_scores"]))
     best_path = ml_env.data_dir / "optimization" / "best_params.json"
     best = json.loads(best_path.read_text())
-    assert best["study_name"] == SUFFIX and best["best_params"]["seq_len"] == 30
+    assert best["study_name"] == name and best["best_params"]["seq_len"] == 30
     assert best["best_params"]["n_levels"] == 10 and best["best_params"]["arch"] == "tcn_lstm"
+    assert (best["profile"], best["data_start"], best["data_end"]) == ("small", "2025-03-10", "2025-03-12")
+    assert len(best["best_fold_scores"]) == 3 and best["feature_hash"] and best["search_hash"]
 
     logs = list((ml_env.logs_dir / "optimization").iterdir())
     assert len(logs) == 1 and OPT_LOG.match(logs[0].name), logs
     text = logs[0].read_text()
-    assert "Trial 0 START | tcn=" in text and "Trial 1, Epoch 2/2 | F1 Macro: " in text
-    assert "| F1 [S/N/B]: [" in text and "Best trial " in text
-
-    meta = _metadata(instance, "optimization")
-    assert meta["study_name"].value == SUFFIX and meta["trials_complete"].value + meta["trials_pruned"].value == 2
+    assert "Trial 0 START | tcn=" in text and "Trial 1 fold 3/3, Epoch 2/2 | f1_macro: " in text
+    assert "| F1 [S/N/B]: [" in text and "Best trial " in text and "mean f1_macro over 3 fold(s)" in text
+    assert meta["trials_complete"].value + meta["trials_pruned"].value == 2
+    assert len(meta["best_fold_scores"].value) == 3
     assert "| trial | state |" in meta["trials"].value
 
     # MLflow: one parent run per study and a nested run per trial
@@ -128,10 +137,19 @@ def test_optimization_then_model_in_process(ml_env):
     assert result.success, _failure_text(result)
     meta = _metadata(instance, "model")
     assert meta["params_source"].value == str(best_path)
-    for key in ("test_vs_baselines", "confusion_matrix", "training_curve", "backtest"):
+    for key in ("test_vs_baselines", "confusion_matrix", "training_curve", "backtest", "walk_forward", "model_card",
+                "verdict", "test_f1_macro_interval", "test_period", "class_priors", "champion_reason"):
         assert key in meta
     table = meta["test_vs_baselines"].value
-    assert "**model**" in table and "majority" in table and "persistence" in table and "logistic" in table
+    for shown in ("**model**", "majority", "stratified", "persistence", "logistic", "edge over persistence: "):
+        assert shown in table
+    assert meta["verdict"].value.startswith(("edge: ", "no edge: "))
+    assert re.fullmatch(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", meta["test_f1_macro_interval"].value)
+    walk = meta["walk_forward"].value
+    assert walk.count("\n") == 1 + 3 + 1 and "| **mean** |" in walk  # header, 3 folds, the mean
+    card = meta["model_card"].value
+    for section in ("## Walk-forward validation", "## Test block (scored once)", "## Backtest", "git "):
+        assert section in card
     assert meta["confusion_matrix"].value.startswith("![confusion matrix](data:image/png;base64,")
     assert meta["training_curve"].value.startswith("![training curve](data:image/png;base64,")
     assert "annualized Sharpe" in meta["backtest"].value
@@ -140,19 +158,30 @@ def test_optimization_then_model_in_process(ml_env):
     assert len(logs) == 1 and TRAIN_LOG.match(logs[0].name), logs
     text = logs[0].read_text()
     assert re.search(r"Device: cpu \| Parameters: \d{1,3}(,\d{3})*\n", text)
-    assert "Epoch 2/2 | Train Loss: " in text and "✅ Best model saved (F1 Macro: " in text
-    assert "Baseline majority" in text and "Backtest (fee 0.055 %/side" in text
+    assert "Epoch 2/2 | Train Loss: " in text and "✅ Best model saved (val f1_macro: " in text
+    assert "Baseline majority" in text and "Backtest at bid/ask (fee 0.055 %/side" in text
+    assert "Walk-forward fold 3/3" in text and "Verdict: " in text and "Class priors S/N/B" in text
 
     run = MlflowClient(tracking_uri=uri).get_run(meta["mlflow_run_id"].value)
-    wanted = {"test_f1_macro", "test_f1_weighted", "baseline_majority_f1_macro", "backtest_n_trades"}
+    wanted = {"test_f1_macro", "test_f1_macro_low", "test_f1_macro_high", "test_f1_weighted",
+              "baseline_majority_f1_macro", "baseline_stratified_f1_macro", "backtest_n_trades",
+              "edge_persistence_low", "walk_forward_f1_macro", "fold_3_f1_macro", "backtest_net_return"}
     assert wanted <= set(run.data.metrics)
-    assert run.data.params["label_suffix"] == SUFFIX
-    assert meta["champion"].value is True and meta["registered_version"].value == "1"
+    assert run.data.params["label_suffix"] == SUFFIX and run.data.params["folds"] == "3"
+    assert run.data.tags["verdict"] == meta["verdict"].value and run.data.tags["test_period"]
+    artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id)}
+    assert {"model_card.md", "walk_forward.json"} <= artifacts
+    # the champion rule reads walk-forward scores only: promoted exactly when it beats both baselines there
+    wf = run.data.metrics
+    promotable = all(wf["walk_forward_f1_macro"] > wf[f"walk_forward_{b}_f1_macro"] for b in ("persistence", "logistic"))
+    assert meta["champion"].value is promotable and meta["registered_version"].value == "1"
 
     # the bundle reloads without any config and gives the logits of the model the run logged
     path = ml_env.data_dir / "models" / "quantgod_cloud_model.pth"
     assert Path(meta["model_path"].value) == path.resolve()
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # the mid-training checkpoint is gone
+    # the mid-training checkpoint is gone; the model card is beside the model
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".md").name])
+    assert path.with_suffix(".md").read_text().startswith("# Model card: tcn_lstm")
     loaded, bundle = load_model(path)
     assert bundle["label_settings"]["suffix"] == SUFFIX and len(bundle["feature_names"]) == 47
     assert bundle["spec"]["arch"] == "tcn_lstm" and len(bundle["scaler"]["mean"]) == 47
@@ -166,6 +195,35 @@ def test_optimization_then_model_in_process(ml_env):
     logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     with torch.no_grad():
         np.testing.assert_allclose(logged(torch.from_numpy(x)).numpy(), logits, rtol=1e-5, atol=1e-5)
+
+    # another day range is another study: new data never reuses the old trials
+    cfg = ml_env.config_dir / "training.yaml"
+    data = yaml.safe_load(cfg.read_text())
+    data["data"] = {"start": "2025-03-10", "end": "2025-03-11"}
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = materialize([optimization], instance=instance)
+    assert result.success, _failure_text(result)
+    second = _metadata(instance, "optimization")["study_name"].value
+    assert second != name and second.startswith(f"{SUFFIX}_small_2025-03-10_2025-03-11_")
+    assert len(optuna.load_study(study_name=second, storage=storage).trials) == 2
+    assert len(optuna.load_study(study_name=name, storage=storage).trials) == 2  # the first one untouched
+
+
+def test_model_refuses_params_searched_under_another_profile(ml_env, monkeypatch):
+    """best_params.json from the small profile is not silently used by a full-profile model."""
+    path = ml_env.data_dir / "optimization" / "best_params.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"best_params": {"seq_len": 30, "n_levels": 10}, "profile": "small",
+                                "label_suffix": SUFFIX, "feature_hash": "x", "study_name": "s"}))
+    monkeypatch.delenv("QUANTGOD_ML_PROFILE")
+    result = materialize([model], instance=dg.DagsterInstance.ephemeral())
+    assert not result.success
+    text = _failure_text(result)
+    assert "was searched under profile 'small' (this run: 'default')" in text and "feature code" in text, text
+    path.write_text(json.dumps({"seq_len": 30}))  # a file from before provenance was recorded
+    text = _failure_text(materialize([model], instance=dg.DagsterInstance.ephemeral()))
+    assert "records no profile, labels or feature code" in text, text
+    assert not (ml_env.data_dir / "models" / "quantgod_cloud_model.pth").exists()
 
 
 def test_missing_labelled_days_fail_naming_them(ml_env):
@@ -251,8 +309,8 @@ def test_ml_settings_defaults_profile_and_overrides(tmp_path, monkeypatch):
     (env.config_dir / "training.yaml").write_text("arch: lstm\n")
     with pytest.raises(ConfigError, match="arch='lstm'"):
         load_settings()
-    (env.config_dir / "training.yaml").write_text("model_type: transformer\nsplit: {train: 0.8, val: 0.1, test: 0.2}\n")
-    with pytest.raises(ConfigError, match="summing to 1"):
+    (env.config_dir / "training.yaml").write_text("model_type: transformer\nsplit: {test: 1.2}\n")
+    with pytest.raises(ConfigError, match="split.test"):
         load_settings()
     (env.config_dir / "training.yaml").write_text("model_type: transformer\ndata: {start: 2025-03-10}\n")
     s = load_settings()

@@ -195,8 +195,9 @@ def format_trial_start(number: int, params: Mapping[str, Any]) -> str:
 
 def _format_epoch(number: int, fold: str, m: EpochMetrics, metric: str) -> str:
     s, n, b = m.f1_per_class
+    f1 = f"F1 Macro: {m.f1_macro:.4f} | " if metric != "f1_macro" else ""
     return (f"Trial {number}{fold}, Epoch {m.epoch}/{m.epochs} | {metric}: {m.value(metric):.4f} | "
-            f"F1 Macro: {m.f1_macro:.4f} | F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}]")
+            f"{f1}F1 [S/N/B]: [{s:.3f}/{n:.3f}/{b:.3f}]")
 
 
 # ---------------------------------------------------------------------------------------------
