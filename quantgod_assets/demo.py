@@ -21,7 +21,7 @@ STAGES = (
     ("preprocessed_book", "order-book replay + checks"),
     ("labelled_frame", "SELL/NEUTRAL/BUY labels + class balance"),
     ("optimization", "Optuna search, small settings"),
-    ("model", "final model, test split vs baselines, MLflow"),
+    ("model", "walk-forward validation, final model, test block vs baselines with intervals, MLflow"),
 )
 # Not partitioned: one run over every labelled day, no partition flag.
 UNPARTITIONED = {"optimization", "model"}
@@ -67,6 +67,7 @@ def run_demo(days: int = 3, start: dt.date = dt.date(2025, 3, 10), seed: int = 7
     _say(f"  data:  {settings.paths.preprocessed_dir}/  (one Parquet of 1440 minutes per day)")
     _say(f"         {settings.paths.labelled_dir}/{settings.labelling.suffix}/  (the labelled days)")
     _say(f"  model: {settings.paths.model_path}  (best params: {settings.paths.best_params_path})")
+    _say(f"  card:  {settings.paths.model_path.with_suffix('.md')}  (walk-forward, test with intervals, verdict)")
     _say(f"  logs:  {settings.paths.logs_dir}/{{etl,labelling,optimization,training}}/")
     _say(f"  MLflow: mlflow ui --backend-store-uri {redact_url(settings.training.mlflow.tracking_uri)}")
     _say(f"  Optuna: optuna-dashboard {redact_url(settings.optimization.storage)}")

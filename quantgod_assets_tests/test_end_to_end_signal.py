@@ -1,13 +1,17 @@
-"""Generated days with a planted signal, through every plain stage, give a model that beats the
-majority class on the untouched test split.
+"""The evaluation guards itself: generated days through every plain stage (the generator's archives
+at one message a second → the numba engine → labels across day ends → the small ML profile's
+walk-forward validation, final model and test block).
 
-The generator's archives (one message a second, so the test stays short) → the numba engine →
-labels across day ends → the small ML profile's final model, scored once on the test split.
+- Null days (`signal=0`: no drift regimes, no book skew, nothing predicts direction): the verdict
+  is "no edge" and nothing is promoted in the registry.
+- Signal days: the model beats persistence on the test block with an interval above zero.
 """
 
 import datetime as dt
 
 import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from quantgod_assets.labelling import label_day_files
 from quantgod_assets.ml.final import train_final_model
@@ -18,30 +22,68 @@ from quantgod_assets.settings import load_settings
 from .builders import make_env
 
 START = dt.date(2025, 3, 10)
-DAYS = 4
 
 
 @pytest.fixture
-def signal_env(tmp_path, monkeypatch):
+def small_env(tmp_path, monkeypatch):
     env = make_env(tmp_path, {}, lenient_gaps=False)
     for key, value in env.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("QUANTGOD_ML_PROFILE", "small")
-    return env
+    monkeypatch.setenv("QUANTGOD_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    yield env
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
 
 
-def test_model_on_generated_days_beats_the_majority_class(signal_env):
+def labelled_days(days: int, seed: int, signal: float):
+    """Generated, converted and labelled days; returns the settings that read them."""
     settings = load_settings()
-    archives = generate_days(START, DAYS, settings.paths.raw_root, rate_ms=1000, seed=11)
-    pre_dir = settings.paths.preprocessed_dir
+    archives = generate_days(START, days, settings.paths.raw_root, rate_ms=1000, seed=seed, signal=signal)
     for path in archives:
         summary = convert_day(path, settings.paths.preprocessed_path(path.name[:10]))
         assert summary.rows == 1440 and summary.valid_share > 0.99
-    for k in range(DAYS):
-        label_day_files(pre_dir, settings.paths.labelled_dir, START + dt.timedelta(days=k))
+    for k in range(days):
+        label_day_files(settings.paths.preprocessed_dir, settings.paths.labelled_dir, START + dt.timedelta(days=k))
+    return settings
 
+
+def with_evaluation(settings, *, test_share: float, folds: int, epochs: int):
+    training = settings.training.with_params({"epochs": epochs})
+    training = training.model_copy(update={"split": training.split.model_copy(update={"test": test_share})})
+    optimization = settings.optimization.model_copy(update={"folds": folds})
+    return settings.model_copy(update={"training": training, "optimization": optimization})
+
+
+def test_null_days_give_no_edge_and_promote_nothing(small_env):
+    settings = labelled_days(6, seed=11, signal=0.0)
+    final = train_final_model(settings, use_best_params=False)
+
+    assert final.test["n"] > 1000  # a real test block, not a handful of windows
+    assert final.verdict.startswith("no edge: "), final.report.verdicts
+    for name in ("persistence", "logistic"):
+        assert not final.report.edges[name].low > 0, final.report.verdicts
+    assert not final.walk_forward.promotable and not final.promoted, final.promotion
+    client = MlflowClient(tracking_uri=settings.training.mlflow.tracking_uri)
+    with pytest.raises(MlflowException):  # no version holds the alias
+        client.get_model_version_by_alias(settings.training.mlflow.registered_model, "champion")
+    run = client.get_run(final.mlflow_run_id)
+    assert run.data.tags["champion"] == "false" and run.data.tags["verdict"] == final.verdict
+    assert "does not beat" in run.data.tags["champion_reason"]
+
+
+@pytest.mark.slow
+def test_signal_days_beat_persistence_with_an_interval_above_zero(small_env):
+    settings = labelled_days(8, seed=11, signal=3.0)
+    # a test block of ~3 days: enough hours (and moving blocks) for the interval to mean something
+    settings = with_evaluation(settings, test_share=0.4, folds=2, epochs=3)
     final = train_final_model(settings, use_best_params=False, mlflow=False)
 
-    majority = final.baselines["majority"]["f1_macro"]
-    assert final.test["n"] > 500  # the test split is a real one, not a handful of windows
-    assert final.test["f1_macro"] > majority + 0.05, (final.test, final.baselines)
+    edge = final.report.edges["persistence"]
+    assert final.test["n"] > 4000
+    assert edge.low > 0, final.report.verdicts
+    assert final.report.verdicts["persistence"].endswith(": significant")
+    assert final.test["f1_macro"] > final.baselines["majority"]["f1_macro"] + 0.1

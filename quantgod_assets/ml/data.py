@@ -16,7 +16,7 @@ stopping) and the test block. Each fold scales with statistics of its own traini
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,7 @@ class PreparedData:
     prices: np.ndarray | None = None  # the label price column per row
     bid: np.ndarray | None = None  # best bid / ask at each minute's close (the backtest trades at them)
     ask: np.ndarray | None = None
+    _fold_scalers: dict[int, Scaler] = field(default_factory=dict, repr=False)  # fitted once per fold
 
     @property
     def split(self) -> Split:
@@ -99,8 +100,10 @@ class PreparedData:
         """A scaler fitted on fold k's training rows (the last fold's is `scaler`)."""
         if k in (-1, len(self.folds) - 1):
             return self.scaler
-        rows = rows_covered(self.folds[k].train, self.seq_len, self.arrays.n_rows)
-        return Scaler.fit(self.features, rows, self.arrays.feature_names)
+        if k not in self._fold_scalers:
+            rows = rows_covered(self.folds[k].train, self.seq_len, self.arrays.n_rows)
+            self._fold_scalers[k] = Scaler.fit(self.features, rows, self.arrays.feature_names)
+        return self._fold_scalers[k]
 
     def fold_datasets(self, k: int) -> tuple[Any, Any]:
         """(train, validation) `SequenceDataset`s of fold k, scaled with its own training rows' statistics."""

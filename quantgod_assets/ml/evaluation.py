@@ -186,9 +186,14 @@ class TestReport:
 
     @property
     def verdict(self) -> str:
-        """`edge` or `no edge`, with the persistence line that decides most often."""
-        word = "edge" if self.edge else "no edge"
-        return f"{word}: {self.verdicts.get('persistence', '')}".rstrip(": ")
+        """`edge: <the MUST_BEAT lines>` or `no edge: <the first of them whose interval is not above zero>`."""
+        from .uncertainty import is_edge
+
+        lines = [self.verdicts[name] for name in MUST_BEAT if name in self.verdicts]
+        if self.edge:
+            return "edge: " + "; ".join(lines)
+        failing = [self.verdicts[name] for name in MUST_BEAT if name in self.edges and not is_edge(self.edges[name])]
+        return "no edge: " + (failing or lines or ["no baseline to compare"])[0]
 
 
 def summarise(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:

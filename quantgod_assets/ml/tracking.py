@@ -506,7 +506,7 @@ def log_final_run(settings: Settings, final: FinalModel, model: Any, data: Prepa
         run = log_final_model(
             model, params=params, history=final.history, test_metrics=test, confusion=final.test["confusion"],
             input_example=_input_example(data), tracking_uri=tr.mlflow.tracking_uri,
-            experiment=tr.mlflow.experiment, run_name=f"final_{lab.suffix}",
+            experiment=tr.mlflow.experiment, run_name=_run_name(settings, final, data),
             registered_model_name=tr.mlflow.registered_model, artifacts=[final.model_path, *pictures],
             extra_metrics=_final_metrics(final), tags=tags, texts=texts,
             champion_score=wf.model_mean if wf else None,
@@ -521,6 +521,14 @@ def log_final_run(settings: Settings, final: FinalModel, model: Any, data: Prepa
     final.promotion = run.reason
     final.previous_champion = run.previous_champion_score
     final.champion_test_f1_macro = run.previous_champion_test_f1_macro
+
+
+def _run_name(settings: Settings, final: FinalModel, data: PreparedData) -> str:
+    """What tells runs apart in MLflow's list: `tcn_lstm BTCUSDT 2025-03-10..2025-03-12 12-02 10:41`."""
+    import datetime as dt
+
+    started = dt.datetime.now(dt.UTC).strftime("%m-%d %H:%M")
+    return f"{final.params.get('arch')} {settings.symbol} {data.labelled.start}..{data.labelled.end} {started}"
 
 
 def _input_example(data: PreparedData) -> np.ndarray:
