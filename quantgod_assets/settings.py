@@ -390,7 +390,7 @@ class BacktestSettings(_Schema):
 class EvaluationSettings(_Schema):
     """training.yaml `evaluation:`: the moving-block bootstrap behind every interval."""
 
-    block_minutes: int | None = Field(None, ge=1)  # None: the labelling lookahead (labels overlap that long)
+    block_minutes: int | None = Field(None, ge=1)  # None: max(lookahead, seq_len): windows share labels and inputs
     resamples: int = Field(1000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 7
@@ -480,7 +480,7 @@ class PrunerSettings(_Schema):
     """optimization.yaml `pruner:` (MedianPruner)."""
 
     n_startup_trials: int = Field(5, ge=0)  # no pruning until this many trials finished
-    n_warmup_steps: int = Field(2, ge=0)  # no pruning before this epoch
+    n_warmup_steps: int = Field(2, ge=0)  # no pruning before this step (fold index x epochs_per_trial + epoch)
 
 
 # validation metrics a study and the loop can select by, and the direction each is better in

@@ -223,6 +223,15 @@ def test_model_refuses_params_searched_under_another_profile(ml_env, monkeypatch
     path.write_text(json.dumps({"seq_len": 30}))  # a file from before provenance was recorded
     text = _failure_text(materialize([model], instance=dg.DagsterInstance.ephemeral()))
     assert "records no profile, labels or feature code" in text, text
+    # searched on days reaching into this run's test block (the search's own test block starts later)
+    from quantgod_assets.ml.features import FEATURE_CODE_HASH
+
+    path.write_text(json.dumps({"best_params": {"seq_len": 30, "n_levels": 10}, "profile": "default",
+                                "label_suffix": SUFFIX, "feature_hash": FEATURE_CODE_HASH, "study_name": "s",
+                                "data_start": "2025-03-10", "data_end": "2025-03-20",
+                                "test_start": "2025-03-19T00:00+00:00"}))
+    text = _failure_text(materialize([model], instance=dg.DagsterInstance.ephemeral()))
+    assert "2025-03-10..2025-03-20, which reach into this run's test block (from 2025-03-12 " in text, text
     assert not (ml_env.data_dir / "models" / "quantgod_cloud_model.pth").exists()
 
 

@@ -126,7 +126,8 @@ def test_a_planted_password_reaches_no_output_of_a_successful_search_and_model(s
         # the stages really used the URLs holding the password: the study and the runs are there
         import optuna
 
-        study = optuna.load_study(study_name=SUFFIX, storage=storage)
+        opt_meta = instance.get_latest_materialization_event(dg.AssetKey("optimization")).asset_materialization.metadata
+        study = optuna.load_study(study_name=opt_meta["study_name"].value, storage=storage)
         assert len(study.trials) == 2
         client = MlflowClient(tracking_uri=tracking)
         runs = [run for name in ("quantgod-optimization", "quantgod")
@@ -135,7 +136,6 @@ def test_a_planted_password_reaches_no_output_of_a_successful_search_and_model(s
         assert {r.data.tags.get("run_kind") for r in runs} == {"study", "trial", "final_model"}, runs
 
         # ... and every place that shows them shows them masked
-        opt_meta = instance.get_latest_materialization_event(dg.AssetKey("optimization")).asset_materialization.metadata
         masked_storage = storage.replace(PLANTED + "opt", MASK)
         assert opt_meta["storage"].value == masked_storage
         assert opt_meta["dashboard"].value == f"`optuna-dashboard {masked_storage}`"

@@ -200,7 +200,8 @@ def test_profile_merge_is_typed(configs, clean_env):
     assert (s.training.seq_len, s.training.n_levels, s.training.tcn_channels) == (30, 10, 16)
     assert s.training.patience == 0 and s.training.max_batches_per_epoch == 40
     # nested sections not named by the profile keep the file's values
-    assert s.training.mlflow.experiment == "quantgod" and s.training.split.test == 0.15
+    assert s.training.mlflow.experiment == "quantgod" and s.training.backtest.min_trades == 30
+    assert s.training.split.test == 0.25  # the profile names split.test only
     assert s.optimization.profile == "small" and s.optimization.pruner.n_startup_trials == 5
     assert all(isinstance(p, SearchParam) for p in s.optimization.search_space.values())
     assert s.optimization.search_space["seq_len"].type == "fixed" and s.optimization.search_space["seq_len"].value == 30

@@ -44,8 +44,9 @@ def _data_section(final: FinalModel, settings: Settings) -> list[str]:
         f"- Labels `{lab.suffix}`: SELL when the {lab.price_column} return over {lab.lookahead} min is <= "
         f"{100 * lab.threshold_short:+.2f} %, BUY when >= {100 * lab.threshold_long:+.2f} %, else NEUTRAL",
         f"- Windows: train {final.sizes.get('train', 0):,} / validation {final.sizes.get('val', 0):,} / "
-        f"test {final.sizes.get('test', 0):,} (purge {final.extra.get('purge_minutes')} min at every boundary"
-        + (f", embargo {opt.embargo_minutes} min" if opt.embargo_minutes else "") + ")",
+        f"test {final.sizes.get('test', 0):,} ({final.extra.get('purge_minutes')} min of window ends dropped at every "
+        "boundary: lookahead + seq_len" + (f" + an embargo of {opt.embargo_minutes}" if opt.embargo_minutes else "")
+        + ")",
         f"- Test period: {final.test_period[0]} .. {final.test_period[1]} UTC (scored once; it chose nothing)",
         f"- {priors_line(final.priors)} (train and validation of the final model's split)",
     ]
@@ -74,8 +75,10 @@ def _walk_forward_section(final: FinalModel) -> list[str]:
     rows.append(["mean", "", "", f"**{wf.model_mean:.4f}**", *(f"{wf.baseline_mean(n):.4f}" for n in names)])
     return ["## Walk-forward validation (chooses the champion)",
             *_table(["fold", "validation period", "train / val windows", f"model {wf.metric}", *names], rows),
-            "", f"Promotion rule: beat persistence and logistic here, and the champion's score. "
-            f"This run: {final.promotion}."]
+            "", f"Promotion rule: beat persistence and logistic here, and the champion's score on the same days "
+            f"(newer days displace older ones). This run: {final.promotion}. The model's fold scores are "
+            "optimistic (each fold stops early on the block it is scored on, and the search chose these params "
+            "on them); the test block below is the unbiased estimate."]
 
 
 def _test_section(final: FinalModel) -> list[str]:
@@ -92,7 +95,7 @@ def _test_section(final: FinalModel) -> list[str]:
     lines += [f"- {line}" for line in report.verdicts.values()]
     lines.append(f"- **Verdict: {report.verdict}**")
     lines.append(f"- Intervals: {int(100 * report.interval.confidence)} % moving-block bootstrap, blocks of "
-                 f"{report.block} windows (the label horizon)")
+                 f"{report.block} windows (neighbouring windows share label minutes and inputs)")
     if len(final.seeds) > 1:
         lines.append("- Over the seeds (mean ± std): " + ", ".join(
             f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in report.seeds.items() if k.startswith(("f1_", "accuracy"))))

@@ -16,6 +16,7 @@ stopping) and the test block. Each fold scales with statistics of its own traini
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,12 +33,15 @@ from .dataset import (
     load_labelled_range,
     rows_covered,
 )
-from .splits import Split, WalkForward, walk_forward_split
+from .splits import Split, WalkForward, test_start_minute, walk_forward_split
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["MissingDaysError", "NoLabelledDaysError", "PreparedData", "labelled_range", "prepare_data"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MissingDaysError", "NoLabelledDaysError", "PreparedData", "labelled_range", "prepare_data",
+           "range_test_start"]
 
 
 class NoLabelledDaysError(FileNotFoundError):
@@ -85,6 +89,7 @@ class PreparedData:
     prices: np.ndarray | None = None  # the label price column per row
     bid: np.ndarray | None = None  # best bid / ask at each minute's close (the backtest trades at them)
     ask: np.ndarray | None = None
+    walk_test_share: float = 0.15  # training.yaml split.test this data was cut with
     _fold_scalers: dict[int, Scaler] = field(default_factory=dict, repr=False)  # fitted once per fold
 
     @property
@@ -117,8 +122,12 @@ class PreparedData:
         """(first, last) window end of `ends` as UTC times, None when empty."""
         if not ends.size:
             return None
-        first, last = self.minutes[int(ends[0])], self.minutes[int(ends[-1])]
-        return (dt.datetime.fromtimestamp(int(first) * 60, dt.UTC), dt.datetime.fromtimestamp(int(last) * 60, dt.UTC))
+        return (_utc(self.minutes[int(ends[0])]), _utc(self.minutes[int(ends[-1])]))
+
+    @property
+    def test_start(self) -> dt.datetime:
+        """The minute the test block starts (see `range_test_start`)."""
+        return _utc(test_start_minute(self.minutes, self.walk_test_share))
 
     @property
     def features(self) -> np.ndarray:
@@ -153,6 +162,18 @@ class PreparedData:
                 f"{self.n_features} features ({self.n_levels} levels) | seq_len {self.seq_len} | "
                 f"{len(self.folds)} walk-forward folds (train/val windows: {folds}) | "
                 f"test {s['test']:,} windows | purge {self.split.purge} min")
+
+
+def range_test_start(settings: Settings, labelled: LabelledRange) -> dt.datetime:
+    """When the range's test block starts (UTC): the minute `prepare_data` cuts at, read from the
+    rows' times alone (cheap: no features)."""
+    minutes = np.concatenate([frame.get_column("ts").dt.epoch("ms").to_numpy() // 60_000
+                              for _day, frame in labelled.iter_days(["ts"])])
+    return _utc(test_start_minute(minutes, settings.training.split.test))
+
+
+def _utc(minute: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(minute) * 60, dt.UTC)
 
 
 def _read_columns(labelled: LabelledRange, columns: list[str], n_rows: int) -> list[np.ndarray]:
@@ -194,12 +215,17 @@ def prepare_data(
     windows = WindowIndex.build(arrays.valid, arrays.targets, seq_len, arrays.minutes)
     opt = settings.optimization
     try:
+        # the test block starts at a fixed minute of the range's rows: the same for every seq_len and n_levels
         walk = walk_forward_split(windows.ends, lookahead, seq_len, settings.training.split.test, opt.folds,
-                                  arrays.minutes, opt.embargo_minutes)
+                                  arrays.minutes, opt.embargo_minutes,
+                                  test_start_minute(arrays.minutes, settings.training.split.test))
     except ValueError as exc:
         raise ValueError(f"too few usable windows: {len(windows)} windows of {seq_len} minutes over "
                          f"{len(labelled.days)} day(s): {exc}: label more days, shorten seq_len or use fewer folds"
                          ) from exc
+    if len(walk.folds) < opt.folds:
+        log.warning(f"{opt.folds - len(walk.folds)} of {opt.folds} walk-forward folds hold no window after the purge "
+                    f"of {walk.purge} min: {len(walk.folds)} used")
     split = walk.final
     if not split.train.size or not split.val.size:
         raise ValueError(
@@ -212,4 +238,5 @@ def prepare_data(
     if with_prices:
         prices, bid, ask = _read_columns(labelled, [settings.labelling.price_column, "bid_px_0", "ask_px_0"],
                                          arrays.n_rows)
-    return PreparedData(arrays, windows, walk, scaler, seq_len, n_levels, lookahead, labelled, prices, bid, ask)
+    return PreparedData(arrays, windows, walk, scaler, seq_len, n_levels, lookahead, labelled, prices, bid, ask,
+                        settings.training.split.test)

@@ -182,7 +182,8 @@ class TestReport:
         """The model beats persistence and logistic on the test block with intervals above zero."""
         from .uncertainty import is_edge
 
-        return all(is_edge(self.edges[name]) for name in MUST_BEAT if name in self.edges)
+        present = [name for name in MUST_BEAT if name in self.edges]
+        return bool(present) and all(is_edge(self.edges[name]) for name in present)
 
     @property
     def verdict(self) -> str:

@@ -49,7 +49,8 @@ from .reports import pct
 if TYPE_CHECKING:
     from ..settings import Settings, TrainingSettings
 
-__all__ = ["FinalModel", "ParamsMismatchError", "feature_pictures", "resolve_training", "train_final_model"]
+__all__ = ["FinalModel", "ParamsMismatchError", "check_search_period", "feature_pictures", "resolve_training",
+           "train_final_model"]
 
 log = logging.getLogger(__name__)
 TRAINING_CONFIG = "training config"  # where the params come from when best_params.json is not used
@@ -69,14 +70,30 @@ def _searched_under(meta: Mapping[str, Any], settings: Settings) -> list[str]:
     return [f"{words[key]} {meta[key]!r} (this run: {value!r})" for key, value in here.items() if meta[key] != value]
 
 
-def resolve_training(settings: Settings, use_best_params: bool = True) -> tuple[TrainingSettings, str]:
-    """(training settings to train with, where their params came from): training.yaml, with
-    `best_params.json` over it when it exists. Raises `ParamsMismatchError` when the file was
-    searched under another profile, labelling or feature code; warns when over other days."""
+def check_search_period(meta: Mapping[str, Any], test_start: dt.datetime, path: Path) -> None:
+    """Raises `ParamsMismatchError` when the search behind `meta` saw minutes of this run's test
+    block (its own test block started later): the params were chosen partly on it."""
+    searched_until = meta.get("test_start")
+    if searched_until is None:
+        raise ParamsMismatchError(f"{path} records no test_start: run the optimization asset again or remove it")
+    if dt.datetime.fromisoformat(searched_until) > test_start:
+        raise ParamsMismatchError(
+            f"{path} was searched on days {meta.get('data_start')}..{meta.get('data_end')}, which reach into this "
+            f"run's test block (from {test_start:%Y-%m-%d %H:%M} UTC): run the optimization asset on this range, "
+            "or remove the file to train with training.yaml's params"
+        )
+
+
+def resolve_training(settings: Settings, use_best_params: bool = True
+                     ) -> tuple[TrainingSettings, str, dict[str, Any]]:
+    """(training settings to train with, where their params came from, best_params.json's record
+    or {}): training.yaml, with `best_params.json` over it when it exists. Raises
+    `ParamsMismatchError` when the file was searched under another profile, labelling or feature
+    code (`check_search_period` checks the days once the test block is known)."""
     training = settings.training
     path = settings.paths.best_params_path
     if not use_best_params or not path.exists():
-        return training, TRAINING_CONFIG
+        return training, TRAINING_CONFIG, {}
     from .tune import load_best_params
 
     try:
@@ -93,7 +110,7 @@ def resolve_training(settings: Settings, use_best_params: bool = True) -> tuple[
         )
     log.info(f"Using best params from {path} (study '{meta.get('study_name')}', days {meta.get('data_start')}.."
              f"{meta.get('data_end')}): {json.dumps(best, sort_keys=True)}")
-    return resolved, str(path)
+    return resolved, str(path), meta
 
 
 def run_params(training: TrainingSettings) -> dict[str, Any]:
@@ -236,12 +253,14 @@ def train_final_model(
 
     started = time.perf_counter()
     lab, opt = settings.labelling, settings.optimization
-    training, source = resolve_training(settings, use_best_params)
+    training, source, searched = resolve_training(settings, use_best_params)
     params = run_params(training)
     arch = training.arch
     data = prepare_data(settings, start, end, training.n_levels, training.seq_len, with_prices=True)
     if not data.split.test.size:
         raise ValueError(f"the test block is empty ({data.describe()}): label more days")
+    if searched:
+        check_search_period(searched, data.test_start, settings.paths.best_params_path)
     log.info(f"Final model: {arch} | labels {lab.suffix} | params from {source} | metric {opt.metric} ({opt.goal})"
              + (f" | profile {training.profile}" if training.profile else ""))
     log.info(data.describe())
@@ -302,7 +321,8 @@ def train_final_model(
     baseline_results = run_baselines(data.features, data.targets, data.split, data.lookahead, data.minutes,
                                      on=("test",), scaler=data.scaler)
     scores = kept.test
-    block = int(training.evaluation.block_minutes or lab.lookahead)
+    # windows overlap in their labels (lookahead) and in their inputs (seq_len): blocks span both
+    block = int(training.evaluation.block_minutes or max(lab.lookahead, data.seq_len))
     report = test_report(scores["y_true"], scores["y_pred"],
                          {name: parts["test"].predictions for name, parts in baseline_results.items()},
                          training.evaluation, block)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..secrets import redact_url, redacted_errors
-from .data import labelled_range, prepare_data
+from .data import labelled_range, prepare_data, range_test_start
 from .dataset import LabelledRange, TrainingArrays, build_training_arrays
 from .features import FEATURE_CODE_HASH
 
@@ -57,7 +57,8 @@ class OptimizationOutcome:
 
 
 # training.yaml keys that do not change what a trial computes (where it runs, what the final model does)
-_NOT_SEARCH_RELEVANT = {"device", "log_every", "seeds", "data", "backtest", "evaluation", "mlflow", "epochs",
+# (`seed` too: a trial trains with optimization.yaml's seed + its number, never training.yaml's)
+_NOT_SEARCH_RELEVANT = {"device", "log_every", "seeds", "seed", "data", "backtest", "evaluation", "mlflow", "epochs",
                         "patience"}
 
 
@@ -84,6 +85,8 @@ def search_provenance(settings: Settings, labelled: LabelledRange) -> dict[str, 
         "data_start": labelled.start.isoformat(),
         "data_end": labelled.end.isoformat(),
         "n_days": len(labelled.days),
+        # the search never saw anything from here on: a model whose test block starts earlier refuses these params
+        "test_start": range_test_start(settings, labelled).isoformat(timespec="minutes"),
         "feature_hash": FEATURE_CODE_HASH,
         "search_hash": _search_hash(settings),
     }

@@ -17,11 +17,13 @@ by having memorised those labels.
 Distances are measured in minutes (`minutes` of each row) when given, so a missing day counts as
 the time it is, not as zero rows.
 
-`walk_forward_split` is what the ML stages use: the last `test_share` of the ends is the test
-block, scored once at the very end; everything before it is the development period, cut into
-K + 1 consecutive blocks, and fold k (1..K) trains on blocks 0..k-1 and validates on block k
+`walk_forward_split` is what the ML stages use: the test block is every end from a fixed minute
+on (`test_start_minute`: the last `test_share` of the range's ROWS, so the block is the same for
+every trial whatever its seq_len or n_levels, and no trial's validation can reach into it); the
+purge is taken from the end of the development period before it. The development period is cut
+into K + 1 consecutive blocks, and fold k (1..K) trains on blocks 0..k-1 and validates on block k
 (expanding window). The final model trains on the last fold's training ends and stops early on
-its validation block.
+its validation block (so it never trains on that last block: it is its early-stopping set).
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Split", "WalkForward", "purge_minutes", "train_val_test_split", "walk_forward_folds",
-           "walk_forward_split"]
+__all__ = ["Split", "WalkForward", "purge_minutes", "test_start_minute", "train_val_test_split", "walk_forward_split"]
 
 
 def purge_minutes(lookahead: int, seq_len: int = 1) -> int:
@@ -111,38 +112,6 @@ def train_val_test_split(
     return Split(train, val, test, purge, int(lookahead), int(seq_len))
 
 
-def walk_forward_folds(
-    ends: np.ndarray,
-    lookahead: int,
-    seq_len: int = 1,
-    n_folds: int = 4,
-    initial_train_fraction: float = 0.5,
-    minutes: np.ndarray | None = None,
-    embargo: int = 0,
-) -> list[Split]:
-    """Expanding-window folds over the development ends (pass `split.train` and `split.val`
-    together, never the test ends): the ends after the first `initial_train_fraction` are cut
-    into `n_folds` consecutive validation blocks; fold k trains on every end before its block and
-    validates on the block, with the same purge at the start of the block.
-    """
-    ends = _prepare(ends)
-    if n_folds < 1 or not 0 < initial_train_fraction < 1:
-        raise ValueError("need n_folds >= 1 and 0 < initial_train_fraction < 1")
-    purge = purge_minutes(lookahead, seq_len) + int(embargo)
-    times = _times(ends, minutes)
-    first = round(ends.size * initial_train_fraction)
-    bounds = np.linspace(first, ends.size, n_folds + 1).round().astype(np.int64)
-    folds = []
-    empty = np.empty(0, dtype=np.int64)
-    for k in range(n_folds):
-        lo, hi = int(bounds[k]), int(bounds[k + 1])
-        if lo == 0 or hi <= lo:
-            continue
-        val = _purged_after(ends[lo:hi], times[lo:hi], int(times[lo - 1]), purge)
-        folds.append(Split(ends[:lo], val, empty, purge, int(lookahead), int(seq_len)))
-    return folds
-
-
 @dataclass
 class WalkForward:
     """The folds over the development period and the test block after it.
@@ -159,11 +128,14 @@ class WalkForward:
         last = self.folds[-1]
         return Split(last.train, last.val, self.test, self.purge, last.lookahead, last.seq_len)
 
-    @property
-    def development(self) -> np.ndarray:
-        """Every end before the test block (the last fold's training and validation ends)."""
-        last = self.folds[-1]
-        return np.concatenate([last.train, last.val])
+
+
+def test_start_minute(minutes: np.ndarray, test_share: float) -> int:
+    """The minute the test block starts: the first of the last `test_share` of the rows."""
+    minutes = np.asarray(minutes, dtype=np.int64)
+    if not minutes.size:
+        raise ValueError("no rows")
+    return int(minutes[min(round(minutes.size * (1 - test_share)), minutes.size - 1)])
 
 
 def walk_forward_split(
@@ -174,19 +146,24 @@ def walk_forward_split(
     n_folds: int = 5,
     minutes: np.ndarray | None = None,
     embargo: int = 0,
+    test_start: int | None = None,
 ) -> WalkForward:
-    """The last `test_share` of the ends form the test block (purged against the development
-    period before it); the development ends are cut into `n_folds + 1` blocks of equal count and
-    fold k trains on blocks 0..k-1, validating on block k (purged). Folds whose block is emptied
-    by the purge are dropped; none left raises ValueError."""
+    """The test block is every end at or after `test_start` (a minute, or a row number without
+    `minutes`; default: the first of the last `test_share` of the ends); development ends are
+    those at least purge + 1 minutes before it. The development ends are cut into `n_folds + 1`
+    blocks of equal count and fold k trains on blocks 0..k-1, validating on block k (purged).
+    Folds whose block is emptied by the purge are dropped; none left raises ValueError."""
     ends = _prepare(ends)
     if not 0 < test_share < 1 or n_folds < 1:
         raise ValueError(f"need 0 < test_share < 1 and n_folds >= 1, got {test_share}, {n_folds}")
     purge = purge_minutes(lookahead, seq_len) + int(embargo)
     times = _times(ends, minutes)
-    cut = round(ends.size * (1 - test_share))
-    development, dev_times = ends[:cut], times[:cut]
-    test = _purged_after(ends[cut:], times[cut:], int(dev_times[-1]) if cut else None, purge)
+    if test_start is None:
+        test_start = int(times[min(round(ends.size * (1 - test_share)), max(ends.size - 1, 0))]) if ends.size else 0
+    test = ends[times >= test_start]
+    keep = times <= test_start - purge - 1  # the purge comes off the development period: the test block is fixed
+    development, dev_times = ends[keep], times[keep]
+    cut = development.size
     bounds = np.linspace(0, cut, n_folds + 2).round().astype(np.int64)
     folds = []
     for k in range(1, n_folds + 1):

@@ -264,6 +264,13 @@ class Promotion:
     previous_test_f1_macro: float | None = None
 
 
+def _holder_range(client: MlflowClient, name: str, version: str | None) -> str | None:
+    if version is None:
+        return None
+    tags = client.get_model_version(name, version).tags or {}
+    return tags.get("data_range")
+
+
 def promote_if_better(
     client: MlflowClient,
     name: str,
@@ -274,26 +281,40 @@ def promote_if_better(
     eligible: bool = True,
     not_eligible_reason: str = "",
     direction: str = "maximize",
+    data_range: str | None = None,
 ) -> Promotion:
     """Moves `alias` to `version` when it is `eligible` (beats the baselines on walk-forward) and
-    its walk-forward `score` beats the holder's (or there is none); the runs' `champion` tags follow
-    the alias, so exactly one run carries `champion=true`."""
+    it beats the holder: on the same `data_range` ("first..last day") by its walk-forward `score`;
+    on another range only when its data ends later (walk-forward scores of different periods are
+    not comparable: an easier period would win). The runs' `champion` tags follow the alias, so
+    exactly one run carries `champion=true`."""
     client.set_model_version_tag(name, str(version), metric, str(float(score)))
+    if data_range:
+        client.set_model_version_tag(name, str(version), "data_range", data_range)
     holder, previous = current_champion(client, name, alias, metric)
     previous_test = _champion_test_score(client, name, alias)
     if not eligible:
         return Promotion(False, not_eligible_reason or "not eligible", previous, previous_test)
-    if previous is not None:
+    holder_range = _holder_range(client, name, holder)
+    if holder is None:
+        reason = f"{metric} {score:.4f} beats persistence and logistic (first champion)"
+    elif previous is None:
+        reason = f"{metric} {score:.4f} beats persistence and logistic; the champion v{holder} recorded no {metric}"
+    elif data_range and holder_range and holder_range != data_range:
+        if data_range.split("..")[-1] <= holder_range.split("..")[-1]:
+            return Promotion(False, f"the champion v{holder} was judged on {holder_range}, this run on {data_range}: "
+                                    "an older or equal range never displaces it", previous, previous_test)
+        reason = f"{metric} {score:.4f} beats persistence and logistic on newer data ({data_range}, the champion " \
+                 f"v{holder}: {holder_range})"
+    else:
         better = score < previous if direction == "minimize" else score > previous
         if not better:
             return Promotion(False, f"{metric} {score:.4f} does not beat the champion's {previous:.4f} "
                                     f"(v{holder})", previous, previous_test)
+        reason = f"{metric} {score:.4f} beats persistence, logistic and the champion's {previous:.4f} (v{holder})"
     if holder is not None:
         _untag_run_of(client, name, holder)
     client.set_registered_model_alias(name, alias, str(version))
-    reason = (f"{metric} {score:.4f} beats persistence, logistic"
-              + (f" and the champion's {previous:.4f} (v{holder})" if previous is not None else
-                 (" (the holder recorded no such score)" if holder is not None else " (first champion)")))
     return Promotion(True, reason, previous, previous_test)
 
 
@@ -390,6 +411,7 @@ def log_final_model(
     not_eligible_reason: str = "",
     direction: str = "maximize",
     texts: Mapping[str, str] | None = None,
+    data_range: str | None = None,
 ) -> FinalRun:
     """One run for the final model: params, per-epoch metrics (`EpochMetrics` or dicts with an
     "epoch"), test metrics (logged as `test_<key>`), `extra_metrics` as given (baselines,
@@ -425,7 +447,7 @@ def log_final_model(
             promotion = Promotion(False, "no walk-forward score to compare", None)
             if registered_model_name and version is not None and champion_score is not None:
                 promotion = promote_if_better(client, registered_model_name, version, float(champion_score), alias,
-                                              champion_metric, eligible, not_eligible_reason, direction)
+                                              champion_metric, eligible, not_eligible_reason, direction, data_range)
             mlflow.set_tag("champion", str(promotion.promoted).lower())
             mlflow.set_tag("champion_reason", promotion.reason)
             return FinalRun(run.info.run_id, info.model_uri, str(version) if version is not None else None,
@@ -513,6 +535,7 @@ def log_final_run(settings: Settings, final: FinalModel, model: Any, data: Prepa
             champion_metric=f"walk_forward_{wf.metric}" if wf else CHAMPION_METRIC,
             eligible=bool(wf and wf.promotable), not_eligible_reason=(wf.why_not() or "") if wf else "",
             direction=opt.goal if wf and wf.metric == opt.metric else "maximize",
+            data_range=f"{data.labelled.start}..{data.labelled.end}",
         )
     final.mlflow_run_id = run.run_id
     final.mlflow_model_uri = run.model_uri

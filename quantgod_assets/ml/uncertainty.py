@@ -18,6 +18,7 @@ result does not depend on the chunk size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -40,6 +41,9 @@ __all__ = [
 N_CLASSES = 3
 # indices per chunk when no chunk size is given: 4 M int64 = 32 MB, plus the gathered values
 CHUNK_ELEMENTS = 4_000_000
+# fewer samples than this many blocks carry too few independent stretches for a percentile
+# interval to mean anything (with one block every resample is the sample itself): no interval then
+MIN_BLOCKS = 10
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ class Interval:
     low: float
     high: float
     confidence: float
+    note: str = ""  # why there is no interval (low and high NaN), e.g. "50 samples < 10 blocks of 60"
+
+    @property
+    def known(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
 
     @property
     def excludes_zero(self) -> bool:
@@ -66,6 +75,8 @@ class Interval:
     def format(self, signed: bool = False, digits: int = 3) -> str:
         """`0.452 [0.401, 0.498]`, or `+0.052 [-0.081, +0.190]` with `signed` (for differences)."""
         spec = f"{'+' if signed else ''}.{digits}f"
+        if not self.known:
+            return f"{self.estimate:{spec}} [n/a]"
         return f"{self.estimate:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
 
     def to_dict(self) -> dict[str, float]:
@@ -79,6 +90,8 @@ def is_edge(interval: Interval) -> bool:
 
 def verdict(name: str, interval: Interval) -> str:
     """One line: `edge over persistence: +0.052 [-0.081, +0.190]: not significant`."""
+    if not interval.known:
+        return f"{name}: {interval.format(signed=True)}: n/a ({interval.note or 'no interval'})"
     if interval.low > 0:
         word = "significant"
     elif interval.high < 0:
@@ -155,6 +168,18 @@ def _resampled_statistics(
     return np.concatenate(parts)
 
 
+def _interval(estimate: float, n: int, statistic: Callable[[np.ndarray], np.ndarray], block: int, resamples: int,
+              confidence: float, seed: int, chunk: int | None) -> Interval:
+    """The percentile interval of `statistic` over the resamples; none (NaN, with a note) when
+    the n samples hold fewer than MIN_BLOCKS blocks."""
+    if n < MIN_BLOCKS * max(int(block), 1):
+        nan = float("nan")
+        return Interval(float(estimate), nan, nan, float(confidence),
+                        note=f"{n} samples < {MIN_BLOCKS} blocks of {max(int(block), 1)}")
+    stats = _resampled_statistics(n, statistic, block, resamples, seed, chunk)
+    return _percentile_interval(estimate, stats, confidence)
+
+
 def _labels(y: np.ndarray, name: str) -> np.ndarray:
     y = np.asarray(y, dtype=np.int64).ravel()
     if y.size and (y.min() < 0 or y.max() >= N_CLASSES):
@@ -205,8 +230,7 @@ def metric_interval(
     def statistic(indices: np.ndarray) -> np.ndarray:
         return _metric_per_resample(metric, _confusions(codes, indices))
 
-    stats = _resampled_statistics(codes.size, statistic, block, resamples, seed, chunk)
-    return _percentile_interval(estimate, stats, confidence)
+    return _interval(estimate, codes.size, statistic, block, resamples, confidence, seed, chunk)
 
 
 def difference_interval(
@@ -232,8 +256,7 @@ def difference_interval(
         score_a = _metric_per_resample(metric, _confusions(codes_a, indices))
         return score_a - _metric_per_resample(metric, _confusions(codes_b, indices))
 
-    stats = _resampled_statistics(codes_a.size, statistic, block, resamples, seed, chunk)
-    return _percentile_interval(estimate, stats, confidence)
+    return _interval(estimate, codes_a.size, statistic, block, resamples, confidence, seed, chunk)
 
 
 def _values(values: np.ndarray) -> np.ndarray:
@@ -259,8 +282,7 @@ def mean_interval(
     def statistic(indices: np.ndarray) -> np.ndarray:
         return values[indices].mean(axis=1)
 
-    stats = _resampled_statistics(values.size, statistic, block, resamples, seed, chunk)
-    return _percentile_interval(float(values.mean()), stats, confidence)
+    return _interval(float(values.mean()), values.size, statistic, block, resamples, confidence, seed, chunk)
 
 
 def compounded_return_interval(
@@ -278,5 +300,5 @@ def compounded_return_interval(
     def statistic(indices: np.ndarray) -> np.ndarray:
         return np.prod(1.0 + returns[indices], axis=1) - 1.0
 
-    stats = _resampled_statistics(returns.size, statistic, block, resamples, seed, chunk)
-    return _percentile_interval(float(np.prod(1.0 + returns) - 1.0), stats, confidence)
+    return _interval(float(np.prod(1.0 + returns) - 1.0), returns.size, statistic, block, resamples, confidence,
+                     seed, chunk)

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantgod_assets.ml.splits import purge_minutes, train_val_test_split, walk_forward_folds, walk_forward_split
+from quantgod_assets.ml.splits import purge_minutes, train_val_test_split, walk_forward_split
+from quantgod_assets.ml.splits import test_start_minute as start_of_test_block
 
 
 def footprint(ends_minutes: np.ndarray, lookahead: int, seq_len: int) -> tuple[int, int]:
@@ -98,23 +99,6 @@ def test_footprints_of_the_splits_never_overlap_even_with_gaps(lookahead, seq_le
         assert earlier and minutes[d] - minutes[earlier[-1][-1]] <= split.purge
 
 
-def test_walk_forward_folds_expand_and_are_purged():
-    lookahead, seq_len = 60, 20
-    ends = np.arange(19, 50_000)
-    folds = walk_forward_folds(ends, lookahead, seq_len, n_folds=4, initial_train_fraction=0.4)
-    assert len(folds) == 4
-    previous_val_end = None
-    for k, fold in enumerate(folds):
-        assert fold.test.size == 0
-        assert fold.train[0] == ends[0]
-        assert fold.val[0] - fold.train[-1] == lookahead + seq_len + 1
-        if k:
-            assert fold.train.size > folds[k - 1].train.size
-            assert fold.train[-1] == previous_val_end  # the previous block joins the training set
-        previous_val_end = fold.val[-1]
-    assert folds[-1].val[-1] == ends[-1]
-
-
 def test_bad_fractions_and_unsorted_ends():
     with pytest.raises(ValueError):
         train_val_test_split(np.arange(100), 5, 1, (0.5, 0.5, 0.5))
@@ -134,7 +118,7 @@ def test_walk_forward_split_folds_expand_and_the_test_block_follows(n_folds, emb
         if k:  # expanding: the previous validation block joins the training ends
             assert fold.train[-1] == walk.folds[k - 1].val[-1]
     assert walk.test[0] - walk.folds[-1].val[-1] == gap and walk.test[-1] == ends[-1]
-    assert walk.test.size == pytest.approx(0.15 * ends.size - gap, abs=2)
+    assert walk.test.size == pytest.approx(0.15 * ends.size, abs=2)  # the purge comes off the development side
     final = walk.final  # the final model: the last fold's ends plus the test block
     assert np.array_equal(final.train, walk.folds[-1].train) and np.array_equal(final.test, walk.test)
     blocks = [f.val.size for f in walk.folds]
@@ -159,3 +143,21 @@ def test_walk_forward_footprints_never_overlap_with_gaps(lookahead, seq_len, n_f
 def test_walk_forward_split_with_too_few_windows_names_the_purge():
     with pytest.raises(ValueError, match="purge"):
         walk_forward_split(np.arange(100), 60, 30, 0.15, 5)
+
+
+def test_the_test_block_is_the_same_for_every_seq_len():
+    """Cut at a minute of the rows, not a count of windows: a trial with long windows (fewer of
+    them) must not validate on minutes another trial's final model is tested on."""
+    lookahead, n_rows = 60, 20_000
+    minutes = np.arange(n_rows) + 28_000_000
+    minutes[9_000:] += 400  # a gap: long windows lose more ends around it
+    start = start_of_test_block(minutes, 0.2)
+    blocks = []
+    for seq_len in (1, 30, 720):
+        ends = np.array([e for e in range(seq_len - 1, n_rows)
+                         if minutes[e] - minutes[e - seq_len + 1] == seq_len - 1], dtype=np.int64)
+        walk = walk_forward_split(ends, lookahead, seq_len, 0.2, 3, minutes=minutes, test_start=start)
+        assert minutes[walk.folds[-1].val[-1]] + lookahead < minutes[walk.test[0]] - seq_len
+        blocks.append(walk.test)
+    assert all(np.array_equal(blocks[0], b) for b in blocks[1:])
+    assert minutes[blocks[0][0]] == start == minutes[round(n_rows * 0.8)]

@@ -64,7 +64,7 @@ def test_study_has_a_parent_run_and_a_nested_run_per_trial(store):
     assert len([r for r in runs if r.data.tags.get("run_kind") == "trial"]) == 5
 
 
-def _final(uri, tmp_path, model, f1, test_x, name="final", walk_forward=None, eligible=True):
+def _final(uri, tmp_path, model, f1, test_x, name="final", walk_forward=None, eligible=True, data_range=None):
     history = [{"epoch": 1, "val_f1_macro": 0.3, "train_loss": 1.0},
                {"epoch": 2, "val_f1_macro": 0.35, "train_loss": 0.9}]
     bundle = tmp_path / "quantgod_cloud_model.pth"
@@ -83,7 +83,7 @@ def _final(uri, tmp_path, model, f1, test_x, name="final", walk_forward=None, el
         artifacts=[bundle],
         extra_metrics={"baseline_majority_f1_macro": 0.25, "backtest_sharpe": float("nan")},
         champion_score=f1 if walk_forward is None else walk_forward, eligible=eligible,
-        not_eligible_reason="does not beat persistence",
+        not_eligible_reason="does not beat persistence", data_range=data_range,
     )
 
 
@@ -126,6 +126,16 @@ def test_final_model_run_and_champion_alias(store):
     # exactly one run carries champion=true: the alias holder's
     runs = client.search_runs([client.get_experiment_by_name("final").experiment_id])
     assert [r.info.run_name for r in runs if r.data.tags.get("champion") == "true"] == ["better"]
+
+    # walk-forward scores of different periods are not compared: newer data takes over, older never
+    ranged = _final(uri, tmp_path, model, 0.5, test_x, "ranged", walk_forward=0.50, data_range="2025-03-10..2025-03-20")
+    assert ranged.promoted  # the holder recorded no range: scores compared, 0.50 > 0.45
+    older = _final(uri, tmp_path, model, 0.5, test_x, "older", walk_forward=0.90, data_range="2025-03-01..2025-03-15")
+    assert not older.promoted and "never displaces" in older.reason
+    newer = _final(uri, tmp_path, model, 0.5, test_x, "newer", walk_forward=0.30, data_range="2025-03-10..2025-03-25")
+    assert newer.promoted and "newer data" in newer.reason
+    runs = client.search_runs([client.get_experiment_by_name("final").experiment_id])
+    assert [r.info.run_name for r in runs if r.data.tags.get("champion") == "true"] == ["newer"]
 
     # the registered model loads back and predicts like the trained one, any batch size
     loaded = mlflow.pytorch.load_model("models:/quantgod_test@champion")

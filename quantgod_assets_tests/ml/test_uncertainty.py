@@ -70,9 +70,13 @@ def test_every_start_position_is_drawn():
 def test_a_block_as_long_as_the_series_resamples_nothing():
     indices = block_bootstrap_indices(30, 500, 7, np.random.default_rng(2))
     np.testing.assert_array_equal(indices, np.tile(np.arange(30), (7, 1)))
-    values = np.random.default_rng(3).normal(size=30)
+    # ... so no interval is given below MIN_BLOCKS blocks: a collapsed one would read "significant"
+    values = np.random.default_rng(3).normal(size=30) + 1.0
     interval = mean_interval(values, block=500, resamples=50)
-    assert interval.low == pytest.approx(values.mean()) and interval.high == pytest.approx(values.mean())
+    assert interval.estimate == pytest.approx(values.mean()) and not interval.known
+    assert not is_edge(interval) and interval.note == "30 samples < 10 blocks of 500"
+    assert verdict("edge over persistence", interval).endswith("[n/a]: n/a (30 samples < 10 blocks of 500)")
+    assert mean_interval(np.tile(values, 20), block=60, resamples=50).known  # 600 samples: 10 blocks
 
 
 def test_a_block_below_one_is_one_iid_draw_per_row():
@@ -184,9 +188,9 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError):
         metric_interval(np.array([0, 1]), np.array([0]))
     with pytest.raises(ValueError):
-        mean_interval(np.array([1.0, 2.0]), confidence=1.5)
+        mean_interval(np.arange(20.0), block=1, confidence=1.5)
     with pytest.raises(ValueError):
-        metric_interval(np.array([0, 1]), np.array([0, 1]), metric="loss")
+        metric_interval(np.array([0, 1] * 10), np.array([0, 1] * 10), metric="loss", block=1)
 
 
 # --- reading an interval ---------------------------------------------------------------------
