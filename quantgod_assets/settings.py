@@ -48,6 +48,7 @@ from pydantic import (
 from .archive import SYMBOL_PATTERN
 
 __all__ = [
+    "METRIC_DIRECTIONS",
     "BacktestSettings",
     "ConfigError",
     "DataWindow",
@@ -57,7 +58,6 @@ __all__ = [
     "GapChecks",
     "LabellingSettings",
     "LoopSettings",
-    "METRIC_DIRECTIONS",
     "MlflowSettings",
     "ModelSettings",
     "OptimizationSettings",
@@ -484,7 +484,8 @@ class PrunerSettings(_Schema):
 
 
 # validation metrics a study and the loop can select by, and the direction each is better in
-METRIC_DIRECTIONS: dict[str, str] = {
+Direction = Literal["maximize", "minimize"]
+METRIC_DIRECTIONS: dict[str, Direction] = {
     "f1_macro": "maximize",
     "f1_weighted": "maximize",
     "accuracy": "maximize",
@@ -509,7 +510,7 @@ class OptimizationSettings(_Schema):
     # the objective: every trial's mean validation value over the walk-forward folds; it also
     # drives early stopping and the checkpoint of every training (trials and the final model)
     metric: Annotated[Metric, BeforeValidator(_metric_name)] = "f1_macro"
-    direction: Literal["maximize", "minimize"] | None = None  # None: the metric's own
+    direction: Direction | None = None  # None: the metric's own
     folds: int = Field(5, ge=1, le=20)  # walk-forward folds over the development period
     embargo_minutes: int = Field(0, ge=0)  # dropped after the purge at every fold and test boundary
     seed: int = 42  # TPE sampler seed (trial k trains with seed + k)
@@ -543,7 +544,7 @@ class OptimizationSettings(_Schema):
         return self._profile
 
     @property
-    def goal(self) -> str:
+    def goal(self) -> Direction:
         """"maximize" or "minimize": the direction given, else the metric's own."""
         return self.direction or METRIC_DIRECTIONS[self.metric]
 

@@ -173,7 +173,8 @@ def test_optimization_then_model_in_process(ml_env):
     assert {"model_card.md", "walk_forward.json"} <= artifacts
     # the champion rule reads walk-forward scores only: promoted exactly when it beats both baselines there
     wf = run.data.metrics
-    promotable = all(wf["walk_forward_f1_macro"] > wf[f"walk_forward_{b}_f1_macro"] for b in ("persistence", "logistic"))
+    promotable = all(wf["walk_forward_f1_macro"] > wf[f"walk_forward_{b}_f1_macro"]
+                     for b in ("persistence", "logistic"))
     assert meta["champion"].value is promotable and meta["registered_version"].value == "1"
 
     # the bundle reloads without any config and gives the logits of the model the run logged
@@ -319,7 +320,7 @@ def test_ml_settings_defaults_profile_and_overrides(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="arch='lstm'"):
         load_settings()
     (env.config_dir / "training.yaml").write_text("model_type: transformer\nsplit: {test: 1.2}\n")
-    with pytest.raises(ConfigError, match="split.test"):
+    with pytest.raises(ConfigError, match=r"split\.test"):
         load_settings()
     (env.config_dir / "training.yaml").write_text("model_type: transformer\ndata: {start: 2025-03-10}\n")
     s = load_settings()

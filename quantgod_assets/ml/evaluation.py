@@ -215,8 +215,8 @@ def test_report(
     model − baseline intervals (paired: the same resampled windows) with their verdicts."""
     from .uncertainty import difference_interval, metric_interval, verdict
 
-    options = {"block": block, "resamples": evaluation.resamples, "confidence": evaluation.confidence,
-               "seed": evaluation.seed}
+    options: dict[str, Any] = {"block": block, "resamples": evaluation.resamples,
+                               "confidence": evaluation.confidence, "seed": evaluation.seed}
     interval = metric_interval(y_true, y_pred, HEADLINE, **options)
     baselines, edges, verdicts = {}, {}, {}
     for name, predictions in baseline_predictions.items():

@@ -190,5 +190,5 @@ def _run_optimization(settings: Settings, start: dt.date | str | None, end: dt.d
         seconds=time.perf_counter() - started,
     )
     log.info(f"Best params written to {path} (trial {outcome.best_trial}, mean {opt.metric} {outcome.best_value:.4f} "
-             f"over {len(outcome.best_fold_scores)} folds) in {outcome.seconds:.0f} s")
+             f"over {len(outcome.best_fold_scores or [])} folds) in {outcome.seconds:.0f} s")
     return outcome

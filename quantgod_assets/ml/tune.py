@@ -29,7 +29,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import optuna
 import torch
@@ -217,7 +217,7 @@ def make_study(
     n_startup_trials: int = _DEFAULT.pruner.n_startup_trials,
     n_warmup_steps: int = _DEFAULT.pruner.n_warmup_steps,
     sampler_startup_trials: int = _DEFAULT.sampler_startup_trials,
-    direction: str = "maximize",
+    direction: Literal["maximize", "minimize"] = "maximize",
 ) -> optuna.Study:
     """The study at `storage_url`, created or loaded (resumed): `direction`, TPE(seed), MedianPruner.
 
