@@ -1,4 +1,4 @@
-"""`quantgod etl | generate | demo | plots`: the command line over the plain modules.
+"""`quantgod etl | generate | demo | plots | predict`: the command line over the plain modules.
 
 An expected failure (bad or missing input, an encrypted ZIP, a full disk, an output that would
 replace the input or is a folder, bad settings) prints one line, `error: <file>: <what
@@ -217,6 +217,64 @@ def write_day_plots(day: dt.date, settings: Settings, out: Path, n_levels: int) 
     return written
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from .ml.predict import BundleError, Predictor, missing_columns, predict
+    from .settings import load_settings
+    from .storage import write_parquet_atomic
+
+    _at_least(args.history_days, 0, "--history-days")
+    settings = load_settings()
+    sources = _prediction_days(settings, args.date, args.history_days)  # the day's file checked first
+    try:
+        predictor = Predictor.load(args.model)
+    except FileNotFoundError as exc:
+        raise CliError(f"{args.model}: no such model file") from exc
+    except BundleError as exc:
+        raise CliError(str(exc)) from exc
+    frames = []
+    for source in sources:
+        try:
+            frame = pl.read_parquet(source)
+        except pl.exceptions.PolarsError as exc:  # not Parquet, or a damaged file
+            raise CliError(f"{source}: unreadable Parquet ({str(exc).splitlines()[0]})") from exc
+        lacking = missing_columns(frame, predictor.n_levels)
+        if lacking:
+            raise CliError(f"{source}: lacks {len(lacking)} column(s) the model reads: {', '.join(lacking)}")
+        frames.append(frame.sort("ts"))
+    try:
+        table = predict(predictor, frames)
+    except ValueError as exc:  # e.g. a file whose minutes are out of time order
+        raise CliError(f"{sources[-1]}: {exc}") from exc
+    day_rows = table.tail(frames[-1].height)  # the earlier days were history only
+    out = args.out or settings.paths.data_dir / "predictions" / predictor.version / f"{args.date.isoformat()}.parquet"
+    with writing(out):
+        write_parquet_atomic(day_rows, out, {"quantgod.model_version": predictor.version,
+                                             "quantgod.model_path": str(predictor.path),
+                                             "quantgod.day": args.date.isoformat()})
+    print(_prediction_line(args.date, day_rows.get_column("predicted_label").to_list(), predictor.class_names, out))
+    return 0
+
+
+def _prediction_days(settings: Settings, day: dt.date, history_days: int) -> list[Path]:
+    """The preprocessed files to read, oldest first: the day's (which must exist) after the
+    present ones of the `history_days` before it (their minutes give the day's first windows)."""
+    source = settings.paths.preprocessed_path(day)
+    if not source.is_file():
+        raise CliError(f"{source}: {day} is not preprocessed (run `quantgod etl` on its archive or "
+                       f"materialize preprocessed_book for {day})")
+    history = [settings.paths.preprocessed_path(day - dt.timedelta(days=k)) for k in range(history_days, 0, -1)]
+    return [path for path in history if path.is_file()] + [source]
+
+
+def _prediction_line(day: dt.date, labels: list[str | None], class_names: tuple[str, ...], out: Path) -> str:
+    """`{day}: N rows, M minutes with a prediction (SELL a, NEUTRAL b, BUY c) -> {out}`."""
+    predicted = [label for label in labels if label is not None]
+    classes = ", ".join(f"{name} {predicted.count(name)}" for name in class_names)
+    return f"{day}: {len(labels)} rows, {len(predicted)} minutes with a prediction ({classes}) -> {out}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .settings import EtlSettings  # the defaults' one home (etl.yaml's schema)
 
@@ -277,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--levels", type=int, default=None,
                       help="book levels for the features (default: training.yaml n_levels)")
     plot.set_defaults(func=cmd_plots)
+
+    pred = sub.add_parser("predict", help="a saved model's per-minute probabilities on one preprocessed day")
+    pred.add_argument("--model", type=Path, required=True, help="the .pth model bundle (required)")
+    pred.add_argument("--date", type=_date, required=True, help="the preprocessed day, YYYY-MM-DD (required)")
+    pred.add_argument("--history-days", type=int, default=1,
+                      help="days before it read for the first minutes' windows, when present (default: %(default)s)")
+    pred.add_argument("--out", type=Path, default=None,
+                      help="the Parquet file to write (default: {data_dir}/predictions/{model version}/{date}.parquet)")
+    pred.set_defaults(func=cmd_predict)
     return parser
 
 

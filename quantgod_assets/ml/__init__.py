@@ -6,7 +6,14 @@
     reports.py  Markdown tables of their results
     tracking.py MLflow (study runs, the final run, the registry alias)
     lines.py    where their log lines go (`lines_to`)
+    predict.py  a saved model's per-minute probabilities on preprocessed days (`predict`)
 
 Below them: dataset, features, splits, models, train, device, baselines, backtest, metrics.
 Importing this package loads neither torch, optuna, mlflow nor dagster.
 """
+
+# `predict` names the function, not its module: bound here, after the submodule's import set the
+# attribute to the module. predict.py imports torch only when a model is loaded.
+from .predict import predict
+
+__all__ = ["predict"]
