@@ -74,6 +74,7 @@ TIERS = {
     "ml/test_dataset.py": "unit",
     "ml/test_features.py": "unit",
     "ml/test_models.py": "unit",
+    "ml/test_predict.py": "training",
     "ml/test_splits.py": "unit",
     "ml/test_tracking.py": "training",
     "ml/test_train.py": "training",
@@ -102,6 +103,7 @@ TIER_OF_TEST = {
     "test_plots.py::test_cli_generate_signal_zero_writes_null_days_and_every_option_says_its_default": "cli",
     "orderbook/test_etl.py::test_cli_etl_prints_one_summary_line": "cli",
     "orderbook/test_etl.py::test_cli_etl_names_the_bad_file": "cli",
+    "ml/test_predict.py::test_cli_predict_writes_the_day_under_the_model_version": "cli",
     "test_cli_errors.py::test_a_bug_keeps_its_traceback": "unit",
     "test_cli_errors.py::test_os_error_lines_name_the_file_written": "unit",
 }
@@ -131,6 +133,7 @@ SLOW = {
     "ml/test_tune.py::test_study_file_holds_the_trials_and_resumes",  # 7
     "orderbook/test_synthetic.py::test_imbalance_leads_the_next_hour",  # 7
     "test_plots.py::test_cli_plots_writes_the_days_pictures",  # 6
+    "ml/test_predict.py::test_cli_predict_writes_the_day_under_the_model_version",  # 5 (a CLI run)
     "ml/test_tune.py::test_a_study_with_only_pruned_trials_fails_clearly",  # 3.5
     "test_deploy.py::test_two_worker_processes_share_a_journal_study",  # 3.5
     "test_ui_browser.py::test_ui_shows_the_asset_graph_and_a_materialized_partition",  # CLI run + webserver + browser
