@@ -248,7 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except ValueError as exc:  # e.g. a file whose minutes are out of time order
         raise CliError(f"{sources[-1]}: {exc}") from exc
     day_rows = table.tail(frames[-1].height)  # the earlier days were history only
-    out = args.out or settings.paths.data_dir / "predictions" / predictor.version / f"{args.date.isoformat()}.parquet"
+    out = args.out or settings.paths.predictions_path(predictor.version, args.date)
     with writing(out):
         write_parquet_atomic(day_rows, out, {"quantgod.model_version": predictor.version,
                                              "quantgod.model_path": str(predictor.path),

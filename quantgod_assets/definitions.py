@@ -5,10 +5,11 @@ import dagster as dg
 from .assets.book import etl_assets
 from .assets.labels import label_assets
 from .assets.ml import ml_assets
+from .assets.predictions import prediction_assets
 from .resources import resources
 
 defs = dg.Definitions(
-    assets=[*etl_assets, *label_assets, *ml_assets],
+    assets=[*etl_assets, *label_assets, *ml_assets, *prediction_assets],
     resources=resources(),
     executor=dg.multiprocess_executor,
 )

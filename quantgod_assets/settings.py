@@ -83,6 +83,7 @@ ENV_OPTUNA_STORAGE = "QUANTGOD_OPTUNA_STORAGE"
 ENV_MLFLOW_URI = "QUANTGOD_MLFLOW_URI"
 
 MODEL_FILE = "quantgod_cloud_model.pth"
+CHAMPION_FILE = "champion.pth"
 ENGINE_CORES = 2  # cores one day's replay keeps busy
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -162,7 +163,18 @@ class Paths(_Schema):
 
     @property
     def model_path(self) -> Path:
+        """The model the last `model` run trained (champion or not)."""
         return self.models_dir / MODEL_FILE
+
+    def predictions_path(self, model_version: str, day: dt.date | str) -> Path:
+        """`{data_dir}/predictions/{model version}/{YYYY-MM-DD}.parquet`."""
+        day = dt.date.fromisoformat(day) if isinstance(day, str) else day
+        return self.data_dir / "predictions" / model_version / f"{day.isoformat()}.parquet"
+
+    @property
+    def champion_path(self) -> Path:
+        """A copy of the registry champion's bundle: what predictions use (`champion.json` beside it says which)."""
+        return self.models_dir / CHAMPION_FILE
 
     def labelled_suffix_dir(self, suffix: str) -> Path:
         return self.labelled_dir / suffix

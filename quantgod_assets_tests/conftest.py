@@ -54,6 +54,7 @@ TIERS = {
     "test_assets_book.py": "dagster",
     "test_assets_labels.py": "dagster",
     "test_assets_ml.py": "training",
+    "test_assets_predictions.py": "dagster",
     "test_cli_dagster.py": "cli",
     "test_cli_errors.py": "cli",
     "test_daily.py": "unit",

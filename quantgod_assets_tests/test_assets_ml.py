@@ -180,8 +180,15 @@ def test_optimization_then_model_in_process(ml_env):
     # the bundle reloads without any config and gives the logits of the model the run logged
     path = ml_env.data_dir / "models" / "quantgod_cloud_model.pth"
     assert Path(meta["model_path"].value) == path.resolve()
-    # the mid-training checkpoint is gone; the model card is beside the model
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".md").name])
+    # the mid-training checkpoint is gone; the model card is beside the model; the champion's files
+    # (bundle, card, pointer) exist exactly when this run became champion, and say so
+    champion = ["champion.json", "champion.md", "champion.pth"] if promotable else []
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".md").name,
+                                                                    *champion])
+    if promotable:
+        pointer = json.loads((path.parent / "champion.json").read_text())
+        assert pointer["registered_version"] == "1" and pointer["mlflow_run_id"] == meta["mlflow_run_id"].value
+        assert (path.parent / "champion.pth").read_bytes() == path.read_bytes()
     assert path.with_suffix(".md").read_text().startswith("# Model card: tcn_lstm")
     loaded, bundle = load_model(path)
     assert bundle["label_settings"]["suffix"] == SUFFIX and len(bundle["feature_names"]) == 47

@@ -8,6 +8,7 @@ walk-forward validation, final model and test block).
 """
 
 import datetime as dt
+import json
 
 import pytest
 from mlflow import MlflowClient
@@ -73,6 +74,7 @@ def test_null_days_give_no_edge_and_promote_nothing(small_env):
     run = client.get_run(final.mlflow_run_id)
     assert run.data.tags["champion"] == "false" and run.data.tags["verdict"] == final.verdict
     assert "does not beat" in run.data.tags["champion_reason"]
+    assert not settings.paths.champion_path.exists()  # no champion file without a champion
 
 
 @pytest.mark.slow
@@ -80,10 +82,19 @@ def test_signal_days_beat_persistence_with_an_interval_above_zero(small_env):
     settings = labelled_days(8, seed=11, signal=3.0)
     # a test block of ~3 days: enough hours (and moving blocks) for the interval to mean something
     settings = with_evaluation(settings, test_share=0.4, folds=2, epochs=3)
-    final = train_final_model(settings, use_best_params=False, mlflow=False)
+    final = train_final_model(settings, use_best_params=False)
 
     edge = final.report.edges["persistence"]
     assert final.test["n"] > 4000
     assert edge.low > 0, final.report.verdicts
     assert final.report.verdicts["persistence"].endswith(": significant")
     assert final.test["f1_macro"] > final.baselines["majority"]["f1_macro"] + 0.1
+    # it beats persistence and logistic on walk-forward too: the first champion, on disk as in the registry
+    assert final.walk_forward.promotable and final.promoted, final.promotion
+    champion = settings.paths.champion_path
+    assert final.champion_path == champion and champion.read_bytes() == final.model_path.read_bytes()
+    pointer = json.loads(champion.with_suffix(".json").read_text())
+    assert pointer["registered_version"] == final.registered_version == "1"
+    client = MlflowClient(tracking_uri=settings.training.mlflow.tracking_uri)
+    holder = client.get_model_version_by_alias(settings.training.mlflow.registered_model, "champion")
+    assert str(holder.version) == pointer["registered_version"] and holder.run_id == pointer["mlflow_run_id"]

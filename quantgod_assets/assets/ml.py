@@ -198,6 +198,8 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
         metadata["registered_version"] = str(final.registered_version)
         metadata["champion"] = bool(final.promoted)
         metadata["champion_reason"] = final.promotion
+        if final.champion_path is not None:
+            metadata["champion_path"] = dg.MetadataValue.path(str(final.champion_path.resolve()))
         if final.champion_test_f1_macro is not None:  # reported next to ours, never compared
             metadata["previous_champion_test_f1_macro"] = round(final.champion_test_f1_macro, 4)
     return dg.MaterializeResult(metadata=metadata)

@@ -146,6 +146,7 @@ class FinalModel:
     class_weights: list[float] = field(default_factory=list)
     card_path: Path | None = None
     card: str = ""
+    champion_path: Path | None = None  # set when this run became champion: its bundle copied there
     features_png: bytes | None = None  # feature histograms, raw and scaled, on the training rows
     correlation_png: bytes | None = None  # the feature correlation matrix on the training rows
     mlflow_run_id: str | None = None
@@ -367,8 +368,38 @@ def train_final_model(
                  + f" | {'now champion' if final.promoted else 'champion unchanged'}: {final.promotion}")
     final.card_path, final.card = write_model_card(final, settings)
     log.info(f"Model card: {final.card_path}")
+    if final.promoted:
+        final.champion_path = publish_champion(settings, final)
+        log.info(f"Champion files: {final.champion_path} (+ .md, .json), registered version {final.registered_version}")
     final.seconds = time.perf_counter() - started
     return final
+
+
+def publish_champion(settings: Settings, final: FinalModel) -> Path:
+    """Copies the promoted bundle and its card to `champion.pth` / `champion.md` and writes
+    `champion.json` (registered version, run, walk-forward score, data range): one champion on disk
+    and in the registry. Each file is replaced atomically; the pointer is written last."""
+    import shutil
+
+    from ..storage import atomic_write
+
+    target = settings.paths.champion_path
+    atomic_write(target, lambda temp: shutil.copyfile(final.model_path, temp))
+    card = final.card_path
+    if card is not None:
+        atomic_write(target.with_suffix(".md"), lambda temp: shutil.copyfile(card, temp))
+    wf = final.walk_forward
+    pointer = {
+        "registered_version": final.registered_version, "mlflow_run_id": final.mlflow_run_id,
+        "model_uri": final.mlflow_model_uri, "source": final.model_path.name,
+        "walk_forward": {wf.metric: wf.model_mean} if wf else None, "reason": final.promotion,
+        "data_range": f"{final.days[0]}..{final.days[-1]}", "test_period": list(final.test_period),
+        "test_f1_macro": final.test["f1_macro"], "verdict": final.verdict,
+        "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    text = json.dumps(pointer, indent=2, sort_keys=True)
+    atomic_write(target.with_suffix(".json"), lambda temp: temp.write_text(text, encoding="utf-8"))
+    return target
 
 
 def save_model_bundle(path: Path, model: Any, data: PreparedData, label_settings: Mapping[str, Any],

@@ -33,7 +33,7 @@ from .features import FEATURE_CODE_HASH, feature_names, frame_features, n_featur
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["OUTPUT_COLUMNS", "BundleError", "Predictor", "missing_columns", "predict"]
+__all__ = ["OUTPUT_COLUMNS", "BundleError", "Predictor", "missing_columns", "predict", "valid_minutes"]
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,13 @@ def _rows(frames: Sequence[pl.DataFrame], n_levels: int) -> _Rows:
     if (np.diff(minutes) <= 0).any():
         raise ValueError("the frames' minutes are not in time order (give the days oldest first, each sorted by ts)")
     return _Rows(features, valid, minutes, ts)
+
+
+def valid_minutes(frames: pl.DataFrame | Sequence[pl.DataFrame], n_levels: int) -> np.ndarray:
+    """bool per minute of the frames: every feature the model reads is finite there (what a
+    window needs of each of its minutes)."""
+    frames = [frames] if isinstance(frames, pl.DataFrame) else list(frames)
+    return _rows(frames, n_levels).valid
 
 
 def _table(ts: pl.Series, ends: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> pl.DataFrame:

@@ -1,0 +1,78 @@
+"""preprocessed_book + model -> predictions (daily): the champion's per-minute probabilities.
+
+The thin Dagster layer over `daily.predictions`: for each day, the registry champion's bundle
+(`{DATA_DIR}/models/champion.pth`, copied there when `model` promotes a run) scores the day's book
+with the day before as history and writes `{DATA_DIR}/predictions/{model version}/{YYYY-MM-DD}.parquet`.
+Ranges are one run on a process pool, like the other daily assets; a day without a book, or a
+platform without a champion yet, fails naming why while the other days are written. The
+`predictions_cover_valid_minutes` check warns when a minute with a valid book has no prediction.
+Log: `logs/predictions/predictions_{YYYYMMDD_HHMMSS}.log`.
+"""
+
+import warnings
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import dagster as dg
+
+from ..daily import predictions as predict_day
+from ..daily.runner import day_span, run_stage, workers_note
+from ..logs import run_log
+from ..partitions import daily_partitions
+from ..resources import QuantGodSettings
+from .reporting import partition_days, report_days, run_started
+
+BOOK = dg.AssetKey("preprocessed_book")
+MODEL = dg.AssetKey("model")
+PREDICTIONS = dg.AssetKey("predictions")
+GROUP = "ml"
+
+with warnings.catch_warnings():
+    # the day before gives the day's first windows their history; the first partition has none
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    DAY_BEFORE_MAPPING = dg.TimeWindowPartitionMapping(
+        start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True
+    )
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    COVERAGE_SPEC = dg.AssetCheckSpec(
+        predict_day.COVERAGE,
+        asset=PREDICTIONS,
+        description="Every minute whose book is valid has a prediction (WARN otherwise: the day before "
+        "missing, or a gap shorter than a window).",
+        partitions_def=daily_partitions,
+    )
+
+
+@dg.multi_asset(
+    name="predictions",
+    specs=[
+        dg.AssetSpec(
+            PREDICTIONS,
+            deps=[dg.AssetDep(BOOK, partition_mapping=DAY_BEFORE_MAPPING), MODEL],
+            group_name=GROUP,
+            kinds={"parquet", "pytorch"},
+            description="The champion model's per-minute class probabilities for the day (p_sell, "
+            "p_neutral, p_buy, predicted): {DATA_DIR}/predictions/{model version}/{YYYY-MM-DD}.parquet, "
+            "the day before read as history.",
+        )
+    ],
+    check_specs=[COVERAGE_SPEC],
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    can_subset=True,
+)
+def predictions(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> Iterator[Any]:
+    settings = quantgod.load()
+    days = partition_days(context)
+    workers = settings.etl.worker_count(len(days))
+    with run_log("predictions", settings.paths.logs_dir, forward_to=context.log, when=run_started(context)) as log:
+        log.info(f"Predicting {day_span(days)}: {len(days)} day(s) with {settings.paths.champion_path}, "
+                 f"{workers_note(workers)}")
+        outcomes = run_stage(days, partial(predict_day.produce_day, settings=settings), workers=workers, log=log)
+    yield from report_days(context, PREDICTIONS, outcomes)
+
+
+prediction_assets = [predictions]

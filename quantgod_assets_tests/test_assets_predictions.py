@@ -1,0 +1,85 @@
+"""The `predictions` asset: the champion's bundle scores each day's book (the day before as
+history), one file per day under the model's version, a coverage check, nothing without a champion."""
+
+import datetime as dt
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from quantgod_assets.assets.predictions import predictions
+from quantgod_assets.daily.predictions import COVERAGE
+from quantgod_assets.ml.predict import Predictor, predict
+
+from .builders import QuantGodEnv, make_day_frame, make_env, materialize, write_pre_days
+
+DAY1, DAY2, DAY3 = dt.date(2025, 3, 10), dt.date(2025, 3, 11), dt.date(2025, 3, 12)
+SEQ_LEN, N_LEVELS = 10, 2
+
+
+@pytest.fixture
+def pred_env(tmp_path, monkeypatch) -> QuantGodEnv:
+    env = make_env(tmp_path, {})
+    for key, value in env.env().items():
+        monkeypatch.setenv(key, value)
+    write_pre_days(env.data_dir / "L2" / "pre_processed", [DAY1, DAY2])
+    return env
+
+
+def write_champion(env: QuantGodEnv) -> str:
+    """An untrained tcn_lstm saved as `model` saves its champion, with the pointer beside it."""
+    import torch
+
+    from quantgod_assets.ml.dataset import Scaler
+    from quantgod_assets.ml.features import frame_features, n_features
+    from quantgod_assets.ml.models import build_model
+    from quantgod_assets.ml.train import save_model
+
+    torch.manual_seed(0)
+    block = frame_features(make_day_frame(DAY1, seed=0), N_LEVELS)
+    scaler = Scaler.fit(block.values, block.valid, block.names)
+    model = build_model("tcn_lstm", n_features(N_LEVELS), {"seq_len": SEQ_LEN, "tcn_channels": 4, "lstm_hidden": 4})
+    path = env.data_dir / "models" / "champion.pth"
+    save_model(path, model, feature_names=block.names, scaler_dict=scaler.to_dict(),
+               label_settings={"classes": ["SELL", "NEUTRAL", "BUY"]}, extra={"seq_len": SEQ_LEN, "n_levels": N_LEVELS})
+    path.with_suffix(".json").write_text(json.dumps({"registered_version": "3", "mlflow_run_id": "abc"}))
+    return Predictor.load(path).version
+
+
+def test_without_a_champion_the_day_fails_saying_what_to_run(pred_env):
+    result = materialize([predictions], partition=DAY1)
+    assert not result.success
+    failure = result.failure_data_for_node("predictions").user_failure_data
+    assert "no champion model at" in failure.description and "materialize model" in failure.description
+
+
+def test_a_range_predicts_each_day_with_the_day_before_as_history(pred_env):
+    version = write_champion(pred_env)
+    result = materialize([predictions], partition=(DAY1, DAY3))  # DAY3 has no book: it fails alone
+    assert not result.success
+    failure = result.failure_data_for_node("predictions").user_failure_data
+    assert failure.metadata["failed_days"].value == ["2025-03-12"] and "preprocessed_book" in failure.description
+    events = {e.partition: e for e in result.asset_materializations_for_node("predictions")}
+    assert sorted(events) == ["2025-03-10", "2025-03-11"]
+    meta = events["2025-03-11"].metadata
+    assert meta["model_version"].value == version and meta["registered_version"].value == "3"
+    assert meta["history_days"].value == 1 and meta["predicted_minutes"].value == 1440
+
+    files = {day: pred_env.data_dir / "predictions" / version / f"{day}.parquet" for day in (DAY1, DAY2)}
+    day2 = pl.read_parquet(files[DAY2])
+    assert day2.height == 1440 and day2.get_column("has_window").all()
+    # the same numbers as the library's predict over both days
+    frames = [pl.read_parquet(pred_env.data_dir / "L2" / "pre_processed" / f"{d}.parquet") for d in (DAY1, DAY2)]
+    expected = predict(pred_env.data_dir / "models" / "champion.pth", frames).tail(1440)
+    np.testing.assert_allclose(day2.select("p_sell", "p_buy").to_numpy(), expected.select("p_sell", "p_buy").to_numpy())
+
+    # coverage: day 1 has no day before, so its first minutes have no window (WARN); day 2 is covered
+    checks = {e.partition: e for e in result.get_asset_check_evaluations() if e.check_name == COVERAGE}
+    assert checks["2025-03-11"].passed
+    assert not checks["2025-03-10"].passed
+    # (its first minute has no mid return, so it is no valid minute: seq_len - 1 uncovered)
+    assert checks["2025-03-10"].metadata["uncovered_minutes"].value == SEQ_LEN - 1
+    assert pl.read_parquet(files[DAY1]).get_column("has_window").sum() == 1440 - SEQ_LEN
+    text = next((pred_env.logs_dir / "predictions").glob("predictions_*.log")).read_text()
+    assert "Coverage 2025-03-10: 9 of 1439 valid minutes have no prediction, the first at 00:01 UTC" in text
