@@ -43,6 +43,7 @@ __all__ = [
     "DownloadError",
     "DownloadResult",
     "InvalidSymbolError",
+    "archive_days",
     "archive_name",
     "archive_url",
     "check_symbol",
@@ -110,6 +111,27 @@ def _candidate_folders(root: Path, day: dt.date, symbol: str) -> list[Path]:
     symbol = check_symbol(symbol)
     year = f"{day.year:04d}"
     return [root / year, root, root / symbol / year, root / symbol, root / year / symbol]
+
+
+def archive_days(root: str | Path, symbol: str, depths: Sequence[int] = (200, 500)) -> list[dt.date]:
+    """The days with an archive of `symbol` at one of `depths` under `root`, ascending: the folders
+    `find_archive` looks in first (year folders, the root, the symbol's folders), never `corrupt/`."""
+    root = Path(root)
+    symbol = check_symbol(symbol)
+    wanted = {f"ob{int(depth)}" for depth in depths}
+    folders = [root, root / symbol, *sorted(p for p in root.glob("[0-9][0-9][0-9][0-9]") if p.is_dir()),
+               *sorted(p for p in (root / symbol).glob("[0-9][0-9][0-9][0-9]") if p.is_dir())]
+    days = set()
+    for folder in folders:
+        for path in folder.glob(f"????-??-??_{symbol}_ob*.data.zip"):
+            day_text, _, rest = path.name.partition(f"_{symbol}_")
+            if rest.split(".", 1)[0] not in wanted:
+                continue
+            try:
+                days.add(dt.date.fromisoformat(day_text))
+            except ValueError:
+                continue  # a name that only looks like a day
+    return sorted(days)
 
 
 def find_archive(

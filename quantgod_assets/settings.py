@@ -68,6 +68,7 @@ __all__ = [
     "Settings",
     "SplitShares",
     "TrainingSettings",
+    "automation_settings",
     "config_dir",
     "load_settings",
     "partitions_start",
@@ -223,6 +224,14 @@ class GapChecks(_Schema):
         return self
 
 
+class AutomationSettings(_Schema):
+    """etl.yaml `automation:`: the sensor that processes new days found on the archive root."""
+
+    enabled: Flag = False  # the sensor's state when the definitions load (the UI can start / stop it any time)
+    interval_s: int = Field(300, ge=30)  # seconds between looks at the archive root
+    max_days_per_tick: int = Field(7, ge=1)  # newest first: a years-old archive is a backfill, not a tick
+
+
 class EtlSettings(_Schema):
     """etl.yaml without `paths:` and `symbol:` (those are `Settings.paths` / `Settings.symbol`)."""
 
@@ -234,6 +243,7 @@ class EtlSettings(_Schema):
     max_line_bytes: int = Field(default=64 << 20, ge=1)  # longer is a bad line (a real line is ~1-25 KB)
     checks: GapChecks = GapChecks()
     download: DownloadSettings = DownloadSettings()
+    automation: AutomationSettings = AutomationSettings()
 
     @field_validator("workers")
     @classmethod
@@ -746,3 +756,8 @@ def load_settings(config_folder: str | Path | None = None) -> Settings:
 def partitions_start(config_folder: str | Path | None = None) -> dt.date:
     """Read once at import by `partitions.py`: the partitions object is static."""
     return _read_etl(config_dir(config_folder)).partitions_start
+
+
+def automation_settings(config_folder: str | Path | None = None) -> AutomationSettings:
+    """Read once when the definitions load: a sensor's default state and interval are static."""
+    return _read_etl(config_dir(config_folder)).automation

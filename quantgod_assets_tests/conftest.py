@@ -55,6 +55,7 @@ TIERS = {
     "test_assets_labels.py": "dagster",
     "test_assets_ml.py": "training",
     "test_assets_predictions.py": "dagster",
+    "test_automation.py": "dagster",
     "test_cli_dagster.py": "cli",
     "test_cli_errors.py": "cli",
     "test_daily.py": "unit",
@@ -106,6 +107,7 @@ TIER_OF_TEST = {
     "orderbook/test_etl.py::test_cli_etl_names_the_bad_file": "cli",
     "ml/test_predict.py::test_cli_predict_writes_the_day_under_the_model_version": "cli",
     "test_cli_errors.py::test_a_bug_keeps_its_traceback": "unit",
+    "test_automation.py::test_the_sensor_is_off_until_the_setting_turns_it_on": "cli",
     "test_cli_errors.py::test_os_error_lines_name_the_file_written": "unit",
 }
 
@@ -138,7 +140,9 @@ SLOW = {
     "ml/test_tune.py::test_a_study_with_only_pruned_trials_fails_clearly",  # 3.5
     "test_deploy.py::test_two_worker_processes_share_a_journal_study",  # 3.5
     "test_ui_browser.py::test_ui_shows_the_asset_graph_and_a_materialized_partition",  # CLI run + webserver + browser
-    "test_tiers.py::test_selecting_by_tier_leaves_no_test_out",  # collects the whole suite in a subprocess
+    "test_tiers.py::test_selecting_by_tier_leaves_no_test_out",
+    "test_automation.py::test_the_sensor_is_off_until_the_setting_turns_it_on",  # 2 x a definitions load
+    "test_automation.py::test_the_sensor_asks_for_new_days_then_relabels_the_day_before",  # 2 book runs  # collects the whole suite in a subprocess
 }
 
 TESTS_DIR = Path(__file__).resolve().parent
