@@ -142,7 +142,8 @@ SLOW = {
     "test_ui_browser.py::test_ui_shows_the_asset_graph_and_a_materialized_partition",  # CLI run + webserver + browser
     "test_tiers.py::test_selecting_by_tier_leaves_no_test_out",
     "test_automation.py::test_the_sensor_is_off_until_the_setting_turns_it_on",  # 2 x a definitions load
-    "test_automation.py::test_the_sensor_asks_for_new_days_then_relabels_the_day_before",  # 2 book runs  # collects the whole suite in a subprocess
+    # two book runs
+    "test_automation.py::test_the_sensor_asks_for_new_days_then_relabels_the_day_before",  # collects the whole suite in a subprocess
 }
 
 TESTS_DIR = Path(__file__).resolve().parent
