@@ -140,10 +140,9 @@ SLOW = {
     "ml/test_tune.py::test_a_study_with_only_pruned_trials_fails_clearly",  # 3.5
     "test_deploy.py::test_two_worker_processes_share_a_journal_study",  # 3.5
     "test_ui_browser.py::test_ui_shows_the_asset_graph_and_a_materialized_partition",  # CLI run + webserver + browser
-    "test_tiers.py::test_selecting_by_tier_leaves_no_test_out",
+    "test_tiers.py::test_selecting_by_tier_leaves_no_test_out",  # collects the whole suite in a subprocess
     "test_automation.py::test_the_sensor_is_off_until_the_setting_turns_it_on",  # 2 x a definitions load
-    # two book runs
-    "test_automation.py::test_the_sensor_asks_for_new_days_then_relabels_the_day_before",  # collects the whole suite in a subprocess
+    "test_automation.py::test_the_sensor_asks_for_new_days_then_relabels_the_day_before",  # two book runs
 }
 
 TESTS_DIR = Path(__file__).resolve().parent
