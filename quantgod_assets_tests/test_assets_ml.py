@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import polars as pl
 import pytest
 import yaml
 
@@ -200,9 +201,28 @@ def test_optimization_then_model_in_process(ml_env):
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(uri)
-    logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/torch_model")
     with torch.no_grad():
         np.testing.assert_allclose(logged(torch.from_numpy(x)).numpy(), logits, rtol=1e-5, atol=1e-5)
+
+    # the registered model is a pyfunc over raw book rows: loaded in a fresh process (this package
+    # installed, nothing else), it predicts a preprocessed day exactly as `predict` does
+    from quantgod_assets.ml import predict
+
+    day_file = ml_env.data_dir / "L2" / "pre_processed" / f"{DAYS[-1]}.parquet"
+    out_file = ml_env.root / "pyfunc_out.parquet"
+    code = ("import sys, mlflow, polars as pl; mlflow.set_tracking_uri(sys.argv[1]); "
+            "model = mlflow.pyfunc.load_model(sys.argv[2]); "
+            "pl.from_pandas(model.predict(pl.read_parquet(sys.argv[3]).to_pandas())).write_parquet(sys.argv[4])")
+    subprocess.run([sys.executable, "-c", code, uri, f"models:/quantgod/{meta['registered_version'].value}",
+                    str(day_file), str(out_file)], check=True, timeout=300, cwd=ml_env.root,
+                   env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    expected = predict(path, pl.read_parquet(day_file))
+    got = pl.read_parquet(out_file)
+    assert got.height == 1440 and got.get_column("has_window").sum() == expected.get_column("has_window").sum() > 1000
+    for column in ("p_sell", "p_neutral", "p_buy"):
+        np.testing.assert_allclose(got.get_column(column).fill_null(-1).to_numpy(),
+                                   expected.get_column(column).fill_null(-1).to_numpy(), rtol=1e-5, atol=1e-6)
 
     # another day range is another study: new data never reuses the old trials
     cfg = ml_env.config_dir / "training.yaml"

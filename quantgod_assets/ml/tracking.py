@@ -412,6 +412,7 @@ def log_final_model(
     direction: str = "maximize",
     texts: Mapping[str, str] | None = None,
     data_range: str | None = None,
+    bundle: str | Path | None = None,
 ) -> FinalRun:
     """One run for the final model: params, per-epoch metrics (`EpochMetrics` or dicts with an
     "epoch"), test metrics (logged as `test_<key>`), `extra_metrics` as given (baselines,
@@ -419,8 +420,10 @@ def log_final_model(
     text, e.g. the model card), the model with signature and input example, registered as
     `registered_model_name`; `alias` moves to the new version only when it is `eligible` and its
     `champion_score` (walk-forward, tagged `champion_metric`) beats the holder's. Without a
-    `champion_score` nothing is promoted. The tracking URI is never logged as a param or tag; an
-    error quoting its password is re-raised masked."""
+    `champion_score` nothing is promoted. With `bundle` (the .pth file), the registered `model` is
+    the pyfunc that takes raw book rows (`pyfunc.BookModel`) and the bare torch module is logged
+    beside it as `torch_model`; without, the torch module is the registered `model`. The tracking
+    URI is never logged as a param or tag; an error quoting its password is re-raised masked."""
     with redacted_errors(tracking_uri):  # an MLflow error quoting the URI, masked
         setup_mlflow(tracking_uri, experiment, artifact_location)
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -442,7 +445,13 @@ def log_final_model(
                 mlflow.log_artifact(str(path))
             for name, text in (texts or {}).items():
                 mlflow.log_text(text, name)
-            info = _log_pytorch_model(model, "model", input_example, registered_model_name)
+            if bundle is not None:
+                from .pyfunc import log_book_model
+
+                _log_pytorch_model(model, "torch_model", input_example, None)
+                info = log_book_model(bundle, "model", registered_model_name)
+            else:
+                info = _log_pytorch_model(model, "model", input_example, registered_model_name)
             version = getattr(info, "registered_model_version", None)
             promotion = Promotion(False, "no walk-forward score to compare", None)
             if registered_model_name and version is not None and champion_score is not None:
@@ -535,7 +544,7 @@ def log_final_run(settings: Settings, final: FinalModel, model: Any, data: Prepa
             champion_metric=f"walk_forward_{wf.metric}" if wf else CHAMPION_METRIC,
             eligible=bool(wf and wf.promotable), not_eligible_reason=(wf.why_not() or "") if wf else "",
             direction=opt.goal if wf and wf.metric == opt.metric else "maximize",
-            data_range=f"{data.labelled.start}..{data.labelled.end}",
+            data_range=f"{data.labelled.start}..{data.labelled.end}", bundle=final.model_path,
         )
     final.mlflow_run_id = run.run_id
     final.mlflow_model_uri = run.model_uri

@@ -1,0 +1,53 @@
+"""The registered model: an MLflow pyfunc that takes raw preprocessed-book rows.
+
+    import mlflow
+    model = mlflow.pyfunc.load_model("models:/quantgod@champion")
+    probabilities = model.predict(book_frame)   # pandas (or polars) rows of one or more consecutive days
+
+It wraps the one-file bundle (weights, features, scaler, labels) and `predict.predict`, so the
+caller needs this package installed and nothing else: no feature code, no scaler, no window
+gathering by hand. The output is `predict`'s table (one row per minute: p_sell, p_neutral, p_buy,
+predicted, predicted_label, has_window) as a pandas frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlflow.pyfunc import PythonModel
+
+__all__ = ["BookModel", "log_book_model"]
+
+
+class BookModel(PythonModel):
+    """A saved bundle behind MLflow's pyfunc interface."""
+
+    def load_context(self, context: Any) -> None:
+        from .predict import Predictor
+
+        self.predictor = Predictor.load(context.artifacts["bundle"])
+
+    # no type hints here: MLflow reads them as an input schema (and warns that Any is none)
+    def predict(self, context, model_input, params=None):
+        import polars as pl
+
+        from .predict import predict
+
+        frame = model_input if isinstance(model_input, pl.DataFrame) else pl.from_pandas(model_input)
+        return predict(self.predictor, frame.sort("ts")).to_pandas()
+
+
+def log_book_model(bundle: str | Path, name: str, registered_model_name: str | None) -> Any:
+    """Logs (and registers) the pyfunc over `bundle` in the active run; returns MLflow's ModelInfo."""
+    import importlib.metadata
+
+    import polars
+    import torch
+
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"polars=={polars.__version__}",
+                    f"quantgod=={importlib.metadata.version('quantgod')}"]
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.log_model(name=name, python_model=BookModel(), artifacts={"bundle": str(bundle)},
+                                   registered_model_name=registered_model_name, pip_requirements=requirements)
