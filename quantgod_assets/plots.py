@@ -46,6 +46,7 @@ __all__ = [
     "fig_png",
     "label_periods",
     "label_periods_png",
+    "live_performance_png",
     "micro_price_png",
     "png_markdown",
     "training_curve_figure",
@@ -430,3 +431,78 @@ def confusion_figure(confusion: Any, class_names: Sequence[str] = CLASS_NAMES, t
 def confusion_png(confusion: Any, title: str = "Test confusion matrix") -> bytes:
     """The confusion matrix (counts and row shares) as PNG."""
     return fig_png(confusion_figure(confusion, title=title))
+
+
+# ---------------------------------------------------------------------------------------------
+# Live
+
+
+# the model bold and underneath, the baselines thinner, dashed and on top with smaller markers of
+# their own: a baseline equal to the model still shows (its dashes and markers inside the model's)
+LIVE_LINE_STYLES = {
+    "model": {"color": "#1f6fb2", "linewidth": 3.5, "marker": "o", "markersize": 10, "zorder": 2},
+    "persistence": {"color": "#e67e22", "linewidth": 1.5, "marker": "s", "markersize": 5, "linestyle": "--",
+                    "zorder": 3},
+    "stratified": {"color": "#2c3e50", "linewidth": 1.5, "marker": "^", "markersize": 5, "linestyle": ":",
+                   "zorder": 3},
+}
+LIVE_LEGEND = {"fontsize": 10, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False}
+
+
+def _date_axis(ax: Any, dates: Sequence[dt.date]) -> None:
+    """Day ticks: one per day over a short run (the automatic locator would tick hours there)."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, DateFormatter, DayLocator
+
+    if (max(dates) - min(dates)).days < 14:
+        ax.xaxis.set_major_locator(DayLocator())
+        ax.xaxis.set_major_formatter(DateFormatter("%b %d"))  # the year is in the axis label
+    else:
+        locator = AutoDateLocator(maxticks=12)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    ax.set_xlabel(f"day (UTC), {min(dates)} to {max(dates)}", fontsize=11)
+    # room for the first and last bars (as datetimes: a date drops the hours of a timedelta)
+    first, last = (dt.datetime.combine(d, dt.time()) for d in (min(dates), max(dates)))
+    ax.set_xlim(first - dt.timedelta(hours=14), last + dt.timedelta(hours=14))
+
+
+def live_performance_png(
+    days: Sequence[dt.date],
+    rolling: Mapping[str, Sequence[float]],
+    psi_mean: Sequence[float],
+    psi_threshold: float,
+    title: str,
+) -> bytes:
+    """Rolling macro-F1 of the model and its baselines (top) and the daily mean input PSI with the
+    drift threshold (bottom), by live day; 1100 px wide, fonts of 10 pt and more."""
+    fig = _figure(11, 6.5, dpi=100)
+    ax_f1 = fig.add_subplot(2, 1, 1)
+    ax_psi = fig.add_subplot(2, 1, 2, sharex=ax_f1)
+    dates = list(days)
+    every = max(1, len(dates) // 40)  # a marker a day drowns a long run; the dashes still tell lines apart
+    for name, values in rolling.items():
+        style = LIVE_LINE_STYLES.get(name, {"linewidth": 1.5, "marker": "D", "markersize": 5, "zorder": 3})
+        ax_f1.plot(dates, np.asarray(values, dtype=np.float64), label=name, markevery=every, **style)
+    ax_f1.set_ylim(0, 1)
+    ax_f1.set_ylabel("rolling macro-F1", fontsize=11)
+    ax_f1.legend(**LIVE_LEGEND)  # right of the panels: never over a line or a bar
+    ax_f1.set_title(title, fontsize=13)
+    psi = np.asarray(psi_mean, dtype=np.float64)
+    colors = np.where(psi > psi_threshold, "#c0392b", "#1f6fb2")  # a drifted day stands out
+    ax_psi.bar(dates, np.nan_to_num(psi), width=0.8, color=colors)
+    ax_psi.axhline(psi_threshold, color="black", linestyle="--", linewidth=1.5, zorder=3,
+                   label=f"threshold {psi_threshold:g}")
+    ax_psi.set_ylim(0, 1.15 * max(psi_threshold, float(np.nanmax(psi, initial=0.0))))
+    ax_psi.set_ylabel("mean input PSI", fontsize=11)
+    ax_psi.legend(**LIVE_LEGEND)
+    if not dates:
+        ax_f1.text(0.5, 0.5, "no live days yet", transform=ax_f1.transAxes, ha="center", fontsize=12)
+        ax_psi.set_xticks([])
+    else:
+        _date_axis(ax_psi, dates)
+    for ax in (ax_f1, ax_psi):
+        ax.tick_params(labelsize=10)
+        ax.grid(alpha=0.3, linewidth=0.6)
+    ax_f1.tick_params(labelbottom=False)
+    fig.tight_layout()
+    return fig_png(fig)
