@@ -77,6 +77,7 @@ TIERS = {
     "ml/test_features.py": "unit",
     "ml/test_models.py": "unit",
     "ml/test_predict.py": "training",
+    "ml/test_live.py": "unit",
     "ml/test_splits.py": "unit",
     "ml/test_tracking.py": "training",
     "ml/test_train.py": "training",
