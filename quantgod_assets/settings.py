@@ -57,6 +57,7 @@ __all__ = [
     "EvaluationSettings",
     "GapChecks",
     "LabellingSettings",
+    "LiveSettings",
     "LoopSettings",
     "MlflowSettings",
     "ModelSettings",
@@ -418,6 +419,13 @@ class EvaluationSettings(_Schema):
     seed: int = 7
 
 
+class LiveSettings(_Schema):
+    """training.yaml `live:`: how `live_performance` judges the champion on the days after its training range."""
+
+    window_days: int = Field(7, ge=1)  # rolling window of the live macro-F1 and of the drift measure
+    psi_threshold: float = Field(0.25, gt=0)  # population stability index above which an input has drifted
+
+
 class MlflowSettings(_Schema):
     tracking_uri: str = "sqlite:///mlflow.db"  # QUANTGOD_MLFLOW_URI wins
     experiment: str = "quantgod"
@@ -441,6 +449,7 @@ class TrainingSettings(LoopSettings, ModelSettings):
     split: SplitShares = SplitShares()
     backtest: BacktestSettings = BacktestSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    live: LiveSettings = LiveSettings()
     mlflow: MlflowSettings = MlflowSettings()
     _profile: str | None = PrivateAttr(default=None)
 

@@ -4,6 +4,7 @@ history), one file per day under the model's version, a coverage check, nothing 
 import datetime as dt
 import json
 
+import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
@@ -27,8 +28,9 @@ def pred_env(tmp_path, monkeypatch) -> QuantGodEnv:
     return env
 
 
-def write_champion(env: QuantGodEnv) -> str:
-    """An untrained tcn_lstm saved as `model` saves its champion, with the pointer beside it."""
+def write_champion(env: QuantGodEnv, trained_to: str = "2025-03-09") -> str:
+    """An untrained tcn_lstm saved as `model` saves its champion (with the training reference live
+    monitoring reads), the pointer beside it saying it was trained on days up to `trained_to`."""
     import torch
 
     from quantgod_assets.ml.dataset import Scaler
@@ -41,9 +43,14 @@ def write_champion(env: QuantGodEnv) -> str:
     scaler = Scaler.fit(block.values, block.valid, block.names)
     model = build_model("tcn_lstm", n_features(N_LEVELS), {"seq_len": SEQ_LEN, "tcn_channels": 4, "lstm_hidden": 4})
     path = env.data_dir / "models" / "champion.pth"
+    from quantgod_assets.ml.live import feature_bins
+
+    reference = {"feature_bins": feature_bins(block.values, block.valid).tolist(), "train_priors": [0.3, 0.5, 0.2]}
     save_model(path, model, feature_names=block.names, scaler_dict=scaler.to_dict(),
-               label_settings={"classes": ["SELL", "NEUTRAL", "BUY"]}, extra={"seq_len": SEQ_LEN, "n_levels": N_LEVELS})
-    path.with_suffix(".json").write_text(json.dumps({"registered_version": "3", "mlflow_run_id": "abc"}))
+               label_settings={"classes": ["SELL", "NEUTRAL", "BUY"], "lookahead": 60},
+               extra={"seq_len": SEQ_LEN, "n_levels": N_LEVELS, **reference})
+    path.with_suffix(".json").write_text(json.dumps({"registered_version": "3", "mlflow_run_id": "abc",
+                                                     "data_range": f"2025-03-01..{trained_to}"}))
     return Predictor.load(path).version
 
 
@@ -83,3 +90,35 @@ def test_a_range_predicts_each_day_with_the_day_before_as_history(pred_env):
     assert pl.read_parquet(files[DAY1]).get_column("has_window").sum() == 1440 - SEQ_LEN
     text = next((pred_env.logs_dir / "predictions").glob("predictions_*.log")).read_text()
     assert "Coverage 2025-03-10: 9 of 1439 valid minutes have no prediction, the first at 00:01 UTC" in text
+
+
+def test_live_performance_judges_the_days_after_the_training_range(pred_env):
+    from quantgod_assets.assets.predictions import LIVE_HOLDS, live_performance
+    from quantgod_assets.labelling import label_day_files
+
+    write_champion(pred_env, trained_to="2025-03-10")  # DAY2 is the one day after it
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize([predictions], instance=instance, partition=(DAY1, DAY2)).success
+    pre, out = pred_env.data_dir / "L2" / "pre_processed", pred_env.data_dir / "L2" / "labelled"
+    # nothing labelled yet: nothing to judge, in one line
+    result = materialize([live_performance], instance=instance)
+    assert not result.success
+    assert "no day after the champion's training range (to 2025-03-10)" in _failure(result)
+
+    for day in (DAY1, DAY2):
+        label_day_files(pre, out, day)
+    result = materialize([live_performance], instance=instance)
+    assert result.success
+    meta = result.asset_materializations_for_node("live_performance")[0].metadata
+    assert meta["days"].value == 1 and meta["first_day"].value == "2025-03-11"
+    assert meta["picture"].value.startswith("![live performance](data:image/png;base64,")
+    assert 0 <= meta["rolling_f1_model"].value <= 1 and meta["psi_max"].value >= 0
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == LIVE_HOLDS
+    flags = check.metadata
+    assert check.passed == (not flags["model_below_persistence"].value and not flags["drifted"].value)
+
+
+def _failure(result) -> str:
+    failure = result.failure_data_for_node("live_performance")
+    return failure.user_failure_data.description if failure.user_failure_data else str(failure.error)

@@ -7,6 +7,11 @@ Ranges are one run on a process pool, like the other daily assets; a day without
 platform without a champion yet, fails naming why while the other days are written. The
 `predictions_cover_valid_minutes` check warns when a minute with a valid book has no prediction.
 Log: `logs/predictions/predictions_{YYYYMMDD_HHMMSS}.log`.
+
+`live_performance` (not partitioned) judges the champion on the days after its training range that
+have predictions and labels (`ml.monitor`): rolling macro-F1 next to persistence and stratified,
+input drift (population stability index against the training deciles), one picture; its check
+`live_performance_holds` warns when the model falls below persistence or an input drifts.
 """
 
 import warnings
@@ -20,12 +25,16 @@ from ..daily import predictions as predict_day
 from ..daily.runner import day_span, run_stage, workers_note
 from ..logs import run_log
 from ..partitions import daily_partitions
+from ..plots import png_markdown
 from ..resources import QuantGodSettings
 from .reporting import partition_days, report_days, run_started
 
 BOOK = dg.AssetKey("preprocessed_book")
 MODEL = dg.AssetKey("model")
 PREDICTIONS = dg.AssetKey("predictions")
+LABELS = dg.AssetKey("labelled_frame")
+LIVE = dg.AssetKey("live_performance")
+LIVE_HOLDS = "live_performance_holds"
 GROUP = "ml"
 
 with warnings.catch_warnings():
@@ -75,4 +84,52 @@ def predictions(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -
     yield from report_days(context, PREDICTIONS, outcomes)
 
 
-prediction_assets = [predictions]
+@dg.asset(
+    key=LIVE,
+    deps=[PREDICTIONS, LABELS],
+    group_name=GROUP,
+    kinds={"polars"},
+    check_specs=[dg.AssetCheckSpec(LIVE_HOLDS, asset=LIVE, description="WARN when the champion's rolling "
+                                   "macro-F1 falls below persistence's, or an input's PSI passes live.psi_threshold")],
+    description="The champion on the days after its training range: rolling macro-F1 next to persistence and "
+    "stratified, input drift (PSI against the training deciles), one picture (training.yaml live:).",
+)
+def live_performance(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.MaterializeResult:
+    from ..ml.monitor import NoLiveDaysError, monitor
+
+    settings = quantgod.load()
+    try:
+        report, picture, info = monitor(settings)
+    except NoLiveDaysError as exc:
+        raise dg.Failure(description=str(exc)) from None  # nothing to judge yet: one line, no stack
+    problems = report.warnings()
+    for line in problems:
+        context.log.warning(line)
+    last = report.days[-1]
+    summary = report.summary()
+    context.log.info(f"{len(info.days)} live day(s) {info.days[0]}..{info.days[-1]} | rolling macro-F1: model "
+                     f"{report.rolling['model'][-1]:.3f}, persistence {report.rolling['persistence'][-1]:.3f}, "
+                     f"stratified {report.rolling['stratified'][-1]:.3f} | max PSI {max(report.psi.values()):.3f}")
+    metadata: dict[str, Any] = {
+        "picture": dg.MetadataValue.md(png_markdown(picture, "live performance")),
+        "model_version": info.model_version,
+        "registered_version": str(info.registered_version),
+        "training_end": str(info.training_end),
+        "days": len(info.days), "first_day": str(info.days[0]), "last_day": str(info.days[-1]),
+        "rolling_f1_model": round(report.rolling["model"][-1], 4),
+        "rolling_f1_persistence": round(report.rolling["persistence"][-1], 4),
+        "rolling_f1_stratified": round(report.rolling["stratified"][-1], 4),
+        "psi_max": round(max(report.psi.values()), 4),
+        "last_day_minutes": last.n,
+        "summary": dg.MetadataValue.json(summary),
+    }
+    check = dg.AssetCheckResult(
+        check_name=LIVE_HOLDS, passed=not problems, severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(problems) or (f"model {report.rolling['model'][-1]:.3f} >= persistence "
+                                             f"{report.rolling['persistence'][-1]:.3f}, no input drifted"),
+        metadata={"model_below_persistence": report.model_below_persistence, "drifted": report.drifted},
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+prediction_assets = [predictions, live_performance]

@@ -402,10 +402,26 @@ def publish_champion(settings: Settings, final: FinalModel) -> Path:
     return target
 
 
+MAX_BIN_ROWS = 100_000  # training rows the feature deciles are taken from (evenly spaced): a year is 525,600
+
+
+def training_reference(data: PreparedData) -> dict[str, Any]:
+    """What live monitoring compares new days with: each feature's training deciles and the
+    training windows' class priors."""
+    from .live import feature_bins
+
+    rows = np.flatnonzero(rows_covered(data.split.train, data.seq_len, data.arrays.n_rows))
+    if rows.size > MAX_BIN_ROWS:
+        rows = rows[np.linspace(0, rows.size - 1, MAX_BIN_ROWS).round().astype(np.int64)]
+    priors = np.bincount(data.targets[data.split.train].astype(np.int64), minlength=3) / max(data.split.train.size, 1)
+    return {"feature_bins": feature_bins(data.features, rows).tolist(), "train_priors": priors.round(6).tolist()}
+
+
 def save_model_bundle(path: Path, model: Any, data: PreparedData, label_settings: Mapping[str, Any],
                       extra: Mapping[str, Any], kept: _SeedRun, report: TestReport, wf: WalkForwardReport,
                       backtest: Mapping[str, Any]) -> Path:
-    """The one-file bundle: best weights, scaler, labels, walk-forward and test scores."""
+    """The one-file bundle: best weights, scaler, labels, walk-forward and test scores, the
+    training reference live monitoring compares with."""
     from .train import save_model
 
     metrics = {"best_val_f1_macro": float(kept.val["f1_macro"]), "best_epoch": kept.result.best_epoch,
@@ -413,7 +429,7 @@ def save_model_bundle(path: Path, model: Any, data: PreparedData, label_settings
                **{f"test_{k}": v for k, v in report.model.items() if k not in ("confusion",)}}
     return save_model(path, model, feature_names=data.arrays.feature_names, scaler_dict=data.scaler.to_dict(),
                       label_settings=label_settings, metrics=metrics,
-                      extra={**extra,
+                      extra={**extra, **training_reference(data),
                              "baselines_test_f1_macro": {k: v["f1_macro"] for k, v in report.baselines.items()},
                              "walk_forward": wf.summary(), "verdicts": report.verdicts, "backtest": dict(backtest)})
 
