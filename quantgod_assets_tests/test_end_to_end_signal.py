@@ -77,6 +77,25 @@ def test_null_days_give_no_edge_and_promote_nothing(small_env):
     assert not settings.paths.champion_path.exists()  # no champion file without a champion
 
 
+def live_days(settings, *, flip: bool):
+    """Three days after the training range (a new stretch of the same market, its book's lean
+    flipped or not), preprocessed, labelled and predicted by the champion; the live report on them."""
+    from quantgod_assets.daily.predictions import produce_day
+    from quantgod_assets.ml.monitor import monitor
+
+    first = START + dt.timedelta(days=8)
+    for path in generate_days(first, 3, settings.paths.raw_root / ("flip" if flip else "same"), rate_ms=1000,
+                              seed=12, signal=3.0, flip=flip):
+        convert_day(path, settings.paths.preprocessed_path(path.name[:10]))
+    for k in range(-1, 3):  # the last training day again: its tail now has a next day
+        label_day_files(settings.paths.preprocessed_dir, settings.paths.labelled_dir, first + dt.timedelta(days=k))
+    for k in range(3):
+        assert produce_day(first + dt.timedelta(days=k), settings).published
+    report, _picture, info = monitor(settings)
+    assert [str(d) for d in info.days] == ["2025-03-18", "2025-03-19", "2025-03-20"]
+    return report
+
+
 @pytest.mark.slow
 def test_signal_days_beat_persistence_with_an_interval_above_zero(small_env):
     settings = labelled_days(8, seed=11, signal=3.0)
@@ -98,3 +117,12 @@ def test_signal_days_beat_persistence_with_an_interval_above_zero(small_env):
     client = MlflowClient(tracking_uri=settings.training.mlflow.tracking_uri)
     holder = client.get_model_version_by_alias(settings.training.mlflow.registered_model, "champion")
     assert str(holder.version) == pointer["registered_version"] and holder.run_id == pointer["mlflow_run_id"]
+
+    # live_performance on the days after the training range: quiet while the market stays the
+    # same, a warning once the book leans the other way (the signal flipped sign)
+    same = live_days(settings, flip=False)
+    assert not same.model_below_persistence, same.summary()
+    flipped = live_days(settings, flip=True)
+    assert flipped.model_below_persistence, flipped.summary()
+    assert any("below persistence" in line for line in flipped.warnings())
+    assert flipped.rolling["model"][-1] < same.rolling["model"][-1] - 0.1

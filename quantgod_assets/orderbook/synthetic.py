@@ -12,6 +12,9 @@ The market:
   * the book (numba, `_fill`): tick 0.10, spread usually one tick, level sizes log-normal and
     larger near the top; the drift regime skews the sizes (bids larger when the drift is up), so
     the top-level imbalance leads the next hour's return: a learnable signal;
+  * `flip=True` (generate_days): the book leans against the drift instead (the signal's sign
+    flipped, the same random draws): what a model trained on ordinary days meets when its
+    market changes (the live-monitoring test);
   * the signal strength (`signal`, default 1.0, >= 0): scales the regime drifts and, with them,
     the size skew (skew = signal * SKEW_GAIN * regime drift / DRIFT_SCALE + noise).
     `signal=0` is NULL data with no directional information anywhere: the regimes are switched
@@ -191,9 +194,12 @@ class _PathModel:
     any strength so that the random streams, hence noise, volatility and jumps, stay the same.
     """
 
-    def __init__(self, rng: np.random.Generator, start_price: float, signal: float = 1.0):
+    def __init__(self, rng: np.random.Generator, start_price: float, signal: float = 1.0, flip: bool = False):
         self.rng = rng
         self.signal = _check_signal(signal)
+        # the book's lean: +1 sizes follow the drift (the planted signal), -1 they lean against it
+        # (the same market whose signal flipped sign: a model trained on +1 days fails on -1 days)
+        self.lean = -1.0 if flip else 1.0
         self.log_price = math.log(start_price)
         self.regime = int(rng.choice(len(REGIME_DRIFT), p=REGIME_PROB))
         self.regime_left_ms = float(rng.uniform(*REGIME_HOURS) * 3_600_000 * rng.random())
@@ -211,7 +217,7 @@ class _PathModel:
         return self.signal * float(REGIME_DRIFT[self.regime])
 
     def skew_now(self) -> float:
-        return SKEW_GAIN * self.drift_now() / DRIFT_SCALE + self.noise_x
+        return self.lean * SKEW_GAIN * self.drift_now() / DRIFT_SCALE + self.noise_x
 
     def _ar_blocks(self, x0: float, n: int, phi: float, std: float) -> np.ndarray:
         eps = self.rng.standard_normal(n) * std * math.sqrt(1 - phi * phi)
@@ -292,7 +298,7 @@ class _PathModel:
         noise = self._ar_blocks(self.noise_x, int(minute[-1]) + 1, math.exp(-1.0 / SKEW_NOISE_TAU_MIN),
                                 SKEW_NOISE)
         self.noise_x = float(noise[-1])
-        skew = SKEW_GAIN * drift / DRIFT_SCALE + noise[minute]
+        skew = self.lean * SKEW_GAIN * drift / DRIFT_SCALE + noise[minute]  # 1.0 * x == x: default bytes kept
 
         log_price = self.log_price + noise_path + np.cumsum(drift * dt_ms / 3_600_000.0)
         self.log_price = float(log_price[-1])
@@ -743,7 +749,7 @@ class _Market:
     """Everything carried from one generated day to the next."""
 
     def __init__(self, *, seed: int, first_day: dt.date, symbol: str, depth: int, rate_ms: int,
-                 start_price: float | None, signal: float):
+                 start_price: float | None, signal: float, flip: bool = False):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if rate_ms < 1:
@@ -752,7 +758,7 @@ class _Market:
             raise ValueError(f"symbol must be alphanumeric, got {symbol!r}")
         self.symbol, self.depth, self.rate_ms = symbol, depth, rate_ms
         path_rng, self.meta = _streams(seed, first_day)
-        self.path = _PathModel(path_rng, _start_price(self.meta, start_price), signal)
+        self.path = _PathModel(path_rng, _start_price(self.meta, start_price), signal, flip)
         self.st = np.zeros(ST_SIZE, dtype=np.int64)
         self.st[ST_U] = int(self.meta.integers(1_000_000, 60_000_000))
         self.st[ST_MSG] = 0
@@ -951,19 +957,20 @@ def generate_day(day: dt.date, out_dir: Path, *, symbol: str = "BTCUSDT", depth:
 def generate_days(start: dt.date, days: int, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int = 200,
                   rate_ms: int = 100, seed: int = 0, faults: tuple[str, ...] = (),
                   duration_s: int | None = None, signal: float = 1.0,
-                  on_day: Callable[[Path], None] | None = None) -> list[Path]:
+                  on_day: Callable[[Path], None] | None = None, flip: bool = False) -> list[Path]:
     """Writes `days` consecutive, continuous days (one market, one seed stream); returns the paths.
 
     The first day is byte-identical to `generate_day(start, ..., seed=seed)`. With `duration_s`
     each day holds only its first `duration_s` seconds and no next-day snapshot. `signal` (>= 0)
     is the strength of the planted signal: 1.0 the default market, 0 NULL data with no
     directional information (see the module docstring). `on_day` is called with each day's path
-    as soon as it is written (progress reports).
+    as soon as it is written (progress reports). `flip`: the book leans against the drift (the
+    signal's sign flipped; the same random draws, so the same prices as without it).
     """
     if days < 0:
         raise ValueError(f"days must be >= 0, got {days}")
     market = _Market(seed=seed, first_day=start, symbol=symbol, depth=depth, rate_ms=rate_ms, start_price=None,
-                     signal=signal)
+                     signal=signal, flip=flip)
     paths = []
     for i in range(days):
         paths.append(market.write_day(start + dt.timedelta(days=i), Path(out_dir), tuple(faults), duration_s))
