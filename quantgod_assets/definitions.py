@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .assets.automation import automation_sensors
+from .assets.automation import automation_schedules, automation_sensors
 from .assets.book import etl_assets
 from .assets.labels import label_assets
 from .assets.ml import ml_assets
@@ -12,6 +12,7 @@ from .resources import resources
 defs = dg.Definitions(
     assets=[*etl_assets, *label_assets, *ml_assets, *prediction_assets],
     sensors=automation_sensors,
+    schedules=automation_schedules,
     resources=resources(),
     executor=dg.multiprocess_executor,
 )

@@ -231,6 +231,9 @@ class AutomationSettings(_Schema):
     enabled: Flag = False  # the sensor's state when the definitions load (the UI can start / stop it any time)
     interval_s: int = Field(300, ge=30)  # seconds between looks at the archive root
     max_days_per_tick: int = Field(7, ge=1)  # newest first: a years-old archive is a backfill, not a tick
+    download_cron: str = "30 3 * * *"  # UTC; with download enabled, fetch yesterday's day (Bybit publishes D on D+1)
+    retrain: Flag = False  # the retraining schedule's state when the definitions load
+    retrain_cron: str = "0 4 * * 0"  # UTC; optimization then model over training.yaml's `data` range
 
 
 class EtlSettings(_Schema):

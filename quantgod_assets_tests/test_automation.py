@@ -108,7 +108,32 @@ def test_the_sensor_is_off_until_the_setting_turns_it_on(tmp_path, enabled):
     automation = "  enabled: false               # off until"  # automation's, not download's
     assert automation in text
     (configs / "etl.yaml").write_text(text.replace(automation, f"  enabled: {str(enabled).lower()}  # off until"))
-    code = "from quantgod_assets.definitions import defs; print(defs.sensors[0].default_status.value)"
+    code = ("from quantgod_assets.definitions import defs; "
+            "print(*[x.name + '=' + x.default_status.value for x in [*defs.sensors, *defs.schedules]])")
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "QUANTGOD_CONFIG_DIR": str(configs)},
                           capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.strip() == ("RUNNING" if enabled else "STOPPED")
+    state = "RUNNING" if enabled else "STOPPED"
+    # the retraining schedule has its own switch (automation.retrain), off in both
+    assert done.stdout.split() == [f"new_archive_days={state}", f"daily_download={state}", "retrain=STOPPED"]
+
+
+def test_the_daily_download_asks_for_yesterday_only_when_downloads_are_on(qg_env):
+    from quantgod_assets.assets.automation import daily_download
+
+    def evaluate():
+        context = dg.build_schedule_context(instance=dg.DagsterInstance.ephemeral(), resources=resources(),
+                                            scheduled_execution_time=dt.datetime(2025, 3, 15, 3, 30, tzinfo=dt.UTC))
+        return daily_download(context)
+
+    skipped = evaluate()
+    assert isinstance(skipped, dg.SkipReason) and "download.enabled is false" in skipped.skip_message
+    import yaml
+
+    etl = qg_env.config_dir / "etl.yaml"
+    settings = yaml.safe_load(etl.read_text())
+    settings["download"]["enabled"] = True
+    etl.write_text(yaml.safe_dump(settings))
+    request = evaluate()
+    assert request.partition_key == "2025-03-14" and request.run_key == "download-2025-03-14"
+    assert sorted(k.to_user_string() for k in request.asset_selection) == ["labelled_frame", "preprocessed_book",
+                                                                           "raw_zip"]

@@ -11,6 +11,12 @@ the Dagster daemon runs sensors, and `dagster dev` starts one). It is STOPPED un
 - the archive root missing (a mount down): a skip that says so.
 Run keys make every request once: a day whose run failed is not retried by the sensor (a backfill
 or a manual run is; the failure names why). What to ask for is decided in `automation.py`.
+
+Two schedules, off like the sensor until turned on (etl.yaml `automation:` or the UI):
+- `daily_download` (`download_cron`, started with `enabled` when `download.enabled`): yesterday's
+  day (UTC; Bybit publishes D on D+1) through raw_zip (which downloads it) -> preprocessed_book ->
+  labelled_frame (+ predictions with a champion);
+- `retrain` (`retrain_cron`, started by `retrain: true`): optimization then model.
 """
 
 import datetime as dt
@@ -23,6 +29,7 @@ from ..resources import QuantGodSettings
 from ..settings import automation_settings
 from .book import BOOK, RAW
 from .labels import LABELS
+from .ml import MODEL, OPTIMIZATION
 from .predictions import PREDICTIONS
 
 AUTOMATION = automation_settings()
@@ -62,4 +69,39 @@ def new_archive_days(context: dg.SensorEvaluationContext, quantgod: QuantGodSett
     return requests
 
 
+def _status(on: bool) -> dg.DefaultScheduleStatus:
+    return dg.DefaultScheduleStatus.RUNNING if on else dg.DefaultScheduleStatus.STOPPED
+
+
+@dg.schedule(
+    name="daily_download",
+    cron_schedule=AUTOMATION.download_cron,
+    execution_timezone="UTC",
+    target=[RAW, BOOK, LABELS, PREDICTIONS],
+    default_status=_status(AUTOMATION.enabled),
+    description="Yesterday's day (UTC) downloaded and processed: raw_zip -> preprocessed_book -> labelled_frame "
+    "(+ predictions with a champion). Skips unless etl.yaml download.enabled.",
+)
+def daily_download(context: dg.ScheduleEvaluationContext, quantgod: QuantGodSettings):
+    settings = quantgod.load()
+    if not settings.etl.download.enabled:
+        return dg.SkipReason("download.enabled is false in etl.yaml: the archive root is only read (new_archive_days)")
+    day = (context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
+    assets = [RAW, BOOK, LABELS, *([PREDICTIONS] if settings.paths.champion_path.is_file() else [])]
+    return dg.RunRequest(run_key=f"download-{day}", partition_key=day.isoformat(), asset_selection=assets,
+                         tags={"quantgod/trigger": "daily_download"})
+
+
+retrain = dg.ScheduleDefinition(
+    name="retrain",
+    cron_schedule=AUTOMATION.retrain_cron,
+    execution_timezone="UTC",
+    target=dg.AssetSelection.assets(OPTIMIZATION, MODEL),
+    default_status=_status(AUTOMATION.retrain),
+    description="The search and the final model again over training.yaml's data range (a new study when the "
+    "days changed; the champion moves only by the walk-forward rule). Off until etl.yaml automation.retrain.",
+)
+
+
 automation_sensors = [new_archive_days]
+automation_schedules = [daily_download, retrain]
