@@ -58,6 +58,7 @@ TIERS = {
     "test_automation.py": "dagster",
     "test_cli_dagster.py": "cli",
     "test_cli_errors.py": "cli",
+    "test_daemon.py": "cli",
     "test_daily.py": "unit",
     "test_definitions.py": "dagster",
     "test_deploy.py": "dagster",
