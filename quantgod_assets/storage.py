@@ -111,3 +111,4 @@ def sqlite_file(url: str) -> Path | None:
     if name.startswith("file:"):
         name = name.removeprefix("file:").partition("?")[0]
     return None if name in ("", ":memory:") else Path(name)
+

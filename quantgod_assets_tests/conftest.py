@@ -34,6 +34,32 @@ def qg_env(tmp_path, short_archives, monkeypatch) -> QuantGodEnv:
     return env
 
 
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server: QUANTGOD_TEST_POSTGRES (CI starts one with `.ci/postgres`), else one
+    started here from Debian's package and stopped at the end. Where none can be started the tests
+    skip with the reason, unless QUANTGOD_REQUIRE_POSTGRES is set (CI), where they fail."""
+    import os
+    import subprocess
+
+    given = os.environ.get("QUANTGOD_TEST_POSTGRES")
+    if given:
+        yield given
+        return
+    started = subprocess.run(["bash", str(REPO / ".ci" / "postgres")], capture_output=True, text=True,
+                             env={**os.environ, "QUANTGOD_PG_PORT": "55433"}, timeout=600, check=False)
+    if started.returncode != 0:
+        reason = f"no PostgreSQL could be started (.ci/postgres: {started.stderr.strip()[-300:]})"
+        if os.environ.get("QUANTGOD_REQUIRE_POSTGRES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    url, data = started.stdout.split()
+    try:
+        yield url
+    finally:
+        subprocess.run(["bash", str(REPO / ".ci" / "postgres"), "stop", data], capture_output=True, check=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiers: every test gets exactly one of these markers, from its module (TIERS) or, for the few
 # tests whose kind differs from the rest of their module, from TIER_OF_TEST. `pytest -m unit`,
@@ -59,6 +85,7 @@ TIERS = {
     "test_cli_dagster.py": "cli",
     "test_cli_errors.py": "cli",
     "test_daemon.py": "cli",
+    "test_postgres.py": "cli",
     "test_daily.py": "unit",
     "test_definitions.py": "dagster",
     "test_deploy.py": "dagster",

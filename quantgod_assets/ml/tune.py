@@ -27,6 +27,7 @@ import gc
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
@@ -50,7 +51,8 @@ __all__ = [
     "suggest_params",
 ]
 
-_DEFAULT = OptimizationSettings()  # optimization.yaml's defaults, for make_study's own
+_DEFAULT = OptimizationSettings()
+SCHEMA_ATTEMPTS = 4  # optimization.yaml's defaults, for make_study's own
 
 
 
@@ -236,14 +238,24 @@ def make_study(
             storage = JournalStorage(JournalFileBackend(storage_url))
         else:
             _ensure_sqlite_folder(storage_url)
-        return optuna.create_study(
-            storage=storage,
-            study_name=study_name,
-            direction=direction,
-            load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler_startup_trials),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
-        )
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                return optuna.create_study(
+                    storage=storage,
+                    study_name=study_name,
+                    direction=direction,
+                    load_if_exists=True,
+                    sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler_startup_trials),
+                    pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials,
+                                                       n_warmup_steps=n_warmup_steps),
+                )
+            except Exception as exc:
+                # workers starting together on an empty database race to create Optuna's tables
+                # (PostgreSQL: a duplicate key on its catalog); the loser finds them made on a retry
+                if type(exc).__name__ not in ("IntegrityError", "ProgrammingError") or attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
 
 def open_study(optimization: OptimizationSettings, study_name: str) -> optuna.Study:
