@@ -535,3 +535,49 @@ class DictBook:
 
     def best(self) -> tuple[Decimal, Decimal]:
         return max(self.bids), min(self.asks)
+
+
+class RunningDaemon:
+    """A `dagster-daemon run` subprocess on the instance of `env["DAGSTER_HOME"]`; see `running_daemon`."""
+
+    def __init__(self, process: Any, log: Path):
+        self.process, self.log = process, log
+
+    def wait_for(self, condition: Any, what: str, timeout_s: float = 240) -> None:
+        """Polls `condition()` until it holds; fails with the daemon's log when it does not in time."""
+        import time
+
+        import pytest
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(2)
+        tail = self.log.read_text(encoding="utf-8", errors="replace")[-4000:]
+        pytest.fail(f"{what} did not happen within {timeout_s:.0f} s; the daemon's log ends:\n{tail}")
+
+
+@contextlib.contextmanager
+def running_daemon(folder: Path, env: Mapping[str, str]) -> Iterator[RunningDaemon]:
+    """The real Dagster daemon over the repository's workspace (copied into `folder`, its log
+    `folder/daemon.log`), with `env`; terminated (killed if it lingers) on exit."""
+    import subprocess
+    import sys
+
+    shutil.copyfile(REPO / "workspace.yaml", folder / "workspace.yaml")
+    log = folder / "daemon.log"
+    with log.open("w", encoding="utf-8") as out:
+        command = [sys.executable, "-m", "dagster._daemon", "run", "-w", str(folder / "workspace.yaml")]
+        process = subprocess.Popen(command, cwd=folder, env={**env, "PYTHONPATH": str(REPO)}, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        yield RunningDaemon(process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

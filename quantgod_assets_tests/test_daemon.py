@@ -5,10 +5,6 @@ predicted without a manual launch, and the day before is relabelled once its nex
 import datetime as dt
 import os
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,24 +12,12 @@ import yaml
 
 from quantgod_assets.orderbook.synthetic import generate_days
 
-from .builders import REPO, make_day_frame, make_env
+from .builders import make_day_frame, make_env, running_daemon
 
 pytestmark = pytest.mark.slow
 
 DAY1, DAY2 = dt.date(2025, 3, 10), dt.date(2025, 3, 11)
 SUFFIX = "SELL_0004_BUY_0008_1h"
-
-
-def wait_for(condition, what: str, daemon: subprocess.Popen, log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if daemon.poll() is not None:
-            break
-        time.sleep(2)
-    tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
-    pytest.fail(f"{what} did not happen within {timeout_s:.0f} s; the daemon's log ends:\n{tail}")
 
 
 def write_champion(models_dir) -> None:
@@ -70,33 +54,19 @@ def test_a_day_dropped_on_the_mount_is_processed_by_the_daemon(tmp_path):
     write_champion(env.data_dir / "models")
     generated = tmp_path / "generated"
     day1, day2 = generate_days(DAY1, 2, generated, rate_ms=1000, seed=5)
-    shutil.copyfile(REPO / "workspace.yaml", tmp_path / "workspace.yaml")
-
-    run_env = {**os.environ, **env.env(), "PYTHONPATH": str(REPO)}
-    log = tmp_path / "daemon.log"
-    with log.open("w", encoding="utf-8") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w",
-                                   str(tmp_path / "workspace.yaml")], cwd=tmp_path, env=run_env, stdout=out,
-                                  stderr=subprocess.STDOUT)
     pre = env.data_dir / "L2" / "pre_processed"
     labelled = env.data_dir / "L2" / "labelled" / SUFFIX
     predictions = env.data_dir / "predictions"
-    try:
+    with running_daemon(tmp_path, {**os.environ, **env.env()}) as daemon:
         (env.raw_root / "2025").mkdir(parents=True)
         shutil.copyfile(day1, env.raw_root / "2025" / day1.name)  # the first day lands on the mount
-        wait_for(lambda: (labelled / f"{DAY1}.parquet").is_file() and any(predictions.glob(f"*/{DAY1}.parquet")),
-                 "day 1 preprocessed, labelled and predicted", daemon, log)
+        daemon.wait_for(lambda: (labelled / f"{DAY1}.parquet").is_file()
+                        and any(predictions.glob(f"*/{DAY1}.parquet")), "day 1 preprocessed, labelled and predicted")
         assert (pre / f"{DAY1}.parquet").is_file()
         assert pq.read_schema(labelled / f"{DAY1}.parquet").metadata[b"quantgod.label.next_day"] == b"absent"
 
         shutil.copyfile(day2, env.raw_root / "2025" / day2.name)  # the next day arrives
-        wait_for(lambda: (labelled / f"{DAY2}.parquet").is_file() and any(predictions.glob(f"*/{DAY2}.parquet")),
-                 "day 2 processed", daemon, log)
-        wait_for(lambda: pq.read_schema(labelled / f"{DAY1}.parquet").metadata[b"quantgod.label.next_day"]
-                 == b"present", "day 1 relabelled with day 2's book", daemon, log)
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        daemon.wait_for(lambda: (labelled / f"{DAY2}.parquet").is_file()
+                        and any(predictions.glob(f"*/{DAY2}.parquet")), "day 2 processed")
+        daemon.wait_for(lambda: pq.read_schema(labelled / f"{DAY1}.parquet").metadata[b"quantgod.label.next_day"]
+                        == b"present", "day 1 relabelled with day 2's book")

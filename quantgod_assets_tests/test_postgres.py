@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import yaml
 
 from quantgod_assets.orderbook.synthetic import generate_days
 
-from .builders import REPO, make_env
+from .builders import REPO, make_env, running_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +80,6 @@ def test_the_deploy_instance_on_postgres_backfills_and_its_daemon_picks_up_a_new
     for path in archives[:2]:
         shutil.copyfile(path, env.raw_root / "2025" / path.name)
     _home, pg_env = instance_home(tmp_path, new_database(postgres_url))
-    shutil.copyfile(REPO / "workspace.yaml", tmp_path / "workspace.yaml")
     run_env = {**os.environ, **env.env(), **pg_env, "PYTHONPATH": str(REPO)}
 
     # a two-day backfill from the CLI, recorded in PostgreSQL
@@ -95,21 +93,7 @@ def test_the_deploy_instance_on_postgres_backfills_and_its_daemon_picks_up_a_new
     assert recorded.stdout.split() == ["PostgresRunStorage", str(DAY1), str(DAY2)]
 
     # the daemon on the same instance: the sensor sees the third day land and processes it
-    log = tmp_path / "daemon.log"
-    with log.open("w", encoding="utf-8") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w",
-                                   str(tmp_path / "workspace.yaml")], cwd=tmp_path, env=run_env, stdout=out,
-                                  stderr=subprocess.STDOUT)
-    try:
+    with running_daemon(tmp_path, run_env) as daemon:
         shutil.copyfile(archives[2], env.raw_root / "2025" / archives[2].name)
         book = env.data_dir / "L2" / "pre_processed" / f"{DAY3}.parquet"
-        deadline = time.monotonic() + 240
-        while not book.is_file() and time.monotonic() < deadline and daemon.poll() is None:
-            time.sleep(2)
-        assert book.is_file(), log.read_text(encoding="utf-8", errors="replace")[-4000:]
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        daemon.wait_for(book.is_file, "the new day preprocessed by the daemon's sensor run")
