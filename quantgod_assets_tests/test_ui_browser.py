@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from .builders import DAY1
 
 LOCATION = "quantgod_assets.definitions"
 FIVE_ASSETS = ("raw_zip", "preprocessed_book", "labelled_frame", "optimization", "model")
-ALL_ASSETS = (*FIVE_ASSETS, "label_distribution", "preprocessed_book_days")
+ALL_ASSETS = (*FIVE_ASSETS, "label_distribution", "preprocessed_book_days", "predictions", "live_performance")
 GROUPS = ("etl", "labelling", "ml")
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -224,11 +224,24 @@ def render(url: str, out: Path, name: str, problem: Callable[[PageText], str | N
     )
 
 
+def node_label(asset: str) -> str:
+    """The asset's node label as a pattern: its name, or the UI's shortened `prefix…suffix` of it
+    (a long name in a graph scaled to fit, e.g. `preprocessed…_days`)."""
+    shortened = "|".join(f"{re.escape(asset[:k])}…{re.escape(asset[j:])}"
+                         for k in range(4, len(asset)) for j in range(k + 1, len(asset) - 3))
+    return rf"(?<![\w…])(?:{re.escape(asset)}{'|' + shortened if shortened else ''})(?![\w…])"
+
+
 def graph_problem(page: PageText) -> str | None:
     graph = page.svg_text
-    missing = [asset for asset in ALL_ASSETS if not re.search(rf"(?<![\w…]){re.escape(asset)}(?![\w…])", graph)]
+    missing = [asset for asset in ALL_ASSETS if not re.search(node_label(asset), graph)]
     if missing:
         return f"the asset graph's nodes lack {missing}; graph text: {graph[:1500]!r}"
+    return None
+
+
+def latest_event_problem(page: PageText) -> str | None:
+    graph = page.svg_text
     latest = re.search(r"(?<![\w…])preprocessed_book Latest event (.*?) Asset checks", graph)
     if not latest or not latest.group(1).strip(" –-"):
         return f"preprocessed_book's node shows no latest event; graph text: {graph[:1500]!r}"
@@ -283,9 +296,13 @@ def test_ui_shows_the_asset_graph_and_a_materialized_partition(qg_env, tmp_path)
     try:
         wait_until_served(base, server, log)
 
-        groups = [f"global@global:{g}" for g in GROUPS] + [f"__repository__@{LOCATION}:{g}" for g in GROUPS]
-        graph_url = f"{base}/asset-groups?" + urllib.parse.urlencode({"expanded": ",".join(groups)})
-        render(graph_url, tmp_path, "asset_graph", graph_problem)
+        def lineage_url(expanded: Sequence[str]) -> str:
+            groups = [f"global@global:{g}" for g in expanded] + [f"__repository__@{LOCATION}:{g}" for g in expanded]
+            return f"{base}/asset-groups?" + urllib.parse.urlencode({"expanded": ",".join(groups)})
+
+        render(lineage_url(GROUPS), tmp_path, "asset_graph", graph_problem)  # every node, names at least
+        # the etl group alone is drawn large enough for a node's details: the latest event
+        render(lineage_url(("etl",)), tmp_path, "asset_graph_etl", latest_event_problem)
 
         partitions_url = f"{base}/assets/preprocessed_book?" + urllib.parse.urlencode(
             {"view": "partitions", "partition": DAY1.isoformat()})
