@@ -15,6 +15,7 @@ import http.server
 import io
 import itertools
 import json
+import os
 import shutil
 import socket
 import struct
@@ -581,3 +582,20 @@ def running_daemon(folder: Path, env: Mapping[str, str]) -> Iterator[RunningDaem
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def run_toy_workers(storage: str, folder: Path, n_trials: int, n_workers: int = 2) -> list[int]:
+    """`n_workers` toy Optuna workers (`python -m quantgod_assets.ml.worker --objective toy`) filling
+    the study `shared` at `storage` to `n_trials`, side by side; their process ids once all
+    finished with exit 0 (asserted, with their output)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "quantgod_assets.ml.worker", "--objective", "toy", "--storage", storage,
+               "--study", "shared", "--n-trials", str(n_trials), "--sleep", "0.3"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    workers = [subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(n_workers)]
+    outputs = [w.communicate(timeout=180)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0] * n_workers, outputs
+    return [w.pid for w in workers]

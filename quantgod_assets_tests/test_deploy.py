@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import runpy
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
+
+from .builders import run_toy_workers
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -168,13 +167,7 @@ def test_two_worker_processes_share_a_journal_study(tmp_path):
 
     journal = tmp_path / "optuna" / "study.log"
     n_trials = 8
-    cmd = [sys.executable, "-m", "quantgod_assets.ml.worker", "--objective", "toy", "--storage", str(journal),
-           "--study", "shared", "--n-trials", str(n_trials), "--sleep", "0.3"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True) for _ in range(2)]
-    outputs = [w.communicate(timeout=120)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    started = run_toy_workers(str(journal), tmp_path, n_trials)
 
     study = optuna.load_study(study_name="shared", storage=JournalStorage(JournalFileBackend(str(journal))))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -182,6 +175,6 @@ def test_two_worker_processes_share_a_journal_study(tmp_path):
     numbers = [t.number for t in complete]
     assert sorted(numbers) == list(range(n_trials))  # distinct, none lost
     pids = {t.user_attrs["worker_pid"] for t in complete}
-    assert pids == {w.pid for w in workers}, "each worker ran at least one trial"
+    assert pids == set(started), "each worker ran at least one trial"
     assert all(t.value is not None and t.value <= 0 for t in complete)
     assert len({(t.params["x"], t.params["y"]) for t in complete}) == n_trials  # workers did not repeat points

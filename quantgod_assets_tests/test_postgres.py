@@ -16,7 +16,7 @@ import yaml
 
 from quantgod_assets.orderbook.synthetic import generate_days
 
-from .builders import REPO, make_env, running_daemon
+from .builders import REPO, make_env, run_toy_workers, running_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +41,11 @@ def test_two_optuna_workers_share_a_study_on_postgres(postgres_url, tmp_path):
 
     storage = new_database(postgres_url)
     n_trials = 8
-    cmd = [sys.executable, "-m", "quantgod_assets.ml.worker", "--objective", "toy", "--storage", storage,
-           "--study", "shared", "--n-trials", str(n_trials), "--sleep", "0.3"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True) for _ in range(2)]
-    outputs = [w.communicate(timeout=180)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    pids = run_toy_workers(storage, tmp_path, n_trials)
     study = optuna.load_study(study_name="shared", storage=storage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.number for t in complete) == list(range(n_trials))
-    assert {t.user_attrs["worker_pid"] for t in complete} == {w.pid for w in workers}
+    assert {t.user_attrs["worker_pid"] for t in complete} == set(pids)
 
 
 def instance_home(tmp_path: Path, database_url: str) -> tuple[Path, dict[str, str]]:
