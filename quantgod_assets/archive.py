@@ -1,8 +1,14 @@
 """Finding one day's Bybit archive under the root, or downloading it from the public archive.
 
-Layout under the root is whatever the user keeps: usually year folders (`2025/`), sometimes a
-symbol folder, sometimes flat. The likely places are looked at first (cheap on an rclone mount),
-then the whole tree. Depth 200 is preferred over 500 when both exist (`depths` gives the order).
+Layout under the root follows Bybit's categories. Linear (USDT perpetual) days lie wherever the
+user keeps them: usually year folders (`2025/`), sometimes a symbol folder, sometimes flat, or in
+the archive's own order (`linear/BTCUSDT/`). Spot and inverse days, whose file names are the same
+as linear ones (`2025-03-14_BTCUSDT_ob200.data.zip` exists in both), must lie under
+`{root}/{category}/` (`spot/BTCUSDT/2025/`), and linear searches never look there. The likely places
+are looked at first (cheap on an rclone mount), then the category's tree. Depth 200 is preferred
+over 500 when both exist (`depths` gives the order). Downloads land in `{root}/{YYYY}/` for linear
+(the layout before categories) and `{root}/{category}/{SYMBOL}/{YYYY}/` for the others; the URL is
+`{base_url}/{category}/{SYMBOL}/{file}`.
 
 A download streams into a temporary name in the root's year folder and is renamed only when the
 whole body arrived and its ZIP member inflated to the end with the CRC-32 and size its directory
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CATEGORIES",
     "CORRUPT_FOLDER",
     "SYMBOL_PATTERN",
     "ArchiveNotFoundError",
@@ -46,9 +53,11 @@ __all__ = [
     "archive_days",
     "archive_name",
     "archive_url",
+    "check_category",
     "check_symbol",
     "copy_archive",
     "download_archive",
+    "download_folder",
     "find_archive",
     "quarantine_archive",
     "verify_archive",
@@ -63,6 +72,7 @@ DEFAULT_DEADLINE_S = 1800.0
 DEFAULT_MAX_BYTES = 2 << 30  # a real day is ~360 MB
 
 _SYMBOL = re.compile(SYMBOL_PATTERN)
+CATEGORIES = ("linear", "spot", "inverse")  # Bybit's archive folders: orderbook/{category}/{SYMBOL}/
 
 
 class ArchiveNotFoundError(FileNotFoundError):
@@ -102,25 +112,63 @@ def archive_name(day: dt.date, symbol: str, depth: int) -> str:
     return f"{day.isoformat()}_{check_symbol(symbol)}_ob{int(depth)}.data.zip"
 
 
-def archive_url(base_url: str, day: dt.date, symbol: str, depth: int) -> str:
+def check_category(category: str) -> str:
+    if category not in CATEGORIES:
+        raise ValueError(f"category {category!r} must be one of {', '.join(CATEGORIES)}")
+    return category
+
+
+def archive_url(base_url: str, day: dt.date, symbol: str, depth: int, category: str = "linear") -> str:
+    """`{base}/{category}/{SYMBOL}/{file}`; a base that already ends in a category folder (the older
+    `.../orderbook/linear` setting) has it replaced by `category`."""
     name = archive_name(day, symbol, depth)
-    return f"{base_url.rstrip('/')}/{symbol}/{name}"
+    return f"{archive_base(base_url)}/{check_category(category)}/{symbol}/{name}"
 
 
-def _candidate_folders(root: Path, day: dt.date, symbol: str) -> list[Path]:
+def archive_base(base_url: str) -> str:
+    """The archive's root URL: `https://quote-saver.bycsi.com/orderbook`, a trailing category cut."""
+    base = base_url.rstrip("/")
+    head, _, last = base.rpartition("/")
+    return head if last in CATEGORIES and head else base
+
+
+def download_folder(root: str | Path, day: dt.date, symbol: str, category: str = "linear") -> Path:
+    """Where a downloaded day lands: `{root}/{YYYY}` (linear), `{root}/{category}/{SYMBOL}/{YYYY}`."""
+    root = Path(root)
+    base = root if check_category(category) == "linear" else root / category / check_symbol(symbol)
+    return base / f"{day.year:04d}"
+
+
+def _candidate_folders(root: Path, day: dt.date, symbol: str, category: str = "linear") -> list[Path]:
     symbol = check_symbol(symbol)
     year = f"{day.year:04d}"
-    return [root / year, root, root / symbol / year, root / symbol, root / year / symbol]
+    own = root / check_category(category)
+    ordered = [own / symbol / year, own / symbol, own / year, own]
+    if category == "linear":  # the layouts before categories: linear was the only one
+        ordered += [root / year, root, root / symbol / year, root / symbol, root / year / symbol]
+    return ordered
 
 
-def archive_days(root: str | Path, symbol: str, depths: Sequence[int] = (200, 500)) -> list[dt.date]:
+def _other_category(path: Path, root: Path, category: str) -> bool:
+    """Whether `path` lies under another category's folder (or `corrupt/`) of `root`."""
+    try:
+        first = path.relative_to(root).parts[0]
+    except (ValueError, IndexError):
+        return False
+    return first == CORRUPT_FOLDER or (first in CATEGORIES and first != category)
+
+
+def archive_days(root: str | Path, symbol: str, depths: Sequence[int] = (200, 500),
+                 category: str = "linear") -> list[dt.date]:
     """The days with an archive of `symbol` at one of `depths` under `root`, ascending: the folders
-    `find_archive` looks in first (year folders, the root, the symbol's folders), never `corrupt/`."""
+    `find_archive` looks in first (year folders, the root, the symbol's folders, the category's),
+    never `corrupt/` or another category's."""
     root = Path(root)
     symbol = check_symbol(symbol)
+    own = root / check_category(category)
+    bases = [own, own / symbol] + ([root, root / symbol] if category == "linear" else [])
+    folders = [*bases, *(p for base in bases for p in sorted(base.glob("[0-9][0-9][0-9][0-9]")) if p.is_dir())]
     wanted = {f"ob{int(depth)}" for depth in depths}
-    folders = [root, root / symbol, *sorted(p for p in root.glob("[0-9][0-9][0-9][0-9]") if p.is_dir()),
-               *sorted(p for p in (root / symbol).glob("[0-9][0-9][0-9][0-9]") if p.is_dir())]
     days = set()
     for folder in folders:
         for path in folder.glob(f"????-??-??_{symbol}_ob*.data.zip"):
@@ -141,23 +189,25 @@ def find_archive(
     depths: Sequence[int] = (200, 500),
     *,
     exclude: Collection[Path] = (),
+    category: str = "linear",
 ) -> Path | None:
-    """The day's archive under `root` (recursively), the first of `depths` that exists; else None.
-
-    Paths in `exclude` (archives known to be corrupt) are passed over."""
+    """The day's archive of `symbol` in `category` under `root` (recursively), the first of `depths`
+    that exists; else None. Paths in `exclude` (archives known to be corrupt) are passed over."""
     root = Path(root)
     names = [archive_name(day, symbol, depth) for depth in depths]
     skipped = {Path(p) for p in exclude}
     found: dict[str, Path] = {}
     for name in names:  # the likely folders first: on a mounted drive a full walk is slow
-        for folder in _candidate_folders(root, day, symbol):
+        for folder in _candidate_folders(root, day, symbol, category):
             if (folder / name).is_file() and folder / name not in skipped:
                 found.setdefault(name, folder / name)
     if names and names[0] in found:
         return found[names[0]]
     pattern = f"{day.isoformat()}_{symbol}_ob*.data.zip"
-    for path in sorted(root.rglob(pattern)):
-        if path.is_file() and path.name in names and path not in skipped:
+    tree = root if category == "linear" else root / category
+    for path in sorted(tree.rglob(pattern)):
+        if (path.is_file() and path.name in names and path not in skipped
+                and not _other_category(path, root, category)):
             found.setdefault(path.name, path)
     return next((found[name] for name in names if name in found), None)
 
@@ -264,20 +314,21 @@ def download_archive(
     timeout_s: float = 60.0,
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    category: str = "linear",
 ) -> DownloadResult:
-    """Downloads the day's archive into `{root}/{YYYY}/`, trying `depths` in order (404 -> next).
+    """Downloads the day's archive into `download_folder` (`{root}/{YYYY}/` for linear), trying
+    `depths` in order (404 -> next).
 
     `timeout_s` bounds each socket read, `deadline_s` each file's whole transfer, `max_bytes`
     its size. Raises ArchiveNotFoundError when the server has none of them, DownloadError on any
     other failure (connection dropped, HTTP error, a limit passed, not a ZIP, a ZIP whose member
     fails its CRC-32 or size). Only a complete, verified ZIP is renamed to the archive name.
     """
-    check_symbol(symbol)
-    folder = Path(root) / f"{day.year:04d}"
+    folder = download_folder(root, day, symbol, category)
     folder.mkdir(parents=True, exist_ok=True)
     tried: list[str] = []
     for depth in depths:
-        url = archive_url(base_url, day, symbol, depth)
+        url = archive_url(base_url, day, symbol, depth, category)
         final = folder / archive_name(day, symbol, depth)
         # `.part.zip`: a hidden name find_archive never matches, that the ZIP reader still opens
         fd, temp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part.zip", dir=folder)
@@ -311,15 +362,17 @@ def download_archive(
         finally:
             temp.unlink(missing_ok=True)
     raise ArchiveNotFoundError(
-        f"{day} {symbol}: not in the public archive: tried " + ", ".join(tried)
+        f"{day} {symbol} {category}: not in the public archive: tried " + ", ".join(tried)
     )
 
 
-def copy_archive(source: str | Path, root: str | Path) -> Path:
-    """Places an archive under `{root}/{YYYY}/` by its name's date (used by the demo and tests)."""
+def copy_archive(source: str | Path, root: str | Path, category: str = "linear") -> Path:
+    """Places an archive where a download of it would land, by its name's date and symbol (used by
+    the demo and tests)."""
     source = Path(source)
-    year = source.name[:4]
-    target = Path(root) / year / source.name
+    day = dt.date.fromisoformat(source.name[:10])
+    symbol = source.name[11:].partition("_ob")[0]
+    target = download_folder(root, day, symbol, category) / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     return target

@@ -13,7 +13,8 @@ Environment overrides:
     QUANTGOD_RAW_ROOT     the archive root (paths.raw_root in etl.yaml; default data/L2/raw)
     QUANTGOD_DATA_DIR     outputs (default data)
     QUANTGOD_LOGS_DIR     file logs (default logs)
-    QUANTGOD_SYMBOL       the symbol (default BTCUSDT; must match ^[A-Z0-9]{2,30}$)
+    QUANTGOD_SYMBOL       one instrument instead of etl.yaml's `instruments:` list: `ETHUSDT` (linear)
+                          or `ETHUSDT_spot` (the symbol must match ^[A-Z0-9]{2,30}$)
     QUANTGOD_ML_PROFILE   a `profiles:` entry of optimization.yaml / training.yaml merged over them
                           (`small`: the CPU demo's 2 trials x 2 epochs, seq_len 30, 10 levels)
     QUANTGOD_OPTUNA_STORAGE  the Optuna storage URL (optimization.yaml `storage`)
@@ -56,6 +57,7 @@ __all__ = [
     "EtlSettings",
     "EvaluationSettings",
     "GapChecks",
+    "Instrument",
     "LabellingSettings",
     "LiveSettings",
     "LoopSettings",
@@ -71,6 +73,7 @@ __all__ = [
     "TrainingSettings",
     "automation_settings",
     "config_dir",
+    "configured_instruments",
     "load_settings",
     "partitions_start",
 ]
@@ -126,6 +129,47 @@ Flag = Annotated[bool, BeforeValidator(_yes_no)]
 # etl.yaml
 
 
+Category = Literal["linear", "spot", "inverse"]
+CATEGORIES: tuple[str, ...] = ("linear", "spot", "inverse")
+
+
+def _symbol(value: str) -> str:
+    if not re.fullmatch(SYMBOL_PATTERN, value):
+        raise ValueError(f"must match {SYMBOL_PATTERN} (upper-case letters and digits, e.g. BTCUSDT)")
+    return value
+
+
+# the symbol becomes part of archive paths and download URLs: nothing that could change either
+Symbol = Annotated[str, AfterValidator(_symbol)]
+
+
+class Instrument(_Schema):
+    """One entry of etl.yaml `instruments:`: a symbol in one of Bybit's archive categories."""
+
+    symbol: Symbol
+    category: Category = "linear"
+    first_day: dt.date | None = None  # the instrument's first archive day (None: partitions_start)
+
+    @property
+    def key(self) -> str:
+        """`BTCUSDT_linear`: the asset key prefix and the folder name of everything per instrument."""
+        return f"{self.symbol}_{self.category}"
+
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.category}"
+
+
+DEFAULT_INSTRUMENT = Instrument(symbol="BTCUSDT", category="linear")
+
+
+def parse_instrument(text: str) -> Instrument:
+    """`ETHUSDT` (linear) or `ETHUSDT_spot`, as QUANTGOD_SYMBOL and the CLI's --instrument take it."""
+    symbol, _, category = text.partition("_")
+    if category and category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r} in {text!r} (one of {', '.join(CATEGORIES)})")
+    return Instrument(symbol=symbol, category=category or "linear")
+
+
 class Paths(_Schema):
     """etl.yaml `paths:` (QUANTGOD_RAW_ROOT / _DATA_DIR / _LOGS_DIR win) and the paths derived from them."""
 
@@ -134,26 +178,60 @@ class Paths(_Schema):
     logs_dir: Path = Path("logs")
     # set by load_settings, not by the file: whether QUANTGOD_RAW_ROOT chose raw_root (error messages)
     _raw_root_from_env: bool = PrivateAttr(default=False)
+    # the instrument the daily paths belong to, and the instruments a model is trained on (its
+    # optimization and model folders): set by Settings, never by the file
+    _instrument: Instrument | None = PrivateAttr(default=None)
+    _model_key: str | None = PrivateAttr(default=None)
 
     @property
     def raw_root_from_env(self) -> bool:
         return self._raw_root_from_env
 
     @property
-    def preprocessed_dir(self) -> Path:
+    def instrument(self) -> Instrument:
+        return self._instrument or DEFAULT_INSTRUMENT
+
+    def for_instrument(self, instrument: Instrument, model_key: str | None = None) -> Paths:
+        """These paths with the daily folders of `instrument` (and the model folders of `model_key`)."""
+        paths = self.model_copy()
+        paths._instrument = instrument
+        paths._model_key = model_key if model_key is not None else self._model_key
+        return paths
+
+    @property
+    def instrument_dir(self) -> Path:
+        """`{data_dir}/L2/{category}/{SYMBOL}`: the archive's own order (orderbook/linear/BTCUSDT)."""
+        return self.data_dir / "L2" / self.instrument.category / self.instrument.symbol
+
+    @property
+    def legacy_preprocessed_dir(self) -> Path:
+        """Where books were written before instruments (one symbol): `quantgod migrate` moves them."""
         return self.data_dir / "L2" / "pre_processed"
 
     @property
-    def labelled_dir(self) -> Path:
+    def legacy_labelled_dir(self) -> Path:
         return self.data_dir / "L2" / "labelled"
+
+    @property
+    def preprocessed_dir(self) -> Path:
+        return self.instrument_dir / "pre_processed"
+
+    @property
+    def labelled_dir(self) -> Path:
+        return self.instrument_dir / "labelled"
 
     def preprocessed_path(self, day: dt.date | str) -> Path:
         day = dt.date.fromisoformat(day) if isinstance(day, str) else day
         return self.preprocessed_dir / f"{day.isoformat()}.parquet"
 
     @property
+    def model_key(self) -> str:
+        """The training instruments' folder name (`BTCUSDT_linear`, `BTCUSDT_linear+ETHUSDT_linear`)."""
+        return self._model_key or self.instrument.key
+
+    @property
     def optimization_dir(self) -> Path:
-        return self.data_dir / "optimization"
+        return self.data_dir / "optimization" / self.model_key
 
     @property
     def best_params_path(self) -> Path:
@@ -161,7 +239,7 @@ class Paths(_Schema):
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.data_dir / "models" / self.model_key
 
     @property
     def model_path(self) -> Path:
@@ -169,9 +247,9 @@ class Paths(_Schema):
         return self.models_dir / MODEL_FILE
 
     def predictions_path(self, model_version: str, day: dt.date | str) -> Path:
-        """`{data_dir}/predictions/{model version}/{YYYY-MM-DD}.parquet`."""
+        """`{data_dir}/predictions/{instrument}/{model version}/{YYYY-MM-DD}.parquet`."""
         day = dt.date.fromisoformat(day) if isinstance(day, str) else day
-        return self.data_dir / "predictions" / model_version / f"{day.isoformat()}.parquet"
+        return self.data_dir / "predictions" / self.instrument.key / model_version / f"{day.isoformat()}.parquet"
 
     @property
     def champion_path(self) -> Path:
@@ -201,7 +279,7 @@ class DownloadSettings(_Schema):
     """etl.yaml `download:`: fetching a missing day from Bybit's public archive."""
 
     enabled: Flag = False
-    base_url: str = "https://quote-saver.bycsi.com/orderbook/linear"
+    base_url: str = "https://quote-saver.bycsi.com/orderbook"  # + /{category}/{SYMBOL}/{file}
     timeout_s: float = Field(60.0, gt=0)  # each socket read (and the connection)
     deadline_s: float = Field(1800.0, gt=0)  # one file's whole transfer
     max_bytes: int = Field(2 << 30, gt=0)  # one file's size (a real day is ~360 MB)
@@ -274,21 +352,32 @@ class EtlSettings(_Schema):
         return max(1, min(wanted, days))
 
 
-def _symbol(value: str) -> str:
-    if not re.fullmatch(SYMBOL_PATTERN, value):
-        raise ValueError(f"must match {SYMBOL_PATTERN} (upper-case letters and digits, e.g. BTCUSDT)")
-    return value
-
-
-# the symbol becomes part of archive paths and download URLs: nothing that could change either
-Symbol = Annotated[str, AfterValidator(_symbol)]
-
-
 class _EtlFile(EtlSettings):
-    """The whole of etl.yaml: the ETL settings plus the run-wide `paths:` and `symbol:`."""
+    """The whole of etl.yaml: the ETL settings plus the run-wide `paths:` and `instruments:`
+    (`symbol:`, the older one-instrument form, still read: a linear instrument)."""
 
     paths: Paths = Paths()
-    symbol: Symbol = "BTCUSDT"
+    symbol: Symbol | None = None
+    instruments: tuple[Instrument, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_name_instruments(self) -> _EtlFile:
+        if self.symbol is not None and self.instruments is not None:
+            raise ValueError("give `instruments:` or the older `symbol:`, not both")
+        if self.instruments is not None:
+            if not self.instruments:
+                raise ValueError("instruments: lists no instrument")
+            keys = [i.key for i in self.instruments]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            if twice:
+                raise ValueError(f"instruments: {', '.join(twice)} listed twice")
+        return self
+
+    def instrument_list(self) -> tuple[Instrument, ...]:
+        """The configured instruments, each with its first day (partitions_start when not given)."""
+        listed = self.instruments or (Instrument(symbol=self.symbol or DEFAULT_INSTRUMENT.symbol),)
+        return tuple(i if i.first_day else i.model_copy(update={"first_day": self.partitions_start})
+                     for i in listed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,6 +543,11 @@ class TrainingSettings(LoopSettings, ModelSettings):
     evaluation: EvaluationSettings = EvaluationSettings()
     live: LiveSettings = LiveSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    # etl.yaml instrument keys (`ETHUSDT_linear`) or bare symbols the model trains on: windows never
+    # cross instruments, one calendar cut for all (None: the first configured instrument)
+    instruments: tuple[str, ...] | None = None
+    # instruments the model never trains on, scored over the same test period (the unseen-instrument test)
+    unseen_instruments: tuple[str, ...] = ()
     _profile: str | None = PrivateAttr(default=None)
 
     _old_names = model_validator(mode="before")(_arch_from_model_type)
@@ -588,13 +682,64 @@ class OptimizationSettings(_Schema):
 
 
 class Settings(_Schema):
+    """Everything, for one instrument at a time: `instrument` is the one the daily paths and the
+    daily stages work on (the first configured unless `for_instrument` chose another)."""
+
     paths: Paths
-    symbol: Symbol
+    instruments: tuple[Instrument, ...]
+    instrument: Instrument
     etl: EtlSettings
     labelling: LabellingSettings
     optimization: OptimizationSettings
     training: TrainingSettings
     config_dir: Path
+
+    @property
+    def symbol(self) -> str:
+        return self.instrument.symbol
+
+    def find_instrument(self, name: str | Instrument, what: str = "instrument") -> Instrument:
+        """A configured instrument by key (`ETHUSDT_spot`), bare symbol (`ETHUSDT`: the only one of that
+        symbol) or value; a ConfigError naming the configured ones otherwise."""
+        if isinstance(name, Instrument):
+            name = name.key
+        by_key = {i.key: i for i in self.instruments}
+        if name in by_key:
+            return by_key[name]
+        same_symbol = [i for i in self.instruments if i.symbol == name]
+        if len(same_symbol) == 1:
+            return same_symbol[0]
+        known = ", ".join(by_key)
+        if same_symbol:
+            raise ConfigError(f"{what} {name!r} is ambiguous: say which of {known}")
+        raise ConfigError(f"{what} {name!r} is not a configured instrument (etl.yaml instruments: {known})")
+
+    @property
+    def training_instruments(self) -> tuple[Instrument, ...]:
+        """training.yaml `instruments` (default: the first configured instrument)."""
+        names = self.training.instruments or (self.instruments[0].key,)
+        return tuple(self.find_instrument(n, "training.instruments entry") for n in names)
+
+    @property
+    def unseen_instruments(self) -> tuple[Instrument, ...]:
+        """training.yaml `unseen_instruments`: scored on the test period, never trained on."""
+        found = tuple(self.find_instrument(n, "training.unseen_instruments entry")
+                      for n in self.training.unseen_instruments)
+        overlap = [i.key for i in found if i in self.training_instruments]
+        if overlap:
+            raise ConfigError(f"training.unseen_instruments {overlap} are also training instruments")
+        return found
+
+    @property
+    def model_key(self) -> str:
+        """The folder name of the models and searches over the training instruments."""
+        return "+".join(i.key for i in self.training_instruments)
+
+    def for_instrument(self, instrument: Instrument | str) -> Settings:
+        """These settings for another configured instrument (its daily folders; the model folders stay)."""
+        chosen = self.find_instrument(instrument)
+        return self.model_copy(update={"instrument": chosen,
+                                       "paths": self.paths.for_instrument(chosen, self.paths.model_key)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -727,15 +872,26 @@ def _check_search_space(optimization: OptimizationSettings, source: Path) -> Non
         raise ConfigError(f"{source}: search_space key(s) {unknown} are not training.yaml settings")
 
 
-def _env_symbol() -> str | None:
-    """QUANTGOD_SYMBOL, checked against the symbol rule (None when unset or empty)."""
+def _env_instrument(first_day: dt.date) -> Instrument | None:
+    """QUANTGOD_SYMBOL (`ETHUSDT` or `ETHUSDT_spot`) as the one instrument (None when unset or empty)."""
     value = os.environ.get(ENV_SYMBOL) or None
-    if value is not None:
-        try:
-            _symbol(value)
-        except ValueError as exc:
-            raise ConfigError(f"{ENV_SYMBOL}={value!r} {exc}") from exc
-    return value
+    if value is None:
+        return None
+    try:
+        return parse_instrument(value).model_copy(update={"first_day": first_day})
+    except ValidationError as exc:
+        raise ConfigError(f"{ENV_SYMBOL}={value!r} {exc.errors()[0]['ctx']['error']}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_SYMBOL}={value!r}: {exc}") from None
+
+
+def _instruments(etl: _EtlFile) -> tuple[Instrument, ...]:
+    listed = etl.instrument_list()
+    env = _env_instrument(listed[0].first_day or etl.partitions_start)
+    if env is None:
+        return listed
+    same = next((i for i in listed if i.key == env.key), None)
+    return (same or env,)
 
 
 def _read_etl(folder: Path) -> _EtlFile:
@@ -753,9 +909,11 @@ def load_settings(config_folder: str | Path | None = None) -> Settings:
     optimization = _profiled(OptimizationSettings, _read_yaml(optimization_path), optimization_path,
                              {"storage": storage} if storage else {})
     _check_search_space(optimization, optimization_path)
-    return Settings(
+    instruments = _instruments(etl)
+    settings = Settings(
         paths=_paths(etl.paths),
-        symbol=_env_symbol() or etl.symbol,
+        instruments=instruments,
+        instrument=instruments[0],
         etl=EtlSettings.model_validate(etl.model_dump(include=set(EtlSettings.model_fields))),
         labelling=_validate(LabellingSettings, _read_yaml(labelling), str(labelling)),
         optimization=optimization,
@@ -763,11 +921,23 @@ def load_settings(config_folder: str | Path | None = None) -> Settings:
                            {"mlflow": {"tracking_uri": tracking}} if tracking else {}),
         config_dir=folder,
     )
+    try:
+        model_key = settings.model_key
+        settings.unseen_instruments  # noqa: B018 - named now so a wrong entry fails at load
+    except ConfigError as exc:
+        raise ConfigError(f"{training_path}: {exc}") from None
+    return settings.model_copy(update={"paths": settings.paths.for_instrument(instruments[0], model_key)})
 
 
 def partitions_start(config_folder: str | Path | None = None) -> dt.date:
-    """Read once at import by `partitions.py`: the partitions object is static."""
-    return _read_etl(config_dir(config_folder)).partitions_start
+    """Read once at import by `partitions.py`: the partitions object is static. The earliest
+    instrument's first day: one date axis serves every instrument."""
+    return min(i.first_day or dt.date.max for i in configured_instruments(config_folder))
+
+
+def configured_instruments(config_folder: str | Path | None = None) -> tuple[Instrument, ...]:
+    """Read once when the definitions load: each instrument gets its own daily assets."""
+    return _instruments(_read_etl(config_dir(config_folder)))
 
 
 def automation_settings(config_folder: str | Path | None = None) -> AutomationSettings:

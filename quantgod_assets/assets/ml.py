@@ -34,10 +34,12 @@ from ..logs import ForwardingHandler, run_log
 from ..plots import png_markdown
 from ..resources import QuantGodSettings
 from ..secrets import redact_url, redacted_errors
-from ..settings import Settings
+from ..settings import Settings, configured_instruments
+from .labels import labels_key
 from .reporting import run_started
 
-LABELS = dg.AssetKey("labelled_frame")
+# every configured instrument's labels: training.yaml `instruments` chooses among them at run time
+LABELS = [labels_key(i) for i in configured_instruments()]
 OPTIMIZATION = dg.AssetKey("optimization")
 MODEL = dg.AssetKey("model")
 GROUP = "ml"
@@ -80,7 +82,7 @@ def _stage_log(context: dg.AssetExecutionContext, module: str, logs_dir: Path,
 
 @dg.asset(
     key=OPTIMIZATION,
-    deps=[LABELS],
+    deps=LABELS,
     group_name=GROUP,
     kinds={"optuna", "pytorch", "mlflow"},
     description="Optuna search (TPE with a seed, MedianPruner) over configs/optimization.yaml's search "
@@ -97,7 +99,7 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
     with (_stage_log(context, "optimization", settings.paths.logs_dir, settings.labelling.suffix) as log,
           redacted_errors(*_secret_urls(settings))):
         try:
-            outcome = run_optimization(settings)
+            outcome = run_optimization(settings, dagster_run_id=context.run.run_id)
         except _data_errors() as exc:
             raise _data_failure(exc, log) from exc
         log_path = str(log.log_path)  # type: ignore[attr-defined]  # open_log sets it on the Logger it returns
@@ -128,7 +130,7 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
 
 @dg.asset(
     key=MODEL,
-    deps=[LABELS, OPTIMIZATION],
+    deps=[*LABELS, OPTIMIZATION],
     group_name=GROUP,
     kinds={"pytorch", "mlflow"},
     description="The final model: best_params.json when searched for this setup (else training.yaml), "
@@ -145,7 +147,7 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
     settings = quantgod.load()
     with _stage_log(context, "training", settings.paths.logs_dir) as log, redacted_errors(*_secret_urls(settings)):
         try:
-            final = train_final_model(settings, run_tags={"dagster_run_id": context.run.run_id})
+            final = train_final_model(settings, dagster_run_id=context.run.run_id)
         except _data_errors() as exc:
             raise _data_failure(exc, log) from exc
         log_path = str(log.log_path)  # type: ignore[attr-defined]  # open_log sets it on the Logger it returns

@@ -30,7 +30,8 @@ from ..plots import micro_price_png, png_markdown
 from ..settings import RawRootMissingError, Settings
 from .outcome import DayOutcome, FilePath, Markdown, Url, publish, short_reason, staging_path
 
-__all__ = ["BLOCKING_CHECKS", "check_day", "find_day", "locate_archive", "preflight", "produce_day"]
+__all__ = ["BLOCKING_CHECKS", "LegacyLayoutError", "check_day", "find_day", "locate_archive", "preflight",
+           "produce_day", "require_migrated"]
 
 BLOCKING_CHECKS = ("no_nan_or_inf", "schema", "gaps")
 PREVIEW_COLUMNS = ("ts", "mid_close", "micro_price", "spread", "imbalance_1", "n_msgs", "valid_seconds")
@@ -46,6 +47,24 @@ def preflight(settings: Settings) -> None:
     if not paths.raw_root.exists() and settings.etl.download.enabled and not paths.raw_root_from_env:
         paths.raw_root.mkdir(parents=True, exist_ok=True)
     paths.require_raw_root()
+    require_migrated(settings)
+
+
+class LegacyLayoutError(RuntimeError):
+    """Books written before instruments lie in the old folder: `quantgod migrate` moves them."""
+
+
+def require_migrated(settings: Settings) -> None:
+    """Fails when `{data_dir}/L2/pre_processed/` (the one-symbol layout) still holds days: they
+    would otherwise be produced again, silently, under the instrument's folder."""
+    legacy = settings.paths.legacy_preprocessed_dir
+    days = sorted(legacy.glob("????-??-??.parquet")) if legacy.is_dir() else []
+    if days:
+        raise LegacyLayoutError(
+            f"{legacy} holds {len(days)} day(s) written before instruments "
+            f"({days[0].stem}..{days[-1].stem}): run `quantgod migrate` to move them to "
+            f"{{data_dir}}/L2/{{category}}/{{SYMBOL}}/ (nothing is reprocessed)"
+        )
 
 
 def locate_archive(
@@ -56,19 +75,25 @@ def locate_archive(
     `exclude`: archives on disk already found corrupt (passed over; the other depth is used)."""
     root = settings.paths.require_raw_root()
     depths = settings.etl.depths
-    found = find_archive(root, day, settings.symbol, depths, exclude=exclude)
+    first = settings.instrument.first_day
+    if first is not None and day < first:
+        raise ArchiveNotFoundError(f"{day}: before {settings.instrument}'s first day {first} "
+                                   "(instruments: first_day in etl.yaml)")
+    category = settings.instrument.category
+    found = find_archive(root, day, settings.symbol, depths, exclude=exclude, category=category)
     if found is not None:
         return found, None
     dl = settings.etl.download
     if not (download and dl.enabled):
         names = " or ".join(f"{day.isoformat()}_{settings.symbol}_ob{d}.data.zip" for d in depths)
         corrupt = f" ({len(exclude)} found corrupt)" if exclude else ""
+        where = root if category == "linear" else root / category
         raise ArchiveNotFoundError(
-            f"{day}: no usable archive {names} under {root} (searched recursively){corrupt}; "
+            f"{day}: no usable {category} archive {names} under {where} (searched recursively){corrupt}; "
             "download is off (download.enabled in etl.yaml)"
         )
     result = download_archive(day, settings.symbol, root, dl.base_url, depths=depths, timeout_s=dl.timeout_s,
-                              deadline_s=dl.deadline_s, max_bytes=dl.max_bytes)
+                              deadline_s=dl.deadline_s, max_bytes=dl.max_bytes, category=category)
     return result.path, result
 
 
