@@ -135,7 +135,7 @@ class LogisticModel:
         ends = np.asarray(ends, dtype=np.int64)
         out = np.empty(ends.size, dtype=np.int64)
         for start in range(0, ends.size, chunk_rows):
-            x = self.scaler.transform(features[ends[start : start + chunk_rows]])
+            x = self.scaler.transform_rows(features, ends[start : start + chunk_rows])  # per instrument block
             out[start : start + chunk_rows] = (x @ self.weight.T + self.bias).argmax(axis=1)
         return out
 
@@ -164,7 +164,7 @@ def fit_logistic(
     if scaler is None:
         scaler = Scaler.fit(features, train_ends)
     y_train = _labels(targets, train_ends)
-    x_train = torch.from_numpy(scaler.transform(features[train_ends]))
+    x_train = torch.from_numpy(scaler.transform_rows(features, train_ends))
     if not torch.isfinite(x_train).all():
         raise ValueError("non-finite features at training ends: use only valid rows")
 

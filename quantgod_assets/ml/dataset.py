@@ -24,12 +24,14 @@ from .features import frame_features, n_features, required_columns
 __all__ = [
     "MAX_SEQ_LEN",
     "NO_TARGET",
+    "BlockScaler",
     "LabelledRange",
     "MissingDaysError",
     "Scaler",
     "TrainingArrays",
     "WindowIndex",
     "build_training_arrays",
+    "concat_training_arrays",
     "estimated_memory_bytes",
     "load_labelled_range",
     "rows_covered",
@@ -212,6 +214,23 @@ def build_training_arrays(labelled: LabelledRange, n_levels: int) -> TrainingArr
                           list(labelled.missing_days), n_levels)
 
 
+def concat_training_arrays(blocks: Sequence[TrainingArrays]) -> TrainingArrays:
+    """Several instruments' arrays stacked into one matrix, block after block (the first as is when
+    there is one). `minutes` restart at every block: windows must be built per block."""
+    if not blocks:
+        raise ValueError("no arrays to concatenate")
+    if len(blocks) == 1:
+        return blocks[0]
+    first = blocks[0]
+    if any(b.feature_names != first.feature_names or b.n_levels != first.n_levels for b in blocks):
+        raise ValueError("the instruments' arrays have different features")
+    days = sorted({d for b in blocks for d in b.days})
+    missing = sorted({d for b in blocks for d in b.missing_days})
+    return TrainingArrays(np.concatenate([b.features for b in blocks]), list(first.feature_names),
+                          np.concatenate([b.valid for b in blocks]), np.concatenate([b.targets for b in blocks]),
+                          np.concatenate([b.minutes for b in blocks]), days, missing, first.n_levels)
+
+
 # ---------------------------------------------------------------------------------------------
 # Windows
 
@@ -336,6 +355,14 @@ class Scaler:
         """A scaled float32 copy (for one window or a small batch)."""
         return ((values - self.mean) / self.std).astype(np.float32)
 
+    def at(self, row: int) -> Scaler:
+        """The scaler of matrix row `row`: this one (a `BlockScaler` picks the row's instrument's)."""
+        return self
+
+    def transform_rows(self, features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """`features[rows]` scaled (float32 copy)."""
+        return self.transform(features[np.asarray(rows, dtype=np.int64)])
+
     def transform_inplace(self, features: np.ndarray, chunk_rows: int = 16_384) -> np.ndarray:
         """Scales a float32 matrix in place, chunk by chunk (no second matrix)."""
         mean = self.mean.astype(np.float32)
@@ -364,6 +391,88 @@ class Scaler:
         )
 
 
+@dataclass
+class BlockScaler:
+    """One `Scaler` per instrument block of a stacked matrix (`block_starts[b]`: the first row of
+    block b, ascending from 0): each instrument is scaled with statistics of its own training rows,
+    since the instruments' sizes (log sizes among the features) differ in scale."""
+
+    scalers: list[Scaler]
+    block_starts: np.ndarray  # int64 [B]
+    keys: list[str]  # the instruments, `BTCUSDT_linear`
+
+    def __post_init__(self) -> None:
+        self.block_starts = np.asarray(self.block_starts, dtype=np.int64)
+        if not (len(self.scalers) == self.block_starts.size == len(self.keys)) or not self.scalers:
+            raise ValueError("one scaler, block start and key per block")
+        if self.block_starts[0] != 0 or (np.diff(self.block_starts) <= 0).any():
+            raise ValueError("block starts must ascend from 0")
+
+    @classmethod
+    def fit(cls, features: np.ndarray, rows: np.ndarray, block_starts: Sequence[int] | np.ndarray, keys: Sequence[str],
+            names: Sequence[str] | None = None) -> BlockScaler:
+        """A scaler per block on the block's rows of `rows` (a boolean mask over the matrix)."""
+        mask = np.asarray(rows)
+        if mask.dtype != bool:
+            index, mask = mask, np.zeros(features.shape[0], dtype=bool)
+            mask[index.astype(np.int64)] = True
+        starts = [int(b) for b in block_starts]
+        stops = [*starts[1:], features.shape[0]]
+        scalers = []
+        for key, lo, hi in zip(keys, starts, stops):
+            block_rows = np.flatnonzero(mask[lo:hi]) + lo
+            if not block_rows.size:
+                raise ValueError(f"{key}: no training rows to fit its scaler on")
+            scalers.append(Scaler.fit(features, block_rows, names))
+        return cls(scalers, np.asarray(starts, dtype=np.int64), list(keys))
+
+    def block_of(self, rows: np.ndarray | int) -> np.ndarray:
+        """The block index of each row."""
+        return np.searchsorted(self.block_starts, np.asarray(rows, dtype=np.int64), side="right") - 1
+
+    def at(self, row: int) -> Scaler:
+        return self.scalers[int(self.block_of(row))]
+
+    def by_key(self) -> dict[str, Scaler]:
+        return dict(zip(self.keys, self.scalers))
+
+    @property
+    def mean(self) -> np.ndarray:  # the first instrument's: what a reader of one `Scaler` sees
+        return self.scalers[0].mean
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.scalers[0].std
+
+    @property
+    def names(self) -> list[str] | None:
+        return self.scalers[0].names
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(s.n_rows for s in self.scalers))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Rows of unknown instrument: the FIRST instrument's statistics (the bundle's default
+        `scaler`); use `transform_rows` or `at(row)` to scale matrix rows by their instrument."""
+        return self.scalers[0].transform(values)
+
+    def transform_rows(self, features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, features.shape[1]), dtype=np.float32)
+        blocks = self.block_of(rows)
+        for b, scaler in enumerate(self.scalers):
+            chosen = blocks == b
+            if chosen.any():
+                out[chosen] = scaler.transform(features[rows[chosen]])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The first instrument's `Scaler.to_dict()` (old readers), plus every instrument's by key."""
+        return {**self.scalers[0].to_dict(), "instruments": {k: s.to_dict() for k, s in self.by_key().items()},
+                "block_starts": self.block_starts.tolist()}
+
+
 # ---------------------------------------------------------------------------------------------
 # torch Dataset (torch imported on first use)
 
@@ -378,7 +487,7 @@ class _SequenceDatasetBase:
         targets: np.ndarray,
         ends: np.ndarray | WindowIndex,
         seq_len: int | None = None,
-        scaler: Scaler | None = None,
+        scaler: Scaler | BlockScaler | None = None,
     ):
         if isinstance(ends, WindowIndex):
             seq_len = ends.seq_len if seq_len is None else seq_len
@@ -404,7 +513,8 @@ class _SequenceDatasetBase:
 
         e = int(self.ends[i])
         window = self.features[e - self.seq_len + 1 : e + 1]
-        window = self.scaler.transform(window) if self.scaler is not None else np.array(window, dtype=np.float32)
+        # the scaler of the window's end row: a `BlockScaler` applies that instrument's statistics
+        window = self.scaler.at(e).transform(window) if self.scaler is not None else np.array(window, dtype=np.float32)
         return torch.from_numpy(window), torch.tensor(int(self.targets[e]), dtype=torch.int64)
 
 

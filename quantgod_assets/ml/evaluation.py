@@ -123,7 +123,7 @@ def fold_baselines(data: PreparedData, k: int, metric: str) -> dict[str, float]:
     from .baselines import run_baselines
 
     fold = data.folds[k]
-    results = run_baselines(data.features, data.targets, fold, data.lookahead, data.minutes, on=("val",),
+    results = run_baselines(data.features, data.targets, fold, data.lookahead, data.keyed_minutes, on=("val",),
                             scaler=data.fold_scaler(k))
     return {name: metric_from_confusion(metric, np.asarray(parts["val"].confusion))
             for name, parts in results.items()}

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Split", "WalkForward", "purge_minutes", "test_start_minute", "train_val_test_split", "walk_forward_split"]
+__all__ = ["Split", "WalkForward", "calendar_walk_forward", "purge_minutes", "test_start_minute",
+           "train_val_test_split", "walk_forward_split"]
 
 
 def purge_minutes(lookahead: int, seq_len: int = 1) -> int:
@@ -174,6 +175,58 @@ def walk_forward_split(
         if val.size:
             folds.append(Split(development[:lo], val, np.empty(0, dtype=np.int64), purge, int(lookahead),
                                int(seq_len)))
+    if not folds:
+        raise ValueError(f"no walk-forward fold holds a window after the purge of {purge} min: "
+                         f"{ends.size} windows, {n_folds} folds")
+    return WalkForward(folds, test, purge)
+
+
+def calendar_walk_forward(
+    ends: np.ndarray,
+    times: np.ndarray,
+    lookahead: int,
+    seq_len: int,
+    n_folds: int,
+    test_start: int,
+    embargo: int = 0,
+) -> WalkForward:
+    """`walk_forward_split` over the window ends of several instruments at once, cut by CALENDAR
+    minutes: `ends` are ascending rows of a matrix of instrument blocks, `times` their minutes
+    (ascending within a block, restarting at every block). The test block is every end at or
+    after `test_start`, the development ends those at least purge + 1 minutes before it, and the
+    fold boundaries are minutes taken once from the union of the development ends' minutes (its
+    K + 1 blocks of equal count): every instrument is cut at the same minutes, and each
+    validation block is purged against the last training minute of ANY instrument, so no
+    instrument's future reaches into another's past. For one instrument this is exactly
+    `walk_forward_split` with `minutes`."""
+    ends = np.asarray(ends, dtype=np.int64)
+    times = np.asarray(times, dtype=np.int64)
+    if ends.shape != times.shape:
+        raise ValueError("ends and times must have the same length")
+    if ends.size and (np.diff(ends) <= 0).any():
+        raise ValueError("window ends must be strictly increasing")
+    if n_folds < 1:
+        raise ValueError(f"need n_folds >= 1, got {n_folds}")
+    purge = purge_minutes(lookahead, seq_len) + int(embargo)
+    test = ends[times >= test_start]
+    keep = times <= test_start - purge - 1
+    development, dev_times = ends[keep], times[keep]
+    calendar = np.unique(dev_times)  # sorted minutes at which some instrument's development window ends
+    cut = calendar.size
+    bounds = np.linspace(0, cut, n_folds + 2).round().astype(np.int64)
+    folds = []
+    for k in range(1, n_folds + 1):
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        if lo == 0 or hi <= lo:
+            continue
+        last_train = int(calendar[lo - 1])
+        upper = int(calendar[hi]) if hi < cut else None
+        in_block = (dev_times > last_train) & (dev_times < upper if upper is not None else True)
+        val_mask = in_block & (dev_times >= last_train + purge + 1)
+        val = development[val_mask]
+        if val.size:
+            folds.append(Split(development[dev_times <= last_train], val, np.empty(0, dtype=np.int64), purge,
+                               int(lookahead), int(seq_len)))
     if not folds:
         raise ValueError(f"no walk-forward fold holds a window after the purge of {purge} min: "
                          f"{ends.size} windows, {n_folds} folds")
