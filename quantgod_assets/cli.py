@@ -143,78 +143,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
+    from .debug_plots import debug_plots
     from .settings import load_settings
 
+    start = args.start or args.date
+    end = args.end or (args.date if args.date else start)
+    if start is None:
+        raise CliError("give a day: --date D, or a range: --from D1 --to D2")
+    if args.date and (args.start or args.end):
+        raise CliError("--date is one day: give either --date D or --from D1 --to D2")
+    if end < start:
+        raise CliError(f"--to {end} is before --from {start}")
     settings = load_settings()
-    levels = args.levels or settings.training.n_levels
     out = args.out or settings.paths.logs_dir / "debug_plots"
     _folder_to_write(out, "--out")
     try:
         with writing(out):
-            written = write_day_plots(args.date, settings, out, levels)
+            written = debug_plots(settings, start, end, out, args.levels)
     except ValueError as exc:  # a day that cannot be pictured (e.g. more levels than it holds)
         raise CliError(str(exc)) from exc
     for path, note in written:
         print(f"{path}" + (f" ({note})" if note else ""))
     return 0
-
-
-class DayNotPreprocessedError(FileNotFoundError):
-    """The day asked for has no preprocessed file."""
-
-
-def write_day_plots(day: dt.date, settings: Settings, out: Path, n_levels: int) -> list[tuple[Path | str, str]]:
-    """The day's diagnostics as PNGs in `out`: `{day}_micro_price.png`, `{day}_labels_by_hour.png`
-    (when the day is labelled with the current settings), `{day}_feature_histograms.png` (raw and
-    scaled with the day's own mean / std) and `{day}_feature_correlation.png`. Returns
-    (path or what was skipped, a note) pairs."""
-    import polars as pl
-
-    from . import plots
-    from .labelling import labelled_day_path
-    from .ml.features import frame_features
-
-    source = settings.paths.preprocessed_path(day)
-    if not source.is_file():
-        raise DayNotPreprocessedError(
-            f"{day} is not preprocessed: {source} does not exist "
-            f"(run `quantgod etl` on its archive or materialize preprocessed_book for {day})"
-        )
-    frame = pl.read_parquet(source)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[tuple[Path | str, str]] = []
-
-    def save(name: str, png: bytes, note: str = "") -> None:
-        path = out / f"{day.isoformat()}_{name}.png"
-        path.write_bytes(png)
-        written.append((path, note))
-
-    png = plots.micro_price_png(frame, day, settings.symbol)
-    if png is None:
-        written.append(("micro_price skipped", "no finite micro_price in the day"))
-    else:
-        save("micro_price", png)
-
-    suffix = settings.labelling.suffix
-    labelled = labelled_day_path(settings.paths.labelled_dir, suffix, day)
-    if labelled.is_file():
-        labels = pl.read_parquet(labelled, columns=["ts", "target"])
-        periods = plots.label_periods(plots.frame_label_rows(labels), "hour")
-        picture = plots.label_periods_png(periods, f"{settings.symbol} labels {day} ({suffix}) by hour", "hour")
-        save("labels_by_hour", picture.png, f"{sum(picture.data['labelled']):,} labelled minutes")
-    else:
-        written.append(("labels skipped", f"not labelled: {labelled} does not exist"))
-
-    block = frame_features(frame, n_levels)
-    try:
-        hist = plots.feature_histograms_png(block.values, block.names,
-                                            title=f"{day}: features, raw and scaled (the day's mean / std)")
-        save("feature_histograms", hist.png, f"{len(hist.data['names'])} features")
-        corr = plots.correlation_png(block.values, block.names, title=f"{day}: feature correlation")
-        save("feature_correlation", corr.png, f"{len(corr.data['names'])} features, {corr.data['rows']:,} rows")
-    except ValueError as exc:  # no finite row: say so, the other pictures stand
-        written.append(("features skipped", str(exc)))
-    return written
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -328,8 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="shorter generated days, for a quick look (default: the whole day)")
     demo.set_defaults(func=cmd_demo)
 
-    plot = sub.add_parser("plots", help="write one day's diagnostic pictures (PNG) to logs/debug_plots/")
-    plot.add_argument("--date", type=_date, required=True, help="the preprocessed day (YYYY-MM-DD)")
+    plot = sub.add_parser("plots", help="write the diagnostic pictures (PNG) of a day or a range of days, and of "
+                                        "the trained model, to logs/debug_plots/")
+    plot.add_argument("--date", type=_date, default=None,
+                      help="one preprocessed day, YYYY-MM-DD (default: none; or give --from / --to)")
+    plot.add_argument("--from", dest="start", type=_date, default=None,
+                      help="the first day of a range, YYYY-MM-DD (default: none)")
+    plot.add_argument("--to", dest="end", type=_date, default=None,
+                      help="the last day of a range, YYYY-MM-DD; the preprocessed days in it are drawn "
+                           "(default: the --from day)")
     plot.add_argument("--out", type=Path, default=None,
                       help="the folder to write to (default: {logs_dir}/debug_plots)")
     plot.add_argument("--levels", type=int, default=None,
@@ -349,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected_failure(exc: BaseException) -> str | None:
     """The message of an expected failure (see the module docstring); None for a bug."""
+    from .debug_plots import DayNotPreprocessedError
     from .orderbook.reader import OrderBookInputError
     from .settings import ConfigError
 

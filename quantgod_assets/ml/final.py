@@ -32,6 +32,7 @@ import numpy as np
 
 from ..labelling import CLASS_NAMES
 from ..plots import (
+    backtest_equity_png,
     confusion_figure,
     correlation_png,
     feature_histograms_png,
@@ -49,8 +50,8 @@ from .reports import pct
 if TYPE_CHECKING:
     from ..settings import Settings, TrainingSettings
 
-__all__ = ["FinalModel", "ParamsMismatchError", "check_search_period", "feature_pictures", "resolve_training",
-           "train_final_model"]
+__all__ = ["FinalModel", "ParamsMismatchError", "check_search_period", "feature_pictures", "plot_data_path",
+           "resolve_training", "train_final_model", "write_plot_data"]
 
 log = logging.getLogger(__name__)
 TRAINING_CONFIG = "training config"  # where the params come from when best_params.json is not used
@@ -149,6 +150,7 @@ class FinalModel:
     champion_path: Path | None = None  # set when this run became champion: its bundle copied there
     features_png: bytes | None = None  # feature histograms, raw and scaled, on the training rows
     correlation_png: bytes | None = None  # the feature correlation matrix on the training rows
+    equity_png: bytes | None = None  # the test block's cumulative net return: model, baselines, flat
     mlflow_run_id: str | None = None
     mlflow_model_uri: str | None = None
     registered_version: str | None = None
@@ -165,7 +167,7 @@ class FinalModel:
 
 
 def _backtest(data: PreparedData, predictions: np.ndarray, training: TrainingSettings,
-              block_trades: int = 1) -> dict[str, Any]:
+              block_trades: int = 1) -> Any:
     """The test-period backtest of per-window predictions at the side of the book: the signal is
     NEUTRAL except at the test window ends; trades enter at t+1 and hold `lookahead` minutes."""
     from .backtest import backtest_book
@@ -174,17 +176,14 @@ def _backtest(data: PreparedData, predictions: np.ndarray, training: TrainingSet
         raise ValueError("the backtest needs the book prices: prepare_data(..., with_prices=True)")
     ends = data.split.test
     first = int(ends[0])
-    # over several instruments, the first one's test block: no trade spans two instruments' rows
-    stop = data.block_rows(int(data.instrument_of(ends[:1])[0])).stop
-    ends, predictions = ends[ends < stop], np.asarray(predictions)[ends < stop]
-    signals = np.ones(stop - first, dtype=np.int64)
+    signals = np.ones(data.arrays.n_rows - first, dtype=np.int64)
     signals[ends - first] = predictions
     bt = training.backtest
-    result = backtest_book(signals, data.bid[first:stop], data.ask[first:stop], hold=data.lookahead, fee=bt.fee,
-                           slippage_bps=bt.slippage_bps, minutes=data.minutes[first:stop], min_trades=bt.min_trades,
+    result = backtest_book(signals, data.bid[first:], data.ask[first:], hold=data.lookahead, fee=bt.fee,
+                           slippage_bps=bt.slippage_bps, minutes=data.minutes[first:], min_trades=bt.min_trades,
                            interval_block=block_trades, resamples=training.evaluation.resamples,
                            confidence=training.evaluation.confidence, seed=training.evaluation.seed)
-    return result.summary()
+    return result  # a BacktestResult: .summary() for reports, its trades for the equity curve
 
 
 @dataclass
@@ -322,7 +321,7 @@ def train_final_model(
     # the test block, once
     from .baselines import run_baselines
 
-    baseline_results = run_baselines(data.features, data.targets, data.split, data.lookahead, data.keyed_minutes,
+    baseline_results = run_baselines(data.features, data.targets, data.split, data.lookahead, data.minutes,
                                      on=("test",), scaler=data.scaler)
     scores = kept.test
     # windows overlap in their labels (lookahead) and in their inputs (seq_len): blocks span both
@@ -333,14 +332,16 @@ def train_final_model(
     report.seeds = seed_spread([{k: v for k, v in r.test.items() if not isinstance(v, (list, np.ndarray))}
                                 for r in runs])
     test = {k: v for k, v in report.model.items()}
-    backtests = {"model": _backtest(data, scores["y_pred"], training)}
+    results = {"model": _backtest(data, scores["y_pred"], training)}
     for name, parts in baseline_results.items():
-        backtests[name] = _backtest(data, parts["test"].predictions, training)
+        results[name] = _backtest(data, parts["test"].predictions, training)
+    backtests = {name: result.summary() for name, result in results.items()}
     _log_test(report, backtests["model"], training, data.lookahead, len(runs))
 
     save_model_bundle(path, kept.model, data, label_settings, extra, kept, report, wf, backtests["model"])
     checkpoint_path.unlink(missing_ok=True)
     log.info(f"Model saved: {path}")
+    plot_data = write_plot_data(path, kept.result.history, test["confusion"], results, data)
 
     features_png, correlation_png_ = feature_pictures(data)
     final = FinalModel(
@@ -353,6 +354,8 @@ def train_final_model(
         walk_forward=wf, report=report, priors=priors, test_period=(test_period[0], test_period[1]),
         metric=opt.metric, seeds=seeds, kept_seed=kept.seed, class_weights=list(kept.result.class_weights),
         features_png=features_png, correlation_png=correlation_png_,
+        equity_png=backtest_equity_png(plot_data["equity"], plot_data["test_period"][0], plot_data["test_period"][1],
+                                       title=f"{arch}: backtest on the test block").png,
         promotion=wf.why_not() or "walk-forward score beats persistence and logistic",
     )
     final.extra = extra
@@ -403,6 +406,38 @@ def publish_champion(settings: Settings, final: FinalModel) -> Path:
     text = json.dumps(pointer, indent=2, sort_keys=True)
     atomic_write(target.with_suffix(".json"), lambda temp: temp.write_text(text, encoding="utf-8"))
     return target
+
+
+def plot_data_path(model_path: Path) -> Path:
+    """`{model}.plots.json` beside the model file: what its pictures are drawn from."""
+    return model_path.with_name(f"{model_path.stem}.plots.json")
+
+
+def write_plot_data(model_path: Path, history: list[Any], confusion: Any, backtests: Mapping[str, Any],
+                    data: PreparedData) -> dict[str, Any]:
+    """Writes `plot_data_path(model_path)` (JSON, atomically) and returns it: the kept training's
+    history per epoch, the test confusion matrix, and each backtest's trades (exit minute as ISO
+    UTC, net return) with the test block's first and last minute, for `debug_plots`."""
+    from ..storage import atomic_write
+
+    first = int(data.split.test[0])
+    span = (data.minutes[first], np.max(data.minutes[first:]))  # the test block's first and last minute
+
+    def iso(minute: Any) -> str:
+        return dt.datetime.fromtimestamp(int(minute) * 60, dt.UTC).isoformat(timespec="minutes")
+
+    out = {
+        "history": [{"epoch": int(m.epoch), "train_loss": float(m.train_loss), "val_loss": float(m.val_loss),
+                     "f1_macro": float(m.f1_macro), "f1_per_class": [float(v) for v in m.f1_per_class]}
+                    for m in history],
+        "confusion": np.asarray(confusion).tolist(),
+        "test_period": [iso(span[0]), iso(span[1])],
+        "equity": {name: {"times": [iso(data.minutes[first + int(e) + int(bt.hold)]) for e in bt.entries],
+                          "returns": [float(r) for r in bt.trade_returns]} for name, bt in backtests.items()},
+    }
+    text = json.dumps(out, allow_nan=True)
+    atomic_write(plot_data_path(model_path), lambda temp: temp.write_text(text, encoding="utf-8"))
+    return out
 
 
 MAX_BIN_ROWS = 100_000  # training rows the feature deciles are taken from (evenly spaced): a year is 525,600
