@@ -176,11 +176,14 @@ def _backtest(data: PreparedData, predictions: np.ndarray, training: TrainingSet
         raise ValueError("the backtest needs the book prices: prepare_data(..., with_prices=True)")
     ends = data.split.test
     first = int(ends[0])
-    signals = np.ones(data.arrays.n_rows - first, dtype=np.int64)
+    # over several instruments, the first one's test block: no trade spans two instruments' rows
+    stop = data.block_rows(int(data.instrument_of(ends[:1])[0])).stop
+    ends, predictions = ends[ends < stop], np.asarray(predictions)[ends < stop]
+    signals = np.ones(stop - first, dtype=np.int64)
     signals[ends - first] = predictions
     bt = training.backtest
-    result = backtest_book(signals, data.bid[first:], data.ask[first:], hold=data.lookahead, fee=bt.fee,
-                           slippage_bps=bt.slippage_bps, minutes=data.minutes[first:], min_trades=bt.min_trades,
+    result = backtest_book(signals, data.bid[first:stop], data.ask[first:stop], hold=data.lookahead, fee=bt.fee,
+                           slippage_bps=bt.slippage_bps, minutes=data.minutes[first:stop], min_trades=bt.min_trades,
                            interval_block=block_trades, resamples=training.evaluation.resamples,
                            confidence=training.evaluation.confidence, seed=training.evaluation.seed)
     return result  # a BacktestResult: .summary() for reports, its trades for the equity curve
@@ -321,7 +324,7 @@ def train_final_model(
     # the test block, once
     from .baselines import run_baselines
 
-    baseline_results = run_baselines(data.features, data.targets, data.split, data.lookahead, data.minutes,
+    baseline_results = run_baselines(data.features, data.targets, data.split, data.lookahead, data.keyed_minutes,
                                      on=("test",), scaler=data.scaler)
     scores = kept.test
     # windows overlap in their labels (lookahead) and in their inputs (seq_len): blocks span both
