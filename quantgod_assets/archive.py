@@ -134,8 +134,8 @@ def archive_base(base_url: str) -> str:
 
 def download_folder(root: str | Path, day: dt.date, symbol: str, category: str = "linear") -> Path:
     """Where a downloaded day lands: `{root}/{YYYY}` (linear), `{root}/{category}/{SYMBOL}/{YYYY}`."""
-    root = Path(root)
-    base = root if check_category(category) == "linear" else root / category / check_symbol(symbol)
+    root, symbol = Path(root), check_symbol(symbol)
+    base = root if check_category(category) == "linear" else root / category / symbol
     return base / f"{day.year:04d}"
 
 

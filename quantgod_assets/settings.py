@@ -926,7 +926,13 @@ def load_settings(config_folder: str | Path | None = None) -> Settings:
         settings.unseen_instruments  # noqa: B018 - named now so a wrong entry fails at load
     except ConfigError as exc:
         raise ConfigError(f"{training_path}: {exc}") from None
-    return settings.model_copy(update={"paths": settings.paths.for_instrument(instruments[0], model_key)})
+    # the registry name carries the training instruments too: `quantgod_BTCUSDT_linear`
+    mlflow = settings.training.mlflow.model_copy(
+        update={"registered_model": f"{settings.training.mlflow.registered_model}_{model_key}"})
+    training = settings.training.model_copy(update={"mlflow": mlflow})
+    training._profile = settings.training.profile
+    return settings.model_copy(update={"paths": settings.paths.for_instrument(instruments[0], model_key),
+                                       "training": training})
 
 
 def partitions_start(config_folder: str | Path | None = None) -> dt.date:

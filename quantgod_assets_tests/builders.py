@@ -88,8 +88,14 @@ class QuantGodEnv:
                 data[key] = value
         path.write_text(yaml.safe_dump(data))
 
-    def preprocessed(self, day: dt.date) -> Path:
-        return self.data_dir / "L2" / "pre_processed" / f"{day.isoformat()}.parquet"
+    def preprocessed(self, day: dt.date, instrument: str = "linear/BTCUSDT") -> Path:
+        return self.data_dir / "L2" / instrument / "pre_processed" / f"{day.isoformat()}.parquet"
+
+    def preprocessed_dir(self, instrument: str = "linear/BTCUSDT") -> Path:
+        return self.data_dir / "L2" / instrument / "pre_processed"
+
+    def labelled_dir(self, instrument: str = "linear/BTCUSDT") -> Path:
+        return self.data_dir / "L2" / instrument / "labelled"
 
 
 def make_env(base: Path, archives: dict[dt.date, Path], *, lenient_gaps: bool = True) -> QuantGodEnv:

@@ -11,20 +11,22 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quantgod_assets.assets.book import preprocessed_book, preprocessed_book_days, raw_zip
+from quantgod_assets.assets.book import book_assets, days_summary_asset
 from quantgod_assets.orderbook import quality
 from quantgod_assets.orderbook.schema import MINUTES_PER_DAY, OUT_LEVELS, book_schema
 from quantgod_assets.resources import resources
+from quantgod_assets.settings import DEFAULT_INSTRUMENT
 from quantgod_assets.storage import write_parquet_atomic
 
 from .builders import DAY1, DAY2, materialize
 
-BOOK = dg.AssetKey("preprocessed_book")
+raw_zip, preprocessed_book = book_assets(DEFAULT_INSTRUMENT)
+preprocessed_book_days = days_summary_asset([DEFAULT_INSTRUMENT])
 
+BOOK = dg.AssetKey(["BTCUSDT_linear", "preprocessed_book"])
 
 # ---------------------------------------------------------------------------------------------
 # The checks as plain functions, on frames built to pass and to fail them
-
 
 def good_frame() -> pl.DataFrame:
     schema = book_schema()
@@ -46,23 +48,19 @@ def good_frame() -> pl.DataFrame:
     data["valid_seconds"] = np.full(n, 60)
     return pl.DataFrame(data).cast(dict(schema)).select(schema.names())
 
-
 def with_values(frame: pl.DataFrame, column: str, rows: list[int], value) -> pl.DataFrame:
     values = frame[column].to_list()
     for r in rows:
         values[r] = value
     return frame.with_columns(pl.Series(column, values, dtype=frame.schema[column]))
 
-
 def by_name(outcomes):
     return {o.name: o for o in outcomes}
-
 
 def test_a_good_day_passes_every_check():
     outcomes = quality.run_checks(good_frame())
     assert [o.name for o in outcomes] == list(quality.CHECK_NAMES)
     assert all(o.passed for o in outcomes), [o.description for o in outcomes if not o.passed]
-
 
 def test_nulls_are_allowed_nan_and_inf_are_not():
     frame = with_values(good_frame(), "bid_px_7", [3, 4], None)
@@ -75,7 +73,6 @@ def test_nulls_are_allowed_nan_and_inf_are_not():
     assert outcome.metadata["bad_columns"] == {"bid_px_3": {"nan": 2, "inf": 0}, "micro_price": {"nan": 0, "inf": 1}}
     assert outcome.metadata["first_bad_minutes"] == ["00:10", "00:11", "00:20"]
     assert "NaN/Inf found" in outcome.description and "bid_px_3" in outcome.details_md
-
 
 @pytest.mark.parametrize(
     "damage, words",
@@ -91,7 +88,6 @@ def test_schema_check_says_what_is_wrong(damage, words):
     outcome = quality.check_schema(damage(good_frame()))
     assert not outcome.passed and outcome.severity == "ERROR"
     assert re.search(words, outcome.description), outcome.description
-
 
 def test_gaps_warn_above_1_percent_and_fail_above_the_limit():
     frame = good_frame()
@@ -109,7 +105,6 @@ def test_gaps_warn_above_1_percent_and_fail_above_the_limit():
     outcome = quality.check_gaps(fail, intervals=[("10:00:00", "13:20:00")])
     assert outcome.metadata["gap_intervals"] == ["10:00:00-13:20:00"]
 
-
 def test_crossed_minutes_are_found():
     frame = good_frame()
     frame = with_values(frame, "bid_px_0", [61], float(frame["ask_px_0"][61]) + 1.0)
@@ -118,10 +113,8 @@ def test_crossed_minutes_are_found():
     assert not outcome.passed and outcome.metadata["crossed_minutes"] == 1
     assert outcome.metadata["first_crossed_minutes"] == ["01:01"]
 
-
 # ---------------------------------------------------------------------------------------------
 # In-process Dagster
-
 
 def test_one_partition_in_process(qg_env):
     result = materialize([raw_zip, preprocessed_book], partition=DAY1)
@@ -130,11 +123,11 @@ def test_one_partition_in_process(qg_env):
     frame = pl.read_parquet(path)
     assert frame.height == 1440 and frame.schema == book_schema()
 
-    raw = result.asset_materializations_for_node("raw_zip")[0]
+    raw = result.asset_materializations_for_node("BTCUSDT_linear__raw_zip")[0]
     assert raw.partition == "2025-03-14" and raw.metadata["depth"].value == 200
     assert raw.metadata["path"].value.endswith("2025/2025-03-14_BTCUSDT_ob200.data.zip")
 
-    [book] = result.asset_materializations_for_node("preprocessed_book")
+    [book] = result.asset_materializations_for_node("BTCUSDT_linear__preprocessed_book")
     md = book.metadata
     assert book.partition == "2025-03-14"
     assert md["rows"].value == 1440 and md["bytes"].value == path.stat().st_size
@@ -167,7 +160,6 @@ def test_one_partition_in_process(qg_env):
     assert path.stat().st_mtime_ns >= before and pl.read_parquet(path).equals(frame)
     assert sorted(p.name for p in path.parent.iterdir()) == ["2025-03-14.parquet"]
 
-
 def test_blocking_gap_check_fails_the_run_with_the_intervals(qg_env):
     assert materialize([preprocessed_book], partition=DAY1).success  # gaps allowed: a day is published
     path = qg_env.preprocessed(DAY1)
@@ -179,8 +171,8 @@ def test_blocking_gap_check_fails_the_run_with_the_intervals(qg_env):
     assert path.read_bytes() == good and sorted(p.name for p in path.parent.iterdir()) == [path.name, "rejected"]
     rejected = path.parent / "rejected" / path.name
     assert pl.read_parquet(rejected).height == 1440
-    assert result.asset_materializations_for_node("preprocessed_book") == []
-    failure = result.failure_data_for_node("preprocessed_book").user_failure_data.description
+    assert result.asset_materializations_for_node("BTCUSDT_linear__preprocessed_book") == []
+    failure = result.failure_data_for_node("BTCUSDT_linear__preprocessed_book").user_failure_data.description
     assert "check gaps failed" in failure and str(rejected) in failure
     [gaps] = [e for e in result.get_asset_check_evaluations() if e.check_name == "gaps"]
     assert not gaps.passed and gaps.severity == dg.AssetCheckSeverity.ERROR
@@ -190,7 +182,6 @@ def test_blocking_gap_check_fails_the_run_with_the_intervals(qg_env):
     text = "".join(p.read_text() for p in (qg_env.logs_dir / "etl").glob("etl_*.log"))
     assert "[WARNING] Significant gaps" in text or "[ERROR] Significant gaps" in text
     assert f"[WARNING] Not published: {path.as_posix()} (the previous file is kept); the rejected output is" in text
-
 
 def test_checks_fail_through_dagster_on_a_day_built_to_fail_them(qg_env):
     day = dt.date(2025, 4, 1)
@@ -226,24 +217,21 @@ def test_checks_fail_through_dagster_on_a_day_built_to_fail_them(qg_env):
     assert evaluations["not_crossed"].metadata["crossed_minutes"].value == 1
     assert "details" in evaluations["not_crossed"].metadata
     assert not result.success  # blocking checks failed
-    assert result.asset_materializations_for_node("preprocessed_book") == []
-
+    assert result.asset_materializations_for_node("BTCUSDT_linear__preprocessed_book") == []
 
 def test_missing_archive_with_download_off_is_a_clear_failure(qg_env):
     result = materialize([raw_zip, preprocessed_book], partition=dt.date(2025, 5, 1))
     assert not result.success
-    failure = result.failure_data_for_node("raw_zip")
+    failure = result.failure_data_for_node("BTCUSDT_linear__raw_zip")
     message = failure.user_failure_data.description
     assert "2025-05-01" in message and "download is off" in message
-
 
 def test_missing_root_names_the_setting(qg_env, monkeypatch):
     monkeypatch.setenv("QUANTGOD_RAW_ROOT", str(qg_env.root / "unmounted"))
     result = materialize([preprocessed_book], partition=DAY1)
     assert not result.success
-    message = result.failure_data_for_node("preprocessed_book").user_failure_data.description
+    message = result.failure_data_for_node("BTCUSDT_linear__preprocessed_book").user_failure_data.description
     assert "QUANTGOD_RAW_ROOT" in message and "mount may be down" in message
-
 
 def test_raw_zip_downloads_a_missing_day(qg_env, short_archives):
     from .builders import ArchiveServer
@@ -260,10 +248,9 @@ def test_raw_zip_downloads_a_missing_day(qg_env, short_archives):
         server.shutdown()
         server.server_close()
     assert result.success
-    [event] = result.asset_materializations_for_node("raw_zip")
+    [event] = result.asset_materializations_for_node("BTCUSDT_linear__raw_zip")
     assert event.metadata["downloaded_from"].value.startswith("http://127.0.0.1:")
     assert (qg_env.raw_root / "2025" / f"{day}_BTCUSDT_ob200.data.zip").is_file()
-
 
 def test_duckdb_summary_over_the_days(qg_env):
     assert materialize([preprocessed_book], partition=DAY1).success
@@ -271,7 +258,8 @@ def test_duckdb_summary_over_the_days(qg_env):
     result = materialize([preprocessed_book_days])
     assert result.success
     [event] = result.asset_materializations_for_node("preprocessed_book_days")
-    assert event.metadata["days"].value == 2
-    assert event.metadata["first_day"].value == "2025-03-14" and event.metadata["last_day"].value == "2025-03-15"
+    assert event.metadata["BTCUSDT_linear_days"].value == 2
+    assert event.metadata["BTCUSDT_linear_first_day"].value == "2025-03-14"
+    assert event.metadata["BTCUSDT_linear_last_day"].value == "2025-03-15"
     [check] = result.get_asset_check_evaluations()
     assert check.passed

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -33,10 +34,10 @@ TRAIN_LOG = re.compile(r"^training_\d{8}_\d{6}\.log$")
 
 
 def _label_days(env: QuantGodEnv, days) -> None:
-    pre = env.data_dir / "L2" / "pre_processed"
+    pre = env.preprocessed_dir()
     write_pre_days(pre, days)
     for day in days:
-        label_day_files(pre, env.data_dir / "L2" / "labelled", day)
+        label_day_files(pre, env.labelled_dir(), day)
 
 
 def _small_overrides(env: QuantGodEnv, *, absolute_stores: bool = True) -> None:
@@ -106,7 +107,7 @@ def test_optimization_then_model_in_process(ml_env):
         if t.state.name == "COMPLETE":
             assert sorted(t.intermediate_values) == [1, 2, 3, 4, 5, 6]
             assert t.value == pytest.approx(np.mean(t.user_attrs["fold_scores"]))
-    best_path = ml_env.data_dir / "optimization" / "best_params.json"
+    best_path = ml_env.data_dir / "optimization" / "BTCUSDT_linear" / "best_params.json"
     best = json.loads(best_path.read_text())
     assert best["study_name"] == name and best["best_params"]["seq_len"] == 30
     assert best["best_params"]["n_levels"] == 10 and best["best_params"]["arch"] == "tcn_lstm"
@@ -132,6 +133,10 @@ def test_optimization_then_model_in_process(ml_env):
     assert len(parents) == 1 and len(trials) == 2
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
     assert meta["mlflow_parent_run_id"].value == parents[0].info.run_id
+    # named after arch(s), instrument, range, start; linked to the Dagster run that made them
+    assert parents[0].info.run_name.startswith("study tcn_lstm BTCUSDT 2025-03-10..2025-03-12 ")
+    assert all(r.info.run_name.startswith(f"trial {r.data.tags['optuna_trial']} tcn_lstm BTCUSDT ") for r in trials)
+    assert {r.data.tags["dagster_run_id"] for r in [*parents, *trials]} == {result.run_id}
 
     # the model: best params used, bundle written, test metrics in MLflow and in the metadata
     result = materialize([model], instance=instance)
@@ -171,7 +176,22 @@ def test_optimization_then_model_in_process(ml_env):
     assert run.data.params["label_suffix"] == SUFFIX and run.data.params["folds"] == "3"
     assert run.data.tags["verdict"] == meta["verdict"].value and run.data.tags["test_period"]
     artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id)}
-    assert {"model_card.md", "walk_forward.json"} <= artifacts
+    assert {"model_card.md", "walk_forward.json", "summary.md", "summary.json"} <= artifacts
+    # the headline as tags, the Dagster run linked, the name saying what differs
+    tags = run.data.tags
+    assert tags["test_f1_macro"] == meta["test_f1_macro_interval"].value
+    assert {f"baseline_{b}" for b in ("majority", "stratified", "persistence", "logistic")} <= set(tags)
+    assert tags["backtest_net_return"].endswith(f"({meta['backtest_trades'].value} trades)")
+    assert tags["dagster_run_id"] == result.run_id and tags["dagster_run_url"].endswith(f"/runs/{result.run_id}")
+    assert run.info.run_name.startswith("final tcn_lstm BTCUSDT 2025-03-10..2025-03-12 ")
+
+    # the run spans the work: it starts before the final model's first line, ends after the bundle is saved
+    def logged_at(marker: str) -> float:  # the log line's local time (whole seconds), in ms
+        line = next(line for line in text.splitlines() if marker in line)
+        return 1000 * time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+
+    assert run.info.start_time < logged_at("Final model: ") + 1000
+    assert run.info.end_time >= logged_at("Model saved: ")
     # the champion rule reads walk-forward scores only: promoted exactly when it beats both baselines there
     wf = run.data.metrics
     promotable = all(wf["walk_forward_f1_macro"] > wf[f"walk_forward_{b}_f1_macro"]
@@ -179,7 +199,7 @@ def test_optimization_then_model_in_process(ml_env):
     assert meta["champion"].value is promotable and meta["registered_version"].value == "1"
 
     # the bundle reloads without any config and gives the logits of the model the run logged
-    path = ml_env.data_dir / "models" / "quantgod_cloud_model.pth"
+    path = ml_env.data_dir / "models" / "BTCUSDT_linear" / "quantgod_cloud_model.pth"
     assert Path(meta["model_path"].value) == path.resolve()
     # the mid-training checkpoint is gone; the model card is beside the model; the champion's files
     # (bundle, card, pointer) exist exactly when this run became champion, and say so
@@ -209,7 +229,7 @@ def test_optimization_then_model_in_process(ml_env):
     # installed, nothing else), it predicts a preprocessed day exactly as `predict` does
     from quantgod_assets.ml import predict
 
-    day_file = ml_env.data_dir / "L2" / "pre_processed" / f"{DAYS[-1]}.parquet"
+    day_file = ml_env.preprocessed_dir() / f"{DAYS[-1]}.parquet"
     out_file = ml_env.root / "pyfunc_out.parquet"
     code = ("import sys, mlflow, polars as pl; mlflow.set_tracking_uri(sys.argv[1]); "
             "model = mlflow.pyfunc.load_model(sys.argv[2]); "
@@ -239,7 +259,7 @@ def test_optimization_then_model_in_process(ml_env):
 
 def test_model_refuses_params_searched_under_another_profile(ml_env, monkeypatch):
     """best_params.json from the small profile is not silently used by a full-profile model."""
-    path = ml_env.data_dir / "optimization" / "best_params.json"
+    path = ml_env.data_dir / "optimization" / "BTCUSDT_linear" / "best_params.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"best_params": {"seq_len": 30, "n_levels": 10}, "profile": "small",
                                 "label_suffix": SUFFIX, "feature_hash": "x", "study_name": "s"}))
@@ -260,7 +280,7 @@ def test_model_refuses_params_searched_under_another_profile(ml_env, monkeypatch
                                 "test_start": "2025-03-19T00:00+00:00"}))
     text = _failure_text(materialize([model], instance=dg.DagsterInstance.ephemeral()))
     assert "2025-03-10..2025-03-20, which reach into this run's test block (from 2025-03-12 " in text, text
-    assert not (ml_env.data_dir / "models" / "quantgod_cloud_model.pth").exists()
+    assert not (ml_env.data_dir / "models" / "BTCUSDT_linear" / "quantgod_cloud_model.pth").exists()
 
 
 def test_missing_labelled_days_fail_naming_them(ml_env):
@@ -274,7 +294,7 @@ def test_missing_labelled_days_fail_naming_them(ml_env):
         assert not result.success
         text = _failure_text(result)
         assert "2025-03-08..2025-03-09" in text and "2025-03-13" in text and "missing" in text, text
-    assert not (ml_env.data_dir / "models" / "quantgod_cloud_model.pth").exists()
+    assert not (ml_env.data_dir / "models" / "BTCUSDT_linear" / "quantgod_cloud_model.pth").exists()
 
 
 def test_no_labelled_days_at_all_fails_clearly(tmp_path, monkeypatch):
@@ -298,9 +318,9 @@ def test_model_through_the_cli_with_default_stores(tmp_path):
         cwd=env.root, env=run_env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert (env.data_dir / "models" / "quantgod_cloud_model.pth").is_file()
+    assert (env.data_dir / "models" / "BTCUSDT_linear" / "quantgod_cloud_model.pth").is_file()
     assert (env.root / "mlflow.db").is_file()  # the default tracking store, relative to the cwd
-    assert not (env.data_dir / "optimization" / "best_params.json").exists()
+    assert not (env.data_dir / "optimization" / "BTCUSDT_linear" / "best_params.json").exists()
     logs = list((env.logs_dir / "training").iterdir())
     assert len(logs) == 1 and "params from training config" in logs[0].read_text()
 
@@ -325,8 +345,8 @@ def test_ml_settings_defaults_profile_and_overrides(tmp_path, monkeypatch):
     assert s.training.mlflow.tracking_uri == "sqlite:///mlflow.db" and s.training.arch == "tcn_lstm"
     assert (s.training.data.start, s.training.data.end) == (None, None)
     assert s.training.split.test == 0.15 and s.training.backtest.fee == 0.00055
-    assert s.paths.model_path == env.data_dir / "models" / "quantgod_cloud_model.pth"
-    assert s.paths.best_params_path == env.data_dir / "optimization" / "best_params.json"
+    assert s.paths.model_path == env.data_dir / "models" / "BTCUSDT_linear" / "quantgod_cloud_model.pth"
+    assert s.paths.best_params_path == env.data_dir / "optimization" / "BTCUSDT_linear" / "best_params.json"
 
     monkeypatch.setenv("QUANTGOD_ML_PROFILE", "small")
     monkeypatch.setenv("QUANTGOD_OPTUNA_STORAGE", "postgresql://u:p@db/optuna")

@@ -7,13 +7,17 @@ import dagster as dg
 import pytest
 
 from quantgod_assets.archive import archive_days
-from quantgod_assets.assets.automation import new_archive_days
-from quantgod_assets.assets.book import preprocessed_book
+from quantgod_assets.assets.automation import automation_for
+from quantgod_assets.assets.book import book_assets
 from quantgod_assets.automation import days_to_relabel, new_days
 from quantgod_assets.labelling import label_day_files
 from quantgod_assets.resources import resources
+from quantgod_assets.settings import DEFAULT_INSTRUMENT
 
 from .builders import BAD_DAY, DAY1, DAY2, materialize
+
+_, preprocessed_book = book_assets(DEFAULT_INSTRUMENT)
+(new_archive_days,), (daily_download, _retrain) = automation_for([DEFAULT_INSTRUMENT])
 
 SUFFIX = "SELL_0004_BUY_0008_1h"
 
@@ -26,8 +30,12 @@ def tick(instance: dg.DagsterInstance):
 
 def selections(requests) -> dict[tuple[str, str], list[str]]:
     """(partition, trigger) -> the asset keys asked for."""
-    return {(r.partition_key, r.tags["quantgod/trigger"]): sorted(k.to_user_string() for k in r.asset_selection)
-            for r in requests}
+    out = {}
+    for r in requests:
+        assert r.tags["quantgod/instrument"] == "BTCUSDT_linear"
+        assert {k.path[0] for k in r.asset_selection} == {"BTCUSDT_linear"}  # one instrument's assets a request
+        out[(r.partition_key, r.tags["quantgod/trigger"])] = sorted(k.path[-1] for k in r.asset_selection)
+    return out
 
 
 def test_new_days_are_newest_first_capped_and_from_the_start_day():
@@ -49,7 +57,7 @@ def test_archive_days_reads_the_mount_layouts(tmp_path):
 
 def label(env, day):
     """Labels `day` from its book file and the next day's when present (the labels stage's library)."""
-    return label_day_files(env.data_dir / "L2" / "pre_processed", env.data_dir / "L2" / "labelled", day)
+    return label_day_files(env.preprocessed_dir(), env.labelled_dir(), day)
 
 
 def test_the_sensor_asks_for_new_days_then_relabels_the_day_before(qg_env):
@@ -69,8 +77,8 @@ def test_the_sensor_asks_for_new_days_then_relabels_the_day_before(qg_env):
     asked = selections(tick(instance))
     assert asked[(str(DAY1), "next_day_arrived")] == ["labelled_frame"]
     assert (str(DAY2), "new_archive_day") not in asked
-    assert days_to_relabel([DAY2], qg_env.data_dir / "L2" / "labelled", SUFFIX,
-                           qg_env.data_dir / "L2" / "pre_processed") == [DAY1]
+    assert days_to_relabel([DAY2], qg_env.labelled_dir(), SUFFIX,
+                           qg_env.preprocessed_dir()) == [DAY1]
 
     # once relabelled with its next day, DAY1 is asked for no more
     label(qg_env, DAY1)
@@ -79,7 +87,7 @@ def test_the_sensor_asks_for_new_days_then_relabels_the_day_before(qg_env):
 
 
 def test_with_a_champion_predictions_join_the_new_days(qg_env):
-    champion = qg_env.data_dir / "models" / "champion.pth"
+    champion = qg_env.data_dir / "models" / "BTCUSDT_linear" / "champion.pth"
     champion.parent.mkdir(parents=True)
     champion.write_bytes(b"bundle")  # the sensor only asks whether one exists
     asked = selections(tick(dg.DagsterInstance.ephemeral()))
@@ -118,7 +126,6 @@ def test_the_sensor_is_off_until_the_setting_turns_it_on(tmp_path, enabled):
 
 
 def test_the_daily_download_asks_for_yesterday_only_when_downloads_are_on(qg_env):
-    from quantgod_assets.assets.automation import daily_download
 
     def evaluate():
         context = dg.build_schedule_context(instance=dg.DagsterInstance.ephemeral(), resources=resources(),
@@ -133,7 +140,6 @@ def test_the_daily_download_asks_for_yesterday_only_when_downloads_are_on(qg_env
     settings = yaml.safe_load(etl.read_text())
     settings["download"]["enabled"] = True
     etl.write_text(yaml.safe_dump(settings))
-    request = evaluate()
-    assert request.partition_key == "2025-03-14" and request.run_key == "download-2025-03-14"
-    assert sorted(k.to_user_string() for k in request.asset_selection) == ["labelled_frame", "preprocessed_book",
-                                                                           "raw_zip"]
+    [request] = evaluate()
+    assert request.partition_key == "2025-03-14" and request.run_key == "BTCUSDT_linear-download-2025-03-14"
+    assert sorted(k.path[-1] for k in request.asset_selection) == ["labelled_frame", "preprocessed_book", "raw_zip"]

@@ -19,7 +19,7 @@ from quantgod_assets.launch import materialize_range
 
 from .builders import BAD_DAY, DAY1, DAY2, REPO
 
-BOOK = dg.AssetKey("preprocessed_book")
+BOOK = dg.AssetKey(["BTCUSDT_linear", "preprocessed_book"])
 
 
 def materializations(env) -> dict[str, list[str]]:

@@ -50,13 +50,13 @@ def test_a_day_dropped_on_the_mount_is_processed_by_the_daemon(tmp_path):
     settings = yaml.safe_load(etl.read_text())
     settings["automation"] = {**settings.get("automation", {}), "enabled": True, "interval_s": 30}
     etl.write_text(yaml.safe_dump(settings))
-    (env.data_dir / "models").mkdir(parents=True)
-    write_champion(env.data_dir / "models")
+    (env.data_dir / "models" / "BTCUSDT_linear").mkdir(parents=True)
+    write_champion(env.data_dir / "models" / "BTCUSDT_linear")
     generated = tmp_path / "generated"
     day1, day2 = generate_days(DAY1, 2, generated, rate_ms=1000, seed=5)
-    pre = env.data_dir / "L2" / "pre_processed"
-    labelled = env.data_dir / "L2" / "labelled" / SUFFIX
-    predictions = env.data_dir / "predictions"
+    pre = env.preprocessed_dir()
+    labelled = env.labelled_dir() / SUFFIX
+    predictions = env.data_dir / "predictions" / "BTCUSDT_linear"
     with running_daemon(tmp_path, {**os.environ, **env.env()}) as daemon:
         (env.raw_root / "2025").mkdir(parents=True)
         shutil.copyfile(day1, env.raw_root / "2025" / day1.name)  # the first day lands on the mount

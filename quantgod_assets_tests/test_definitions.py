@@ -12,20 +12,20 @@ from quantgod_assets.launch import materialize_command
 from quantgod_assets.partitions import daily_partitions
 from quantgod_assets.resources import resources
 
-BOOK = dg.AssetKey("preprocessed_book")
+BOOK = dg.AssetKey(["BTCUSDT_linear", "preprocessed_book"])
 
 
 def test_definitions_load_with_assets_checks_and_resources():
     repo = defs.get_repository_def()
     assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} >= {
-        "raw_zip", "preprocessed_book", "preprocessed_book_days"
+        "BTCUSDT_linear/raw_zip", "BTCUSDT_linear/preprocessed_book", "preprocessed_book_days"
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in repo.asset_graph.asset_check_keys}
     assert checks >= {
-        ("preprocessed_book", "no_nan_or_inf"),
-        ("preprocessed_book", "schema"),
-        ("preprocessed_book", "gaps"),
-        ("preprocessed_book", "not_crossed"),
+        ("BTCUSDT_linear/preprocessed_book", "no_nan_or_inf"),
+        ("BTCUSDT_linear/preprocessed_book", "schema"),
+        ("BTCUSDT_linear/preprocessed_book", "gaps"),
+        ("BTCUSDT_linear/preprocessed_book", "not_crossed"),
         ("preprocessed_book_days", "days_complete"),
     }
     assert {"duckdb", "quantgod"} <= set(repo.get_top_level_resources())
@@ -44,7 +44,7 @@ def test_one_daily_partitions_object_in_utc_from_the_config():
     assert daily_partitions.start.date() == dt.date(2023, 1, 18)
     assert daily_partitions.get_first_partition_key() == "2023-01-18"
     for key in ("raw_zip", "preprocessed_book"):
-        assets_def = defs.resolve_assets_def(key)
+        assets_def = defs.resolve_assets_def(dg.AssetKey(["BTCUSDT_linear", key]))
         assert assets_def.partitions_def == daily_partitions
         assert assets_def.backfill_policy == dg.BackfillPolicy.single_run()
 
@@ -61,8 +61,8 @@ def test_plain_modules_do_not_import_dagster():
 
 
 def test_materialize_command():
-    single = materialize_command(dt.date(2025, 3, 14))
+    single = materialize_command(dt.date(2025, 3, 14), select="BTCUSDT_linear/preprocessed_book")
     assert single[1:] == ["-m", "dagster", "asset", "materialize", "-m", "quantgod_assets.definitions",
-                          "--select", "preprocessed_book", "--partition", "2025-03-14"]
+                          "--select", "BTCUSDT_linear/preprocessed_book", "--partition", "2025-03-14"]
     ranged = materialize_command("2025-03-10", dt.date(2025, 3, 16))
     assert ranged[-2:] == ["--partition-range", "2025-03-10...2025-03-16"]

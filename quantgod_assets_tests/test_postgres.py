@@ -78,7 +78,7 @@ def test_the_deploy_instance_on_postgres_backfills_and_its_daemon_picks_up_a_new
 
     # a two-day backfill from the CLI, recorded in PostgreSQL
     done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "quantgod_assets.definitions",
-                           "--select", "preprocessed_book", "--partition-range", f"{DAY1}...{DAY2}"],
+                           "--select", "BTCUSDT_linear/preprocessed_book", "--partition-range", f"{DAY1}...{DAY2}"],
                           cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     check = ("import dagster as dg; i = dg.DagsterInstance.get(); print(type(i.run_storage).__name__, "
@@ -89,5 +89,5 @@ def test_the_deploy_instance_on_postgres_backfills_and_its_daemon_picks_up_a_new
     # the daemon on the same instance: the sensor sees the third day land and processes it
     with running_daemon(tmp_path, run_env) as daemon:
         shutil.copyfile(archives[2], env.raw_root / "2025" / archives[2].name)
-        book = env.data_dir / "L2" / "pre_processed" / f"{DAY3}.parquet"
+        book = env.preprocessed_dir() / f"{DAY3}.parquet"
         daemon.wait_for(book.is_file, "the new day preprocessed by the daemon's sensor run")

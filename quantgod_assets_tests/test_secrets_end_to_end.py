@@ -31,10 +31,10 @@ DAYS = [dt.date(2025, 3, 10) + dt.timedelta(days=k) for k in range(3)]
 
 
 def _label_days(env: QuantGodEnv) -> None:
-    pre = env.data_dir / "L2" / "pre_processed"
+    pre = env.preprocessed_dir()
     write_pre_days(pre, DAYS)
     for day in DAYS:
-        label_day_files(pre, env.data_dir / "L2" / "labelled", day)
+        label_day_files(pre, env.labelled_dir(), day)
 
 
 def _lighter_small_profile(env: QuantGodEnv) -> None:
@@ -143,7 +143,7 @@ def test_a_planted_password_reaches_no_output_of_a_successful_search_and_model(s
         assert model_meta["mlflow_tracking_uri"].value == tracking.replace(PLANTED + "mlf", MASK)
         study_run = next(r for r in runs if r.data.tags.get("run_kind") == "study")
         assert study_run.data.params["storage_url"] == masked_storage
-        best = (secret_env.data_dir / "optimization" / "best_params.json").read_text()
+        best = (secret_env.data_dir / "optimization" / "BTCUSDT_linear" / "best_params.json").read_text()
         assert f'"storage_url": "{masked_storage}"' in best
         log_text = next((secret_env.logs_dir / "optimization").iterdir()).read_text()
         assert f"at {masked_storage} | labels" in log_text

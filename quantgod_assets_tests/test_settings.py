@@ -40,13 +40,16 @@ def test_repo_configs_give_the_team_defaults(clean_env):
     assert s.paths.raw_root == Path("data/L2/raw")
     assert s.paths.data_dir == Path("data")
     assert s.paths.logs_dir == Path("logs")
-    assert s.paths.preprocessed_path(dt.date(2025, 3, 14)) == Path("data/L2/pre_processed/2025-03-14.parquet")
-    assert s.symbol == "BTCUSDT"
+    day = dt.date(2025, 3, 14)
+    assert s.paths.preprocessed_path(day) == Path("data/L2/linear/BTCUSDT/pre_processed/2025-03-14.parquet")
+    assert s.symbol == "BTCUSDT" and s.instrument.key == "BTCUSDT_linear" and len(s.instruments) == 1
+    assert s.paths.models_dir == Path("data/models/BTCUSDT_linear")
+    assert s.training.mlflow.registered_model == "quantgod_BTCUSDT_linear"
     assert s.etl.partitions_start == dt.date(2023, 1, 18)
     assert s.etl.workers is None and s.etl.max_silence_s == 60
     assert (s.etl.gap_warn_share, s.etl.gap_fail_share) == (0.01, 0.10)
     assert s.etl.download.enabled is False
-    assert s.etl.download.base_url == "https://quote-saver.bycsi.com/orderbook/linear"
+    assert s.etl.download.base_url == "https://quote-saver.bycsi.com/orderbook"
     assert s.etl.skip_bad_lines is False
     assert s.etl.depths == (200, 500)
     assert (s.labelling.lookahead, s.labelling.threshold_short, s.labelling.threshold_long) == (60, -0.004, 0.008)
@@ -71,9 +74,13 @@ def test_environment_overrides(configs, clean_env, tmp_path):
     clean_env.setenv("QUANTGOD_SYMBOL", "ETHUSDT")
     s = load_settings()
     assert s.paths.raw_root == Path("/workspace/gdrive/bybit")
-    assert s.paths.preprocessed_dir == tmp_path / "out" / "L2" / "pre_processed"
+    assert s.paths.preprocessed_dir == tmp_path / "out" / "L2" / "linear" / "ETHUSDT" / "pre_processed"
     assert s.paths.logs_dir == tmp_path / "lg"
-    assert s.symbol == "ETHUSDT"
+    assert s.symbol == "ETHUSDT" and [i.key for i in s.instruments] == ["ETHUSDT_linear"]
+    clean_env.setenv("QUANTGOD_SYMBOL", "ETHUSDT_spot")
+    spot = load_settings()
+    assert spot.instrument.key == "ETHUSDT_spot"
+    assert spot.paths.labelled_dir == tmp_path / "out" / "L2" / "spot" / "ETHUSDT" / "labelled"
     assert s.config_dir == configs
 
 

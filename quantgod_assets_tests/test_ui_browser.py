@@ -266,7 +266,7 @@ def partitions_problem(run_id: str, parquet: Path) -> Callable[[PageText], str |
 def materialization_run(home: Path) -> tuple[str, list[str]]:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("preprocessed_book")), limit=10).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(["BTCUSDT_linear", "preprocessed_book"])), limit=10).records
         partitions = [record.partition_key for record in records]
         return (records[0].run_id if records else ""), partitions
 

@@ -13,7 +13,7 @@ classes). Same shape as `book.py`:
   (`etl.workers`, default all cores). Every day gets its own materialization and check
   evaluation; a failed day (missing book, unreadable file, no class at all) is named in the
   step's failure while the others are written and recorded.
-- Logs: `logs/labelling/labelling_{instrument}_{suffix}_{YYYYMMDD_HHMMSS}.log` for the run and
+- Logs: `logs/labelling/labelling_{suffix}_{instrument}_{YYYYMMDD_HHMMSS}.log` for the run and
   `logs/labelling/labelling_processing.log` (cumulative), the same lines in the Dagster run log.
 - `label_distribution` (not partitioned): the class distribution over every labelled day of the
   current suffix, for each instrument and pooled, by a DuckDB query over the Parquet files, with
@@ -117,7 +117,7 @@ def label_assets_for_instrument(instrument: Instrument) -> dg.AssetsDefinition:
         materialize = labels in context.selected_asset_keys
         suffix = lab.suffix  # valid: the settings check the labelling's rules at load
         workers = settings.etl.worker_count(len(days)) if materialize else 1
-        with run_log("labelling", settings.paths.logs_dir, f"{instrument.key}_{suffix}", forward_to=context.log,
+        with run_log("labelling", settings.paths.logs_dir, f"{suffix}_{instrument.key}", forward_to=context.log,
                      cumulative=True, when=run_started(context)) as log:
             if materialize:
                 try:
