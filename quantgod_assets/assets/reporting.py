@@ -62,8 +62,35 @@ def _metadata_value(value: Any) -> Any:
 
 
 def metadata_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain metadata (paths, URLs, Markdown, lists and mappings marked as such) as Dagster values."""
-    return {key: _metadata_value(value) for key, value in values.items()}
+    """Plain metadata (paths, URLs, Markdown, lists and mappings marked as such) as Dagster values.
+
+    A picture (`Markdown.picture`) stays as it is (the data: URI, behind "[Show Markdown]") and
+    is also shown inline as `{key}_inline`: the UI draws a Markdown value in the asset's event
+    views only when it is under 1000 characters, so the PNG is copied into the instance's local
+    compute-log folder and linked by the webserver's `/logs/<key>/png` route, which serves it.
+    Without a local compute-log manager (or a DAGSTER_HOME instance) only the fallback remains."""
+    out = {key: _metadata_value(value) for key, value in values.items()}
+    pictures = {key: value.picture for key, value in values.items() if isinstance(value, Markdown)}
+    for key, picture in pictures.items():
+        if picture is None:
+            continue
+        try:
+            import hashlib
+
+            from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+
+            manager = dg.DagsterInstance.get().compute_log_manager
+            if not isinstance(manager, LocalComputeLogManager):
+                continue
+            name = hashlib.sha256(picture[1]).hexdigest()[:24]
+            target = Path(manager.get_captured_local_path(["quantgod_pictures", name], "png"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.is_file():
+                target.write_bytes(picture[1])
+            out[f"{key}_inline"] = dg.MetadataValue.md(f"![{picture[0]}](/logs/quantgod_pictures/{name}/png)")
+        except Exception:  # an ephemeral instance, a read-only folder: the data: URI still shows it
+            continue
+    return out
 
 
 def check_result(asset_key: dg.AssetKey, check: CheckOutcome) -> dg.AssetCheckResult:

@@ -37,6 +37,16 @@ class Url(str):
 class Markdown(str):
     """A metadata value shown as Markdown (tables, inline pictures)."""
 
+    @property
+    def picture(self) -> tuple[str, bytes] | None:
+        """(alt text, PNG bytes) when the whole text is one `plots.png_markdown` picture (a data:
+        URI, which Dagster shows only behind "[Show Markdown]"), else None."""
+        import base64
+        import re
+
+        found = re.fullmatch(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", self.strip())
+        return (found.group(1), base64.b64decode(found.group(2))) if found else None
+
 
 @dataclass
 class DayOutcome:
