@@ -112,6 +112,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _at_least(args.duration_s, 1, "--duration-s")
     if not (math.isfinite(args.signal) and args.signal >= 0):  # argparse's float takes "nan" and "-1"
         raise CliError(f"--signal must be a number >= 0, got {args.signal}")
+    from .orderbook.synthetic import instrument
+
+    try:
+        instrument(args.symbol, args.category)
+    except ValueError as exc:  # a symbol that cannot name a file or folder
+        raise CliError(f"--symbol: {exc}") from exc
     _folder_to_write(args.out, "--out")
     from .orderbook.synthetic import generate_days
     from .progress import Progress
@@ -121,7 +127,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         paths = generate_days(
             args.start, args.days, args.out, symbol=args.symbol, depth=args.depth,
             rate_ms=args.rate_ms, seed=args.seed, faults=tuple(args.faults), duration_s=args.duration_s,
-            signal=args.signal,
+            signal=args.signal, category=args.category,
             on_day=lambda path: progress.update(note=f"{path.name} ({path.stat().st_size / 1e6:.1f} MB)"),
         )
     for path in paths:
@@ -249,10 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--start", type=_date, required=True, help="the first UTC day, YYYY-MM-DD (required)")
     gen.add_argument("--days", type=int, default=1, help="consecutive days to write (default: %(default)s)")
     gen.add_argument("--out", type=Path, required=True,
-                     help="the folder to write into, as {out}/{YYYY}/{day}_{SYMBOL}_ob{depth}.data.zip (required)")
-    gen.add_argument("--symbol", default="BTCUSDT", help="the symbol in the names and lines (default: %(default)s)")
-    gen.add_argument("--depth", type=int, choices=(200, 500), default=200,
-                     help="book levels a side, as Bybit's ob200 / ob500 files (default: %(default)s)")
+                     help="the folder to write into, as {out}/{YYYY}/{day}_{SYMBOL}_ob{depth}.data.zip (linear) "
+                          "or {out}/{category}/{SYMBOL}/{YYYY}/... (spot, inverse) (required)")
+    gen.add_argument("--symbol", default="BTCUSDT",
+                     help="the symbol in the names and lines; its base sets the price scale and tick: BTC ~84,000 "
+                          "tick 0.10, ETH ~2,000 tick 0.01, SOL ~150 tick 0.01, any other a scale from its name "
+                          "(default: %(default)s)")
+    gen.add_argument("--category", choices=("linear", "spot", "inverse"), default="linear",
+                     help="Bybit's market: linear writes fixed decimals (\"2001.50\"), spot drops trailing zeros "
+                          "(\"2001.5\"); spot and inverse days go under {out}/{category}/{SYMBOL}/ "
+                          "(default: %(default)s)")
+    gen.add_argument("--depth", type=int, choices=(200, 500), default=None,
+                     help="book levels a side, as Bybit's ob200 / ob500 files (default: the category's "
+                          "archive, 200; 500 for inverse)")
     gen.add_argument("--rate-ms", type=int, default=100,
                      help="milliseconds between deltas; 1000 writes small, quick days (default: %(default)s)")
     gen.add_argument("--seed", type=int, default=0,

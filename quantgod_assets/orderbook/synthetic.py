@@ -1,15 +1,23 @@
 """A synthetic market shaped like Bybit's historical order-book archives.
 
-`generate_day` / `generate_days` write `{out}/{YYYY}/{YYYY-MM-DD}_{SYMBOL}_ob{depth}.data.zip`, a ZIP
-with one deflated member of CRLF JSON lines exactly like the real linear files (see
+`generate_day` / `generate_days` write `{out}/{YYYY}/{YYYY-MM-DD}_{SYMBOL}_ob{depth}.data.zip`
+(linear; spot and inverse under `{out}/{category}/{SYMBOL}/{YYYY}/`, where the platform looks), a
+ZIP with one deflated member of CRLF JSON lines exactly like the real files (see
 `docs/bybit-format.md`): an opening snapshot a fraction of a second after midnight, a delta every
 `rate_ms`, and at the very end the next day's opening snapshot (same `u` as the last delta).
+
+Instruments (`instrument`, `PROFILES`): the symbol's base asset sets the price scale, the tick and
+the size scale (BTC ~84,000 tick 0.10, ETH ~2,000 tick 0.01, SOL ~150 tick 0.01, any other base a
+scale from its name with a tick 1e-5 to 1e-4 of it); the category how the numbers are written
+(linear and inverse fixed decimals `"2001.50"`, spot without trailing zeros `"2001.5"`) and the
+default depth (spot 200, inverse 500). BTCUSDT linear writes the same bytes as before instruments
+existed; other bases draw their own random streams.
 
 The market:
   * a price path (numpy, `_PathModel`): GBM with a per-minute volatility of about 0.075-0.085 %
     (slowly varying), occasional jumps spread over tens of seconds, and a latent drift regime
     (-1.0, -0.5, 0, +0.5 or +1.2 % an hour) that lasts 1-3 hours and leans against long moves;
-  * the book (numba, `_fill`): tick 0.10, spread usually one tick, level sizes log-normal and
+  * the book (numba, `_fill`): the instrument's tick (BTC 0.10), spread usually one tick, level sizes log-normal and
     larger near the top; the drift regime skews the sizes (bids larger when the drift is up), so
     the top-level imbalance leads the next hour's return: a learnable signal;
   * `flip=True` (generate_days): the book leans against the drift instead (the signal's sign
@@ -69,20 +77,29 @@ import datetime as dt
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numba import njit
 
+from ..archive import CATEGORIES, check_category, check_symbol, download_folder
+
 __all__ = [
+    "CATEGORIES",
+    "CATEGORY_DEPTH",
     "FAULTS",
+    "PROFILES",
+    "Instrument",
     "archive_name",
     "archive_path",
     "fault_times",
     "generate_day",
     "generate_days",
+    "instrument",
     "price_path",
 ]
 
@@ -92,9 +109,13 @@ FAULTS = (
 )
 
 DAY_MS = 86_400_000
-TICKS_PER_UNIT = 10  # tick 0.10
+# The book's sizes live in a ring of RING ticks a side, indexed by tick & MASK: it must hold the
+# book's span (at most depth / P_DEEP ~ 1,600 ticks at depth 500) plus one message's move
+# (refused above RING // 4), never the day's range. Every level that leaves the window is zeroed,
+# so the price may wander any number of ticks. 131,072 ticks is 13,107 USD at BTC's 0.10 and
+# 1,311 USD at ETH's 0.01, against a book 16 USD deep there: room for any instrument here.
 RING_BITS = 17
-RING = 1 << RING_BITS  # ticks a side held in the ring (13,107 USD): far wider than any window
+RING = 1 << RING_BITS
 MASK = RING - 1
 BUFFER_BYTES = 32 << 20
 TRUNCATE_KEEP = 0.7
@@ -127,7 +148,6 @@ SKEW_NOISE_TAU_MIN = 15.0
 REVERT_SCALE = 0.03  # a 3 % distance from the anchor tilts the next regime fully
 REVERT_GAIN = 1.5
 ANCHOR_TAU_MS = 12 * 3_600_000.0
-START_PRICE_RANGE = (60_000.0, 110_000.0)
 
 # --- the book ------------------------------------------------------------------------------
 P_TOP, P_DEEP, P_DECAY = 0.95, 0.32, 12.0  # chance a tick d from the best holds a level
@@ -140,12 +160,134 @@ DELETE_PROB = 0.25
 REFRESH_PROB = 0.5  # an update draws a fresh size (else it scales the old one)
 
 
+# --- instruments ---------------------------------------------------------------------------
+CATEGORY_DEPTH = {"linear": 200, "spot": 200, "inverse": 500}  # Bybit's spot archive is ob200, inverse ob500
+QUOTES = ("USDT", "USDC", "USD", "PERP")  # stripped from a symbol's end to find its base asset
+REFERENCE_PRICE = 84_000.0  # the book model's sizes are BTC's; cheaper bases hold ~this / price more
+MIN_START_TICKS = 5_000  # a start price holds at least this many ticks (the book reaches ~1,600 down)
+GENERIC_LOG10_PRICE = (-2.0, 4.0)  # an unlisted base's price scale: 0.01-10,000, from its name
+GENERIC_START_SPREAD = (0.7, 1.3)  # its start price: this share of the scale
+# base -> (start price range, tick decimals, linear decimals written, size exponent, size decimals)
+PROFILES: dict[str, tuple[tuple[float, float], int, int, int, int]] = {
+    "BTC": ((60_000.0, 110_000.0), 1, 2, 0, 3),  # tick 0.10 written "84123.40"; sizes "0.125"
+    "ETH": ((1_400.0, 2_600.0), 2, 2, 2, 2),  # tick 0.01 "2001.53"; sizes 100x BTC's, "35.12"
+    "SOL": ((100.0, 200.0), 2, 3, 3, 1),  # tick 0.01 "150.120"; sizes 1000x BTC's, "350.5"
+}
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """One market's scale and how its numbers are written.
+
+    A price is a whole number of ticks (tick = 10**-tick_decimals) written with `price_decimals`
+    decimals on linear and inverse files (`"2001.50"`), without trailing zeros on spot files
+    (`"2001.5"`, `"76344"`), as Bybit's archives do. Sizes are the book model's (BTC-sized) times
+    10**size_exp, in lots of 10**-size_decimals, trimmed the same way on spot files.
+    """
+
+    symbol: str
+    category: str
+    base: str
+    start_range: tuple[float, float]
+    tick_decimals: int
+    price_decimals: int
+    size_exp: int
+    size_decimals: int
+
+    @property
+    def ticks_per_unit(self) -> int:
+        return 10**self.tick_decimals
+
+    @property
+    def tick(self) -> float:
+        return 1.0 / self.ticks_per_unit
+
+    @property
+    def trim(self) -> bool:
+        return self.category == "spot"
+
+    @property
+    def lots(self) -> int:
+        """Lots in one unit of the book model's size (BTCUSDT: 1000, sizes in thousandths)."""
+        return 10 ** (self.size_exp + self.size_decimals)
+
+    @property
+    def size_max(self) -> int:
+        return 10_000 * self.lots - 1  # BTCUSDT: 9,999,999 thousandths
+
+    def spec(self) -> np.ndarray:
+        """The numbers the numba writer needs (the SP_* slots)."""
+        out = np.zeros(SP_SIZE, dtype=np.int64)
+        out[SP_PX_MULT] = 10 ** (self.price_decimals - self.tick_decimals)
+        out[SP_PX_UNIT] = 10**self.price_decimals
+        out[SP_PX_DECIMALS] = self.price_decimals
+        out[SP_SZ_UNIT] = 10**self.size_decimals
+        out[SP_SZ_DECIMALS] = self.size_decimals
+        out[SP_TRIM] = int(self.trim)
+        out[SP_LOTS] = self.lots
+        out[SP_SIZE_MAX] = self.size_max
+        # "," '["' price '","' size '"]': the price with room for a 100-fold rise
+        price_chars = len(str(int(self.start_range[1] * 100))) + 1 + self.price_decimals
+        out[SP_LEVEL_BYTES] = max(32, 8 + price_chars + len(str(self.size_max)) + 1)
+        return out
+
+
+def _base_of(symbol: str) -> str:
+    upper = symbol.upper()
+    for quote in QUOTES:
+        if upper.endswith(quote) and len(upper) > len(quote):
+            return upper[: -len(quote)]
+    return upper
+
+
+def instrument(symbol: str = "BTCUSDT", category: str = "linear", start_price: float | None = None) -> Instrument:
+    """The instrument generated for `symbol` in `category`.
+
+    The base asset (the symbol less USDT / USDC / USD / PERP) picks a profile in PROFILES
+    (BTC ~84,000 tick 0.10, ETH ~2,000 tick 0.01, SOL ~150 tick 0.01); any other base gets a
+    price scale of 0.01-10,000 from its name (CRC-32, so the same on every machine), or
+    `start_price` when given, and a tick that is a power of ten 1e-5 to 1e-4 of that scale, with
+    sizes scaled up by about REFERENCE_PRICE / price. The category only changes how the numbers
+    are written (spot: no trailing zeros) and where the file goes.
+    """
+    check_category(category)
+    if not symbol or not (symbol.isascii() and symbol.isalnum()):
+        raise ValueError(f"symbol must be ASCII letters and digits, got {symbol!r}")
+    if category != "linear":
+        check_symbol(symbol)  # it becomes a folder name
+    base = _base_of(symbol)
+    if base in PROFILES:
+        start_range, tick_decimals, price_decimals, size_exp, size_decimals = PROFILES[base]
+    else:
+        if start_price is not None:
+            scale = float(start_price)
+            if not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"start_price must be a number > 0, got {start_price}")
+        else:
+            lo, hi = GENERIC_LOG10_PRICE
+            share = zlib.crc32(base.encode("ascii")) / 2**32
+            scale = float(f"{10 ** (lo + (hi - lo) * share):.3g}")
+        tick_decimals = 4 - math.floor(math.log10(scale))  # scale in [10^k, 10^(k+1)): tick 10^(k-4)
+        price_decimals = max(0, tick_decimals)
+        size_exp = max(0, round(math.log10(REFERENCE_PRICE / scale)))
+        size_decimals = max(0, 3 - size_exp)
+        start_range = (scale * GENERIC_START_SPREAD[0], scale * GENERIC_START_SPREAD[1])
+        if tick_decimals < 0:
+            raise ValueError(f"start_price {start_price} is too large for a tick of at most 1")
+    return Instrument(symbol=symbol, category=category, base=base, start_range=start_range,
+                      tick_decimals=tick_decimals, price_decimals=price_decimals, size_exp=size_exp,
+                      size_decimals=size_decimals)
+
+
 def archive_name(day: dt.date, symbol: str = "BTCUSDT", depth: int = 200) -> str:
     return f"{day.isoformat()}_{symbol}_ob{depth}.data.zip"
 
 
-def archive_path(out_dir: Path, day: dt.date, symbol: str = "BTCUSDT", depth: int = 200) -> Path:
-    return Path(out_dir) / f"{day.year:04d}" / archive_name(day, symbol, depth)
+def archive_path(out_dir: Path, day: dt.date, symbol: str = "BTCUSDT", depth: int = 200,
+                 category: str = "linear") -> Path:
+    """Where the platform looks for the day (`archive.download_folder`): linear
+    `{out}/{YYYY}/{name}`, spot and inverse `{out}/{category}/{SYMBOL}/{YYYY}/{name}`."""
+    return download_folder(Path(out_dir), day, symbol, category) / archive_name(day, symbol, depth)
 
 
 def fault_times(duration_s: int | None = None) -> dict[str, tuple[int, int]]:
@@ -306,14 +448,15 @@ class _PathModel:
 
 
 def price_path(days: int = 1, *, rate_ms: int = 1000, seed: int = 0, start_price: float | None = None,
-               start: dt.date = dt.date(2025, 1, 1), signal: float = 1.0) -> np.ndarray:
+               start: dt.date = dt.date(2025, 1, 1), signal: float = 1.0, symbol: str = "BTCUSDT") -> np.ndarray:
     """The mid price every `rate_ms` over `days` consecutive days, from the generator's model.
 
     Cheap (no book, no text): for checking the price dynamics on many days. `signal` as in
-    `generate_days`.
+    `generate_days`; `symbol` picks the instrument (its price scale and random streams).
     """
-    path_rng, meta_rng = _streams(seed, start)
-    model = _PathModel(path_rng, _start_price(meta_rng, start_price), signal)
+    inst = instrument(symbol, "linear", start_price)
+    path_rng, meta_rng = _streams(seed, start, inst)
+    model = _PathModel(path_rng, _start_price(meta_rng, start_price, inst), signal)
     out = []
     per_day = DAY_MS // rate_ms
     t = np.arange(1, per_day + 1, dtype=np.int64) * rate_ms
@@ -324,16 +467,24 @@ def price_path(days: int = 1, *, rate_ms: int = 1000, seed: int = 0, start_price
     return np.concatenate(out)
 
 
-def _streams(seed: int, day: dt.date) -> tuple[np.random.Generator, np.random.Generator]:
-    children = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, day.toordinal()]).spawn(2)
+def _streams(seed: int, day: dt.date, inst: Instrument) -> tuple[np.random.Generator, np.random.Generator]:
+    """The path's and the rest's random streams. One market per base asset: BTCUSDT (the streams
+    as before instruments existed), its spot and BTCUSD inverse share them; every other base mixes
+    its name in, so ETHUSDT does not move in lockstep with BTCUSDT."""
+    entropy = [int(seed) & 0xFFFFFFFF, day.toordinal()]
+    if inst.base != "BTC":
+        entropy.append(zlib.crc32(inst.base.encode("ascii")))
+    children = np.random.SeedSequence(entropy).spawn(2)
     return np.random.default_rng(children[0]), np.random.default_rng(children[1])
 
 
-def _start_price(meta_rng: np.random.Generator, start_price: float | None) -> float:
+def _start_price(meta_rng: np.random.Generator, start_price: float | None, inst: Instrument) -> float:
+    least = MIN_START_TICKS / inst.ticks_per_unit
     if start_price is None:
-        return round(float(meta_rng.uniform(*START_PRICE_RANGE)), 1)
-    if not start_price > 1.0:
-        raise ValueError(f"start_price must be > 1, got {start_price}")
+        return round(float(meta_rng.uniform(*inst.start_range)), inst.tick_decimals)
+    if not (math.isfinite(start_price) and start_price >= least):
+        raise ValueError(f"start_price must be at least {least:g} for {inst.symbol} "
+                         f"({MIN_START_TICKS} ticks of {inst.tick:g}), got {start_price}")
     return float(start_price)
 
 
@@ -344,6 +495,14 @@ def _start_price(meta_rng: np.random.Generator, start_price: float | None) -> fl
 # st (int64 state) slots; a side s is 0 (bids) or 1 (asks): best = st[s], deep = st[2+s], cnt = st[4+s]
 ST_U, ST_MSG, ST_PENDING, ST_CROSS_TICK, ST_DEEP_TICK = 6, 7, 8, 9, 10
 ST_SIZE = 12
+
+# spec (int64, the instrument's numbers, `Instrument.spec`): a price is tick * PX_MULT / PX_UNIT
+# written with PX_DECIMALS decimals; a size is lots / SZ_UNIT with SZ_DECIMALS; TRIM (spot) drops
+# trailing zeros of both; LOTS lots make one unit of the book model's size (BTC: 1000), SIZE_MAX
+# caps a level; LEVEL_BYTES bounds one written level (a buffer is flushed before a line could overflow it)
+SP_PX_MULT, SP_PX_UNIT, SP_PX_DECIMALS, SP_SZ_UNIT, SP_SZ_DECIMALS, SP_TRIM, SP_LOTS, SP_SIZE_MAX = range(8)
+SP_LEVEL_BYTES = 8
+SP_SIZE = 9
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -387,14 +546,16 @@ def _p_occupied(d):
 
 
 @njit(cache=True, nogil=True)
-def _draw_size(rng, s, d, skew):
+def _draw_size(rng, s, d, skew, spec):
+    """A level's size in lots (BTCUSDT: thousandths of a BTC); spec[SP_LOTS] lots a model unit."""
     base = SIZE_DEEP + SIZE_TOP * math.exp(-d / SIZE_DECAY)
     k = skew if s == 0 else -skew
-    q = int(base * math.exp(SIZE_SIGMA * _normal(rng) + k) * 1000.0 + 0.5)
+    # float(1000) is 1000.0: BTCUSDT's sizes are the same numbers as before instruments existed
+    q = int(base * math.exp(SIZE_SIGMA * _normal(rng) + k) * float(spec[SP_LOTS]) + 0.5)
     if q < 1:
         q = 1
-    if q > SIZE_MAX:
-        q = SIZE_MAX
+    if q > spec[SP_SIZE_MAX]:
+        q = spec[SP_SIZE_MAX]
     return q
 
 
@@ -435,22 +596,22 @@ def _delete(s, t, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg):
 
 
 @njit(cache=True, nogil=True)
-def _move(s, new_best, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
+def _move(s, new_best, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec):
     """Moves side s's best level to `new_best`: inserts the ticks it improves over, deletes the
     levels it falls below."""
     sgn = 1 if s == 0 else -1
     old = st[s]
     if st[4 + s] == 0:
-        _insert(s, new_best, _draw_size(rng, s, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+        _insert(s, new_best, _draw_size(rng, s, 0, skew, spec), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
     elif sgn * (new_best - old) > 0:
         if sz[s, new_best & MASK] == 0:
-            _insert(s, new_best, _draw_size(rng, s, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+            _insert(s, new_best, _draw_size(rng, s, 0, skew, spec), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
         t = new_best - sgn
         k = 1
         while sgn * (t - old) > 0 and k < depth:
             d = sgn * (new_best - t)
             if sz[s, t & MASK] == 0 and _uniform(rng) < _p_occupied(d):
-                _insert(s, t, _draw_size(rng, s, d, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+                _insert(s, t, _draw_size(rng, s, d, skew, spec), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
                 k += 1
             t -= sgn
     elif sgn * (new_best - old) < 0:
@@ -460,12 +621,12 @@ def _move(s, new_best, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg
                 _delete(s, t, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
             t -= sgn
         if sz[s, new_best & MASK] == 0:
-            _insert(s, new_best, _draw_size(rng, s, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+            _insert(s, new_best, _draw_size(rng, s, 0, skew, spec), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
     st[s] = new_best
 
 
 @njit(cache=True, nogil=True)
-def _random_updates(s, skew, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
+def _random_updates(s, skew, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec):
     sgn = 1 if s == 0 else -1
     n = _poisson(rng, RANDOM_UPDATES)
     for _ in range(n):
@@ -480,19 +641,19 @@ def _random_updates(s, skew, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
                 _delete(s, t, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
             else:
                 if _uniform(rng) < REFRESH_PROB:
-                    size = _draw_size(rng, s, d, skew)
+                    size = _draw_size(rng, s, d, skew, spec)
                 else:
                     size = int(old * math.exp(0.3 * _normal(rng)) + 0.5)
-                    size = min(max(size, 1), SIZE_MAX)
+                    size = min(max(size, 1), spec[SP_SIZE_MAX])
                     if size == old:
-                        size = old + 1 if old < SIZE_MAX else old - 1
+                        size = old + 1 if old < spec[SP_SIZE_MAX] else old - 1
                 _record(s, t, size, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
         else:
-            _insert(s, t, _draw_size(rng, s, d, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+            _insert(s, t, _draw_size(rng, s, d, skew, spec), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
 
 
 @njit(cache=True, nogil=True)
-def _fix_window(s, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
+def _fix_window(s, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec):
     """Exactly `depth` levels: delete the deepest beyond it, insert deeper levels below it."""
     sgn = 1 if s == 0 else -1
     while st[4 + s] > depth:
@@ -501,18 +662,18 @@ def _fix_window(s, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rn
         t = st[2 + s] - sgn
         while _uniform(rng) >= _p_occupied(sgn * (st[s] - t)):
             t -= sgn
-        _insert(s, t, _draw_size(rng, s, sgn * (st[s] - t), skew), st, sz, stamp, pos, ent_t, ent_s,
+        _insert(s, t, _draw_size(rng, s, sgn * (st[s] - t), skew, spec), st, sz, stamp, pos, ent_t, ent_s,
                 n_ent, msg)
 
 
 @njit(cache=True, nogil=True)
-def _init_book(best_bid, best_ask, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, rng):
+def _init_book(best_bid, best_ask, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, rng, spec):
     msg = st[ST_MSG]
     for s in range(2):
         st[4 + s] = 0
         st[s] = best_bid if s == 0 else best_ask
-        _insert(s, st[s], _draw_size(rng, s, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
-        _fix_window(s, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+        _insert(s, st[s], _draw_size(rng, s, 0, skew, spec), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+        _fix_window(s, skew, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec)
     n_ent[0] = 0
     n_ent[1] = 0
 
@@ -543,31 +704,47 @@ def _put_uint(out, p, v):
 
 
 @njit(cache=True, nogil=True)
-def _put_level(out, p, tick, size, first):
+def _put_fixed(out, p, v, unit, decimals, trim):
+    """v / unit (unit = 10**decimals) with `decimals` decimals, or without trailing zeros (`trim`):
+    1234567 at 2 decimals is "12345.67"; 1234500 is "12345.00", trimmed "12345"."""
+    p = _put_uint(out, p, v // unit)
+    r = v % unit
+    if decimals == 0 or (trim and r == 0):
+        return p
+    if trim:
+        while r % 10 == 0:
+            r //= 10
+            decimals -= 1
+    out[p] = 46  # .
+    q = p + decimals
+    for _ in range(decimals):
+        out[q] = 48 + r % 10
+        r //= 10
+        q -= 1
+    return p + 1 + decimals
+
+
+@njit(cache=True, nogil=True)
+def _put_level(out, p, tick, size, first, spec):
+    """`["price","size"]` (after a comma unless `first`): the price is `tick` ticks written with
+    spec[SP_PX_DECIMALS] decimals, the size `size` lots with spec[SP_SZ_DECIMALS]; "0" deletes;
+    spec[SP_TRIM] drops trailing zeros (spot)."""
     if not first:
         out[p] = 44  # ,
         p += 1
     out[p] = 91  # [
     out[p + 1] = 34  # "
-    p = _put_uint(out, p + 2, tick // 10)
-    out[p] = 46  # .
-    out[p + 1] = 48 + tick % 10
-    out[p + 2] = 48
-    out[p + 3] = 34
-    out[p + 4] = 44
-    out[p + 5] = 34
-    p += 6
+    trim = spec[SP_TRIM] != 0
+    p = _put_fixed(out, p + 2, tick * spec[SP_PX_MULT], spec[SP_PX_UNIT], spec[SP_PX_DECIMALS], trim)
+    out[p] = 34
+    out[p + 1] = 44
+    out[p + 2] = 34
+    p += 3
     if size == 0:
         out[p] = 48
         p += 1
     else:
-        p = _put_uint(out, p, size // 1000)
-        r = size % 1000
-        out[p] = 46
-        out[p + 1] = 48 + r // 100
-        out[p + 2] = 48 + (r // 10) % 10
-        out[p + 3] = 48 + r % 10
-        p += 4
+        p = _put_fixed(out, p, size, spec[SP_SZ_UNIT], spec[SP_SZ_DECIMALS], trim)
     out[p] = 34
     out[p + 1] = 93  # ]
     return p + 2
@@ -588,7 +765,7 @@ def _sort_entries(ent_t, ent_s, s, n, descending):
 
 
 @njit(cache=True, nogil=True)
-def _narrow(skew, depth, st, sz, rng):
+def _narrow(skew, depth, st, sz, rng, spec):
     """narrow_restart: each side keeps its top depth // NARROW_SHARE levels, each with a new size."""
     keep = max(1, depth // NARROW_SHARE)
     for s in range(2):
@@ -601,9 +778,9 @@ def _narrow(skew, depth, st, sz, rng):
                 t -= sgn
             if j < keep:
                 old = sz[s, t & MASK]
-                size = _draw_size(rng, s, sgn * (st[s] - t), skew)
+                size = _draw_size(rng, s, sgn * (st[s] - t), skew, spec)
                 if size == old:
-                    size = old + 1 if old < SIZE_MAX else old - 1
+                    size = old + 1 if old < spec[SP_SIZE_MAX] else old - 1
                 sz[s, t & MASK] = size
                 last = t
             else:
@@ -615,12 +792,12 @@ def _narrow(skew, depth, st, sz, rng):
 
 
 @njit(cache=True, nogil=True)
-def _one_sided_cross(skew, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
+def _one_sided_cross(skew, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec):
     """one_sided_cross: a bid CROSS_TICKS above the best ask, the deepest bid leaving (bids only in
     the message); then the replay's repair on our own book, unwritten: the asks at or below it go."""
     cross = st[1] + CROSS_TICKS
     _delete(0, st[2], st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
-    _insert(0, cross, _draw_size(rng, 0, 0, skew), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+    _insert(0, cross, _draw_size(rng, 0, 0, skew, spec), st, sz, stamp, pos, ent_t, ent_s, n_ent, msg)
     st[0] = cross
     t = st[1]
     while t <= cross:
@@ -636,10 +813,10 @@ def _one_sided_cross(skew, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng):
 
 @njit(cache=True, nogil=True)
 def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent,
-          rng, w_topic, w_delta, w_snapshot, w_asks, w_u, w_seq, w_cts, w_end):
+          rng, spec, w_topic, w_delta, w_snapshot, w_asks, w_u, w_seq, w_cts, w_end):
     """Applies and writes messages i0.. into `out` until it is nearly full; returns (next i, bytes)."""
     n = kinds.shape[0]
-    line_max = 2 * (2 * ent_t.shape[1] * 32 + 512)
+    line_max = 2 * (2 * ent_t.shape[1] * spec[SP_LEVEL_BYTES] + 512)
     p = 0
     i = i0
     while i < n and out.shape[0] - p >= line_max:
@@ -652,7 +829,7 @@ def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos,
             if kind == K_RESTART or kind == K_NARROW:  # noqa: SIM109
                 st[ST_U] = 1
             if kind == K_NARROW:
-                _narrow(skew[i], depth, st, sz, rng)
+                _narrow(skew[i], depth, st, sz, rng, spec)
             p = _put(out, p, w_snapshot)
             for s in range(2):
                 if s == 1:
@@ -663,7 +840,7 @@ def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos,
                 for _ in range(st[4 + s]):
                     while sz[s, t & MASK] == 0:
                         t -= sgn
-                    p = _put_level(out, p, t, sz[s, t & MASK], first)
+                    p = _put_level(out, p, t, sz[s, t & MASK], first, spec)
                     first = False
                     t -= sgn
         else:
@@ -678,18 +855,18 @@ def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos,
                 d_tick = st[ST_DEEP_TICK]
                 _record(0, d_tick, sz[0, d_tick & MASK], sz, stamp, pos, ent_t, ent_s, n_ent, msg)
             if kind == K_ONE_SIDED:
-                _one_sided_cross(k, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+                _one_sided_cross(k, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec)
             else:
-                _move(0, bb[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
-                _move(1, bb[i] + 1 + ex[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+                _move(0, bb[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec)
+                _move(1, bb[i] + 1 + ex[i], k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec)
                 for s in range(2):
-                    _random_updates(s, k, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+                    _random_updates(s, k, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec)
                 for s in range(2):
-                    _fix_window(s, k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng)
+                    _fix_window(s, k, depth, st, sz, stamp, pos, ent_t, ent_s, n_ent, msg, rng, spec)
             if kind == K_CROSSED:
                 # a bid one tick above the best ask; the deepest bid leaves so the count stays
                 # `depth`; the ask side is touched too. Undone by the next delta.
-                _record(1, st[1], _draw_size(rng, 1, 0, k), sz, stamp, pos, ent_t, ent_s, n_ent, msg)
+                _record(1, st[1], _draw_size(rng, 1, 0, k, spec), sz, stamp, pos, ent_t, ent_s, n_ent, msg)
                 d_tick = st[2]
                 j = d_tick & MASK
                 if stamp[0, j] == msg:
@@ -703,12 +880,12 @@ def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos,
                 cross = st[1] + 1
                 j = cross & MASK
                 if stamp[0, j] == msg:
-                    ent_s[0, pos[0, j]] = _draw_size(rng, 0, 0, k)
+                    ent_s[0, pos[0, j]] = _draw_size(rng, 0, 0, k, spec)
                 else:
                     stamp[0, j] = msg
                     pos[0, j] = n_ent[0]
                     ent_t[0, n_ent[0]] = cross
-                    ent_s[0, n_ent[0]] = _draw_size(rng, 0, 0, k)
+                    ent_s[0, n_ent[0]] = _draw_size(rng, 0, 0, k, spec)
                     n_ent[0] += 1
                 st[ST_PENDING] = 1
                 st[ST_CROSS_TICK] = cross
@@ -721,7 +898,7 @@ def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos,
                 m = n_ent[s]
                 _sort_entries(ent_t, ent_s, s, m, s == 0)
                 for e in range(m):
-                    p = _put_level(out, p, ent_t[s, e], ent_s[s, e], e == 0)
+                    p = _put_level(out, p, ent_t[s, e], ent_s[s, e], e == 0, spec)
         p = _put(out, p, w_u)
         p = _put_uint(out, p, st[ST_U])
         p = _put(out, p, w_seq)
@@ -748,17 +925,18 @@ def _fill(kinds, bb, ex, skew, ts, cts, seq, i0, out, depth, st, sz, stamp, pos,
 class _Market:
     """Everything carried from one generated day to the next."""
 
-    def __init__(self, *, seed: int, first_day: dt.date, symbol: str, depth: int, rate_ms: int,
-                 start_price: float | None, signal: float, flip: bool = False):
+    def __init__(self, *, seed: int, first_day: dt.date, symbol: str, depth: int | None, rate_ms: int,
+                 start_price: float | None, signal: float, flip: bool = False, category: str = "linear"):
+        inst = instrument(symbol, category, start_price)
+        depth = CATEGORY_DEPTH[category] if depth is None else depth
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if rate_ms < 1:
             raise ValueError(f"rate_ms must be >= 1, got {rate_ms}")
-        if not symbol or not symbol.isalnum():
-            raise ValueError(f"symbol must be alphanumeric, got {symbol!r}")
-        self.symbol, self.depth, self.rate_ms = symbol, depth, rate_ms
-        path_rng, self.meta = _streams(seed, first_day)
-        self.path = _PathModel(path_rng, _start_price(self.meta, start_price), signal, flip)
+        self.inst, self.spec = inst, inst.spec()
+        self.symbol, self.category, self.depth, self.rate_ms = symbol, category, depth, rate_ms
+        path_rng, self.meta = _streams(seed, first_day, inst)
+        self.path = _PathModel(path_rng, _start_price(self.meta, start_price, inst), signal, flip)
         self.st = np.zeros(ST_SIZE, dtype=np.int64)
         self.st[ST_U] = int(self.meta.integers(1_000_000, 60_000_000))
         self.st[ST_MSG] = 0
@@ -852,7 +1030,7 @@ class _Market:
 
         self.path.new_day()
         log_price, _, skew = self.path.advance(rel, rate)
-        price_ticks = np.exp(log_price) * TICKS_PER_UNIT
+        price_ticks = np.exp(log_price) * self.inst.ticks_per_unit
         bb = np.floor(price_ticks).astype(np.int64)
         if n_delta > 1 and int(np.abs(np.diff(bb)).max()) > RING // 4:
             raise ValueError("the price moved too far within one message for the book ring")
@@ -862,9 +1040,10 @@ class _Market:
         seq = self._seqs(n_delta)
 
         if not self.book_ready:
-            b0 = math.floor(math.exp(self.path.log_price if n_delta == 0 else log_price[0]) * TICKS_PER_UNIT)
+            b0 = math.floor(math.exp(self.path.log_price if n_delta == 0 else log_price[0])
+                            * self.inst.ticks_per_unit)
             _init_book(b0, b0 + 1, self.path.skew_now(), self.depth, self.st, self.sz, self.stamp, self.pos,
-                       self.ent_t, self.ent_s, self.n_ent, self.rng)
+                       self.ent_t, self.ent_s, self.n_ent, self.rng, self.spec)
             self.book_ready = True
 
         # the opening snapshot: first, or (early_deltas) after the deltas before its time
@@ -903,7 +1082,7 @@ class _Market:
         skew = skew.astype(np.float64)
         ts, cts, seq = ts.astype(np.int64), cts.astype(np.int64), seq.astype(np.int64)
 
-        path = archive_path(Path(out_dir), day, self.symbol, self.depth)
+        path = archive_path(Path(out_dir), day, self.symbol, self.depth, self.category)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._write_zip(path, kinds, bb, ex, skew, ts, cts, seq)
         if "truncated" in faults:
@@ -919,7 +1098,7 @@ class _Market:
 
         def fill(i0: int, buf: np.ndarray) -> tuple[int, int]:
             return _fill(kinds, bb, ex, skew, ts, cts, seq, i0, buf, self.depth, self.st, self.sz, self.stamp,
-                         self.pos, self.ent_t, self.ent_s, self.n_ent, self.rng, *self.words)
+                         self.pos, self.ent_t, self.ent_s, self.n_ent, self.rng, self.spec, *self.words)
 
         try:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf, \
@@ -941,23 +1120,27 @@ class _Market:
                 tmp.unlink()
 
 
-def generate_day(day: dt.date, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int = 200, rate_ms: int = 100,
-                 seed: int = 0, faults: tuple[str, ...] = (), start_price: float | None = None,
-                 duration_s: int | None = None, signal: float = 1.0) -> Path:
+def generate_day(day: dt.date, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int | None = None,
+                 rate_ms: int = 100, seed: int = 0, faults: tuple[str, ...] = (), start_price: float | None = None,
+                 duration_s: int | None = None, signal: float = 1.0, category: str = "linear") -> Path:
     """Writes one synthetic day; returns the ZIP's path. Deterministic for (seed, day, arguments).
 
     `signal` (>= 0) is the strength of the planted signal: 1.0 the default market, 0 NULL data
-    with no directional information (see the module docstring).
+    with no directional information (see the module docstring). `symbol` and `category`
+    (linear, spot, inverse) pick the instrument (`instrument`: price scale, tick, how numbers are
+    written) and the folder (`archive_path`); `depth` defaults to the category's archive
+    (CATEGORY_DEPTH: 200, inverse 500).
     """
     market = _Market(seed=seed, first_day=day, symbol=symbol, depth=depth, rate_ms=rate_ms,
-                     start_price=start_price, signal=signal)
+                     start_price=start_price, signal=signal, category=category)
     return market.write_day(day, Path(out_dir), tuple(faults), duration_s)
 
 
-def generate_days(start: dt.date, days: int, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int = 200,
+def generate_days(start: dt.date, days: int, out_dir: Path, *, symbol: str = "BTCUSDT", depth: int | None = None,
                   rate_ms: int = 100, seed: int = 0, faults: tuple[str, ...] = (),
                   duration_s: int | None = None, signal: float = 1.0,
-                  on_day: Callable[[Path], None] | None = None, flip: bool = False) -> list[Path]:
+                  on_day: Callable[[Path], None] | None = None, flip: bool = False,
+                  category: str = "linear") -> list[Path]:
     """Writes `days` consecutive, continuous days (one market, one seed stream); returns the paths.
 
     The first day is byte-identical to `generate_day(start, ..., seed=seed)`. With `duration_s`
@@ -965,12 +1148,13 @@ def generate_days(start: dt.date, days: int, out_dir: Path, *, symbol: str = "BT
     is the strength of the planted signal: 1.0 the default market, 0 NULL data with no
     directional information (see the module docstring). `on_day` is called with each day's path
     as soon as it is written (progress reports). `flip`: the book leans against the drift (the
-    signal's sign flipped; the same random draws, so the same prices as without it).
+    signal's sign flipped; the same random draws, so the same prices as without it). `symbol`,
+    `category` and `depth` as in `generate_day`.
     """
     if days < 0:
         raise ValueError(f"days must be >= 0, got {days}")
     market = _Market(seed=seed, first_day=start, symbol=symbol, depth=depth, rate_ms=rate_ms, start_price=None,
-                     signal=signal, flip=flip)
+                     signal=signal, flip=flip, category=category)
     paths = []
     for i in range(days):
         paths.append(market.write_day(start + dt.timedelta(days=i), Path(out_dir), tuple(faults), duration_s))
