@@ -51,8 +51,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MissingDaysError", "NoLabelledDaysError", "PreparedData", "labelled_range", "prepare_data",
-           "range_test_start", "training_ranges"]
+__all__ = [
+    "MissingDaysError",
+    "NoLabelledDaysError",
+    "PreparedData",
+    "UnseenData",
+    "labelled_range",
+    "prepare_data",
+    "range_test_start",
+    "training_ranges",
+    "unseen_data",
+]
 
 KEY_SHIFT = 1 << 40  # minutes between instrument blocks in `keyed_minutes`: far beyond any calendar span
 
@@ -376,3 +385,60 @@ def prepare_data(
     return PreparedData(stacked, windows, walk, scaler, seq_len, n_levels, lookahead, ranges[0], prices, bid, ask,
                         test_share, instrument_keys=keys, block_starts=block_starts, labelled_ranges=ranges,
                         cut_minute=cut)
+
+
+@dataclass
+class UnseenData:
+    """An instrument the model never trained on, over the training range: its own matrix, its
+    windows from the shared calendar cut on (`test`), scaled with statistics of ITS OWN
+    development-period rows (the rows of its windows ending before the purge ahead of the cut;
+    never its test rows)."""
+
+    key: str
+    arrays: TrainingArrays
+    windows: WindowIndex
+    test: np.ndarray  # window ends at or after the cut
+    development: np.ndarray  # window ends at least purge + 1 minutes before the cut
+    scaler: Scaler
+    seq_len: int
+    lookahead: int
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.arrays.features
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.arrays.targets
+
+    @property
+    def minutes(self) -> np.ndarray:
+        return self.arrays.minutes
+
+    def dataset(self) -> Any:
+        """The test windows as a `SequenceDataset`, scaled with this instrument's own statistics."""
+        from .dataset import SequenceDataset
+
+        return SequenceDataset(self.features, self.targets, self.test, self.seq_len, self.scaler)
+
+
+def unseen_data(settings: Settings, data: PreparedData, instrument: Any) -> UnseenData:
+    """`instrument` (a key or `Instrument`, never trained on) prepared like `data`: the same days,
+    n_levels, seq_len and calendar cut (`data.test_start`), scaled with its own development rows."""
+    key = _key(instrument)
+    try:
+        labelled = labelled_range(settings.for_instrument(instrument), data.labelled.start, data.labelled.end)
+    except MissingDaysError as exc:
+        exc.args = (f"{key}: {exc}",)
+        raise
+    arrays = build_training_arrays(labelled, data.n_levels)
+    windows = WindowIndex.build(arrays.valid, arrays.targets, data.seq_len, arrays.minutes)
+    cut = int(data.test_start.timestamp()) // 60
+    times = arrays.minutes[windows.ends]
+    test = windows.ends[times >= cut]
+    development = windows.ends[times <= cut - data.split.purge - 1]
+    if not test.size or not development.size:
+        raise ValueError(f"{key}: {development.size} development and {test.size} test windows over "
+                         f"{labelled.start}..{labelled.end}: nothing to score it on")
+    scaler = Scaler.fit(arrays.features, rows_covered(development, data.seq_len, arrays.n_rows), arrays.feature_names)
+    return UnseenData(key, arrays, windows, test, development, scaler, data.seq_len, data.lookahead)

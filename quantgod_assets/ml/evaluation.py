@@ -27,7 +27,7 @@ from ..labelling import CLASS_NAMES
 from .metrics import CONFUSION_METRICS, class_priors, confusion_matrix, metric_from_confusion
 
 if TYPE_CHECKING:
-    from ..settings import EvaluationSettings
+    from ..settings import EvaluationSettings, Settings
     from .data import PreparedData
 
 __all__ = [
@@ -36,8 +36,10 @@ __all__ = [
     "TestReport",
     "WalkForwardReport",
     "comparison_metric",
+    "instrument_reports",
     "split_priors",
     "test_report",
+    "unseen_reports",
     "walk_forward",
 ]
 
@@ -176,6 +178,30 @@ class TestReport:
     verdicts: dict[str, str]  # name -> one line
     block: int  # bootstrap block (windows)
     seeds: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (mean, std) over seeds
+    # several training instruments: the same scores on each one's test windows (training instrument key ->)
+    instruments: dict[str, TestReport] = field(default_factory=dict)
+    # instruments never trained on, scored over the same test period (never used to choose anything)
+    unseen: dict[str, TestReport] = field(default_factory=dict)
+
+    def instrument_metrics(self) -> dict[str, float]:
+        """Flat numbers of the per-instrument and unseen reports: `f1_macro_{key}` (with `_low` /
+        `_high` and `n_windows`), `baseline_{name}_f1_macro_{key}`, and `unseen_{key}_f1_macro`,
+        `unseen_{key}_baseline_{name}_f1_macro`, `unseen_{key}_edge_{name}` ... ."""
+        out: dict[str, float] = {}
+        for key, r in self.instruments.items():
+            out.update({f"f1_macro_{key}": r.interval.estimate, f"f1_macro_low_{key}": r.interval.low,
+                        f"f1_macro_high_{key}": r.interval.high, f"n_windows_{key}": float(r.model["n"])})
+            for name, base in r.baselines.items():
+                out[f"baseline_{name}_f1_macro_{key}"] = base["f1_macro"]
+        for key, r in self.unseen.items():
+            out.update({f"unseen_{key}_f1_macro": r.interval.estimate, f"unseen_{key}_f1_macro_low": r.interval.low,
+                        f"unseen_{key}_f1_macro_high": r.interval.high, f"unseen_{key}_n_windows": float(r.model["n"])})
+            for name, base in r.baselines.items():
+                out[f"unseen_{key}_baseline_{name}_f1_macro"] = base["f1_macro"]
+            for name, edge in r.edges.items():
+                out.update({f"unseen_{key}_edge_{name}": edge.estimate, f"unseen_{key}_edge_{name}_low": edge.low,
+                            f"unseen_{key}_edge_{name}_high": edge.high})
+        return out
 
     @property
     def edge(self) -> bool:
@@ -224,6 +250,78 @@ def test_report(
         edges[name] = difference_interval(y_true, y_pred, predictions, HEADLINE, **options)
         verdicts[name] = verdict(f"edge over {name}", edges[name])
     return TestReport(summarise(y_true, y_pred), interval, baselines, edges, verdicts, block)
+
+
+def instrument_reports(
+    data: PreparedData,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    baseline_predictions: Mapping[str, np.ndarray],
+    evaluation: EvaluationSettings,
+    block: int,
+) -> dict[str, TestReport]:
+    """`test_report` on each training instrument's test windows (`y_true`, `y_pred` and the
+    baselines' predictions are over `data.split.test`, in its order); empty for one instrument."""
+    if data.n_instruments < 2:
+        return {}
+    which = data.instrument_of(data.split.test)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    out = {}
+    for b, key in enumerate(data.instrument_keys):
+        on = which == b
+        if not on.any():
+            log.warning(f"Test: {key} has no test window")
+            continue
+        out[key] = report = test_report(y_true[on], y_pred[on],
+                                        {name: np.asarray(p)[on] for name, p in baseline_predictions.items()},
+                                        evaluation, block)
+        shown = " | ".join(f"{name} {base['f1_macro']:.4f}" for name, base in report.baselines.items())
+        log.info(f"Test {key} ({int(on.sum()):,} windows) | F1 Macro: {report.interval.format()} | {shown}")
+    return out
+
+
+def unseen_reports(
+    settings: Settings,
+    data: PreparedData,
+    score: Callable[[Any], Mapping[str, Any]],
+    evaluation: EvaluationSettings,
+    block: int,
+    seed: int = 0,
+) -> dict[str, TestReport]:
+    """The unseen-instrument test: each of training.yaml `unseen_instruments`, never trained on,
+    prepared over the same days and calendar cut (`data.unseen_data`, scaled with its own
+    development rows) and scored by `score(dataset)` (the final model: `y_true`, `y_pred`) next to
+    persistence (its own labels known at t), majority and stratified at the TRAINING priors, and
+    logistic fitted on the training instruments. Reported only: it chooses nothing."""
+    from .baselines import LogisticModel, fit_logistic, persistence_baseline
+    from .data import unseen_data
+
+    out: dict[str, TestReport] = {}
+    if not settings.unseen_instruments:
+        return out
+    train_y = data.targets[data.split.train].astype(np.int64)
+    priors = class_priors(train_y)
+    majority = int(np.bincount(train_y, minlength=3).argmax())
+    logistic = fit_logistic(data.features, data.targets, data.split.train, scaler=data.scaler)
+    for instrument in settings.unseen_instruments:
+        unseen = unseen_data(settings, data, instrument)
+        scores = score(unseen.dataset())
+        y_true, y_pred = np.asarray(scores["y_true"]), np.asarray(scores["y_pred"])
+        n = unseen.test.size
+        baselines = {
+            "majority": np.full(n, majority, dtype=np.int64),
+            "stratified": np.random.default_rng(seed).choice(priors.size, size=n, p=priors).astype(np.int64),
+            "persistence": persistence_baseline(unseen.targets, unseen.development, unseen.test, unseen.lookahead,
+                                                unseen.minutes).predictions,
+            # the training instruments' logistic regression on this instrument's own scaling
+            "logistic": LogisticModel(logistic.weight, logistic.bias, unseen.scaler).predict(unseen.features,
+                                                                                             unseen.test),
+        }
+        out[unseen.key] = report = test_report(y_true, y_pred, baselines, evaluation, block)
+        shown = " | ".join(f"{name} {base['f1_macro']:.4f}" for name, base in report.baselines.items())
+        log.info(f"Unseen instrument {unseen.key} ({n:,} test windows, its own development-period scaling) | "
+                 f"F1 Macro: {report.interval.format()} | {shown}")
+    return out
 
 
 def seed_spread(per_seed: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:

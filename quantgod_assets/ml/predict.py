@@ -72,6 +72,29 @@ class Predictor:
     class_names: tuple[str, ...]
     version: str
     path: Path
+    scalers: dict[str, Scaler] | None = None  # per instrument key, for a model trained on several
+
+    @property
+    def instruments(self) -> list[str]:
+        """The instruments the bundle holds a scaler for (empty: one instrument, its `scaler`)."""
+        return list(self.scalers or {})
+
+    def scaler_for(self, instrument: str | None) -> Scaler:
+        """The scaler of `instrument` (a key `ETHUSDT_linear` or a bare symbol): a model trained on
+        several instruments scales each with its own training statistics. Without an instrument,
+        the bundle's one scaler; ValueError, in one line, for an instrument it has none for."""
+        if not self.scalers:
+            return self.scaler
+        if instrument is None:
+            if len(self.scalers) == 1:
+                return next(iter(self.scalers.values()))
+            raise ValueError(f"{self.path.name} was trained on {', '.join(self.scalers)}: name the instrument "
+                             "to predict on")
+        found = [key for key in self.scalers if key == instrument or key.split("_")[0] == instrument]
+        if len(found) != 1:
+            raise ValueError(f"{self.path.name} holds no scaling for instrument {instrument!r} (trained on "
+                             f"{', '.join(self.scalers)})")
+        return self.scalers[found[0]]
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
@@ -104,18 +127,22 @@ class Predictor:
             # same names, maybe other formulas: worth a line, not a refusal (old models stay usable)
             log.warning(f"{path} was trained with feature code {feature_hash}, this is {FEATURE_CODE_HASH}")
         classes = tuple(bundle.get("label_settings", {}).get("classes") or CLASS_NAMES)
-        return cls(module, bundle, seq_len, n_levels, scaler, names, classes, _file_version(path), path)
+        scalers = {key: Scaler.from_dict(d) for key, d in (bundle["scaler"].get("instruments") or {}).items()}
+        return cls(module, bundle, seq_len, n_levels, scaler, names, classes, _file_version(path), path,
+                   scalers or None)
 
-    def probabilities(self, features: np.ndarray, ends: np.ndarray, batch_size: int = BATCH_WINDOWS) -> np.ndarray:
+    def probabilities(self, features: np.ndarray, ends: np.ndarray, batch_size: int = BATCH_WINDOWS,
+                      instrument: str | None = None) -> np.ndarray:
         """float32 [len(ends), 3]: the softmax of the logits of the windows ending at `ends` of the
-        raw (unscaled) `features`, batched and scaled exactly as training evaluates its windows."""
+        raw (unscaled) `features`, batched and scaled exactly as training evaluates its windows
+        (with `instrument`'s statistics for a model trained on several)."""
         import torch
 
         from .dataset import SequenceDataset
         from .train import predict_logits
 
         targets = np.full(features.shape[0], ANY_CLASS, dtype=np.int8)
-        windows = SequenceDataset(features, targets, ends, self.seq_len, self.scaler)
+        windows = SequenceDataset(features, targets, ends, self.seq_len, self.scaler_for(instrument))
         logits = predict_logits(self.module, windows, batch_size=batch_size, device="cpu")
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
@@ -220,6 +247,7 @@ def predict(
     model: str | Path | Predictor,
     frames: pl.DataFrame | Sequence[pl.DataFrame],
     batch_size: int = BATCH_WINDOWS,
+    instrument: str | None = None,
 ) -> pl.DataFrame:
     """Per-minute class probabilities of `model` (a bundle path or a loaded `Predictor`) on one
     preprocessed-book frame or consecutive days' frames, oldest first.
@@ -228,9 +256,11 @@ def predict(
     `p_buy` (Float32, softmax of the logits), `predicted` (Int8 0/1/2), `predicted_label`
     (SELL/NEUTRAL/BUY) and `has_window` (a complete window of seq_len valid, consecutive minutes
     ends at this minute); the minutes without one have nulls. A frame lacking a column the model
-    reads raises ValueError naming the columns.
+    reads raises ValueError naming the columns. A model trained on several instruments needs
+    `instrument` (its key or symbol: the frames' instrument, scaled with its training statistics).
     """
     predictor = model if isinstance(model, Predictor) else Predictor.load(model)
+    predictor.scaler_for(instrument)  # an instrument the bundle has no scaling for fails before any work
     frames = [frames] if isinstance(frames, pl.DataFrame) else list(frames)
     if not frames:
         raise ValueError("no frames to predict on")
@@ -238,5 +268,5 @@ def predict(
     # every minute counts as labelled, so the windows are exactly training's over valid minutes
     targets = np.full(rows.valid.size, ANY_CLASS, dtype=np.int8)
     ends = WindowIndex.build(rows.valid, targets, predictor.seq_len, rows.minutes).ends
-    probabilities = predictor.probabilities(rows.features, ends, batch_size)
+    probabilities = predictor.probabilities(rows.features, ends, batch_size, instrument)
     return _table(rows.ts, ends, probabilities, predictor.class_names)

@@ -196,3 +196,114 @@ def test_the_baselines_look_up_persistence_within_the_instrument(data):
     result = persistence_baseline(data.targets, data.split.train, eth_first, data.lookahead, data.keyed_minutes)
     majority = int(np.bincount(data.targets[data.split.train].astype(np.int64), minlength=3).argmax())
     assert (result.predictions == majority).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The test report per instrument and pooled, the unseen instrument
+
+
+def _baseline_test_predictions(data):
+    from quantgod_assets.ml.baselines import run_baselines
+
+    results = run_baselines(data.features, data.targets, data.split, data.lookahead, data.keyed_minutes,
+                            on=("test",), scaler=data.scaler)
+    return {name: parts["test"].predictions for name, parts in results.items()}
+
+
+def test_the_test_report_is_per_instrument_and_pooled(data, two_instruments):
+    from quantgod_assets.ml.evaluation import instrument_reports, summarise, test_report
+
+    test = data.split.test
+    y_true = data.targets[test].astype(np.int64)
+    y_pred = np.random.default_rng(1).integers(0, 3, test.size)
+    baselines = _baseline_test_predictions(data)
+    evaluation = two_instruments.training.evaluation.model_copy(update={"resamples": 200})
+    pooled = test_report(y_true, y_pred, baselines, evaluation, 60)
+    pooled.instruments = instrument_reports(data, y_true, y_pred, baselines, evaluation, 60)
+    assert set(pooled.instruments) == set(data.instrument_keys)
+    assert sum(r.model["n"] for r in pooled.instruments.values()) == pooled.model["n"] == test.size
+    for b, key in enumerate(data.instrument_keys):
+        on = data.instrument_of(test) == b
+        r = pooled.instruments[key]
+        assert r.model["f1_macro"] == pytest.approx(summarise(y_true[on], y_pred[on])["f1_macro"])
+        assert r.interval.estimate == pytest.approx(r.model["f1_macro"])
+        assert set(r.baselines) == {"majority", "stratified", "persistence", "logistic"}
+        persistence = summarise(y_true[on], baselines["persistence"][on])["f1_macro"]
+        assert r.baselines["persistence"]["f1_macro"] == pytest.approx(persistence)
+    metrics = pooled.instrument_metrics()
+    for key in data.instrument_keys:
+        assert {f"f1_macro_{key}", f"f1_macro_low_{key}", f"f1_macro_high_{key}",
+                f"baseline_logistic_f1_macro_{key}"} <= set(metrics)
+    # one instrument: no per-instrument report (the pooled one is it)
+    one = prepare_data(two_instruments, n_levels=N_LEVELS, seq_len=SEQ_LEN, instruments=["BTCUSDT_linear"])
+    assert not instrument_reports(one, y_true[: one.split.test.size], y_true[: one.split.test.size], {},
+                                  evaluation, 60)
+
+
+def test_an_unseen_instrument_is_scored_with_its_own_development_statistics(data, two_instruments):
+    from quantgod_assets.ml.data import unseen_data
+    from quantgod_assets.ml.evaluation import unseen_reports
+
+    seen = []
+
+    def score(dataset):
+        seen.append(dataset)
+        y = dataset.targets[dataset.ends].astype(np.int64)
+        return {"y_true": y, "y_pred": y}  # a perfect model
+
+    evaluation = two_instruments.training.evaluation.model_copy(update={"resamples": 200})
+    reports = unseen_reports(two_instruments, data, score, evaluation, 60)
+    assert list(reports) == ["SOLUSDT_linear"]
+    report = reports["SOLUSDT_linear"]
+    assert report.model["f1_macro"] == pytest.approx(1.0)
+    assert set(report.baselines) == {"majority", "stratified", "persistence", "logistic"}
+    assert all(report.edges[name].estimate > 0 for name in report.edges)
+    unseen = unseen_data(two_instruments, data, "SOLUSDT_linear")
+    cut = int(data.test_start.timestamp()) // 60
+    assert (unseen.minutes[unseen.test] >= cut).all()
+    assert (unseen.minutes[unseen.development] <= cut - data.split.purge - 1).all()
+    # the dataset scored is SOL's test windows, scaled with SOL's development rows only
+    dataset = seen[0]
+    np.testing.assert_array_equal(dataset.ends, unseen.test)
+    own = Scaler.fit(unseen.features, rows_covered(unseen.development, SEQ_LEN, unseen.arrays.n_rows))
+    np.testing.assert_allclose(dataset.scaler.mean, own.mean)
+    size = next(k for k, name in enumerate(unseen.arrays.feature_names) if "sz" in name)
+    # sizes 10x BTC's: its own statistics, neither BTC's nor ETH's
+    assert abs(own.mean[size] - data.scaler.scalers[0].mean[size] - np.log(10)) < 0.5
+    # its test rows never enter its statistics
+    test_rows = rows_covered(unseen.test, SEQ_LEN, unseen.arrays.n_rows)
+    dev_rows = rows_covered(unseen.development, SEQ_LEN, unseen.arrays.n_rows)
+    assert not (test_rows & dev_rows).any()
+    from quantgod_assets.ml.evaluation import TestReport
+
+    holder = TestReport(report.model, report.interval, {}, {}, {}, 60, unseen=reports)
+    assert {"unseen_SOLUSDT_linear_f1_macro", "unseen_SOLUSDT_linear_baseline_persistence_f1_macro",
+            "unseen_SOLUSDT_linear_edge_logistic"} <= set(holder.instrument_metrics())
+
+
+def test_predict_scales_with_the_named_instruments_statistics(data, tmp_path):
+    from quantgod_assets.ml.predict import Predictor
+
+    saved = data.scaler.to_dict()
+    scalers = {key: Scaler.from_dict(d) for key, d in saved["instruments"].items()}
+    predictor = Predictor(None, {}, SEQ_LEN, N_LEVELS, Scaler.from_dict(saved), [], ("S", "N", "B"), "v",  # type: ignore[arg-type]
+                          tmp_path / "m.pth", scalers)
+    assert predictor.instruments == data.instrument_keys
+    np.testing.assert_array_equal(predictor.scaler_for("ETHUSDT_linear").mean, data.scaler.scalers[1].mean)
+    np.testing.assert_array_equal(predictor.scaler_for("ETHUSDT").mean, data.scaler.scalers[1].mean)
+    with pytest.raises(ValueError, match="name the instrument"):
+        predictor.scaler_for(None)
+    with pytest.raises(ValueError, match="no scaling for instrument 'SOLUSDT'"):
+        predictor.scaler_for("SOLUSDT")
+    # a one-instrument bundle needs no name
+    single = Predictor(None, {}, SEQ_LEN, N_LEVELS, scalers["BTCUSDT_linear"], [], ("S", "N", "B"), "v",  # type: ignore[arg-type]
+                       tmp_path / "m.pth")
+    assert single.scaler_for(None) is scalers["BTCUSDT_linear"]
+
+
+def test_the_study_is_named_after_the_training_instruments(two_instruments):
+    from quantgod_assets.ml.search import search_provenance, study_name
+
+    ranges = training_ranges(two_instruments)
+    assert study_name(two_instruments, ranges).startswith("BTCUSDT_linear+ETHUSDT_linear_")
+    assert search_provenance(two_instruments, ranges)["instruments"] == "BTCUSDT_linear+ETHUSDT_linear"
