@@ -182,6 +182,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _at_least(args.history_days, 0, "--history-days")
     settings = load_settings()
+    if args.instrument:
+        settings = settings.for_instrument(args.instrument)
     sources = _prediction_days(settings, args.date, args.history_days)  # the day's file checked first
     try:
         predictor = Predictor.load(args.model)
@@ -315,8 +317,28 @@ def build_parser() -> argparse.ArgumentParser:
                       help="days before it read for the first minutes' windows, when present (default: %(default)s)")
     pred.add_argument("--out", type=Path, default=None,
                       help="the Parquet file to write (default: {data_dir}/predictions/{model version}/{date}.parquet)")
+    pred.add_argument("--instrument", default=None,
+                      help="the configured instrument whose day it is, e.g. ETHUSDT_linear or ETHUSDT "
+                      "(default: the first of etl.yaml instruments)")
     pred.set_defaults(func=cmd_predict)
+
+    migrate = sub.add_parser("migrate", help="move outputs written before instruments ({data_dir}/L2/pre_processed, "
+                             "labelled, models, optimization, predictions) to their instrument's folders; "
+                             "nothing is reprocessed or overwritten")
+    migrate.set_defaults(func=cmd_migrate)
     return parser
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import migrate_legacy_layout
+    from .settings import load_settings
+
+    settings = load_settings()
+    instrument, report = migrate_legacy_layout(settings)
+    for source, target in report.moved:
+        print(f"{source} -> {target}")
+    print(f"{instrument.key}: " + "; ".join(report.lines()))
+    return 0
 
 
 def _expected_failure(exc: BaseException) -> str | None:
