@@ -83,7 +83,9 @@ def _predict_day(outcome: DayOutcome, settings: Settings) -> tuple[Any, Path, di
 
     predictor, pointer = _champion(settings)
     frames = _frames(settings, outcome.day)
-    table = predict(predictor, frames)
+    # a model trained on several instruments scales each with its own statistics: name this one
+    instrument = settings.instrument.key if len(predictor.instruments) > 1 else None
+    table = predict(predictor, frames, instrument=instrument)
     rows = frames[-1].height
     day_rows = table.tail(rows)  # the day before was history only
     valid = valid_minutes(frames, predictor.n_levels)[-rows:]
