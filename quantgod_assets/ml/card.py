@@ -104,6 +104,34 @@ def _test_section(final: FinalModel) -> list[str]:
     return [*lines, "", *_table(["class", "precision", "recall", "F1"], per_class)]
 
 
+def _instrument_rows(reports: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    names = list(next(iter(reports.values())).baselines)
+    rows = [[key, f"{r.model['n']:,}", r.interval.format(), *(f"{r.baselines[n]['f1_macro']:.4f}" for n in names)]
+            for key, r in reports.items()]
+    return ["instrument", "test windows", "model F1 macro", *names], rows
+
+
+def _instruments_section(final: FinalModel) -> list[str]:
+    """Per training instrument (several) and per unseen instrument: macro-F1 with its interval and
+    every baseline's on that instrument's test windows."""
+    report = final.report
+    if report is None or not (report.instruments or report.unseen):
+        return []
+    lines: list[str] = []
+    if report.instruments:
+        header, rows = _instrument_rows(report.instruments)
+        lines += ["## Test block per instrument", "The pooled scores above, on each training instrument's test "
+                  "windows (the same calendar cut for all).", "", *_table(header, rows), ""]
+    if report.unseen:
+        header, rows = _instrument_rows(report.unseen)
+        lines += ["## Unseen instruments (never trained on; reported, never used to choose)",
+                  "Over the same test period, each scaled with statistics of its own development-period rows; "
+                  "majority and stratified at the training priors, logistic fitted on the training instruments.",
+                  "", *_table(header, rows), ""]
+        lines += [f"- {key}: {line}" for key, r in report.unseen.items() for line in r.verdicts.values()]
+    return lines
+
+
 def _backtest_section(final: FinalModel, settings: Settings) -> list[str]:
     bt_settings = settings.training.backtest
     rows = []
@@ -124,7 +152,7 @@ def model_card(final: FinalModel, settings: Settings) -> str:
              f"Written {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}; file `{final.model_path.name}`; "
              f"git {git_commit()}; feature code {FEATURE_CODE_HASH}.", ""]
     for section in (_data_section(final, settings), _training_section(final, settings), _walk_forward_section(final),
-                    _test_section(final), _backtest_section(final, settings)):
+                    _test_section(final), _instruments_section(final), _backtest_section(final, settings)):
         if section:
             lines += [*section, ""]
     if final.mlflow_run_id:

@@ -43,7 +43,17 @@ from ..secrets import redact_url
 from ..settings import LoopSettings
 from .data import PreparedData, prepare_data
 from .dataset import rows_covered
-from .evaluation import TestReport, WalkForwardReport, priors_line, seed_spread, split_priors, test_report, walk_forward
+from .evaluation import (
+    TestReport,
+    WalkForwardReport,
+    instrument_reports,
+    priors_line,
+    seed_spread,
+    split_priors,
+    test_report,
+    unseen_reports,
+    walk_forward,
+)
 from .features import FEATURE_CODE_HASH
 from .reports import pct
 
@@ -334,7 +344,14 @@ def train_final_model(
                          training.evaluation, block)
     report.seeds = seed_spread([{k: v for k, v in r.test.items() if not isinstance(v, (list, np.ndarray))}
                                 for r in runs])
+    # several instruments: the same scores per instrument; the unseen instruments, scored only
+    baseline_test = {name: parts["test"].predictions for name, parts in baseline_results.items()}
+    report.instruments = instrument_reports(data, scores["y_true"], scores["y_pred"], baseline_test,
+                                            training.evaluation, block)
+    report.unseen = unseen_reports(settings, data, lambda ds: trainer.scores(kept.model, ds), training.evaluation,
+                                   block)
     test = {k: v for k, v in report.model.items()}
+    test.update(report.instrument_metrics())  # MLflow: test_f1_macro_{instrument}, test_unseen_{instrument}_f1_macro
     results = {"model": _backtest(data, scores["y_pred"], training)}
     for name, parts in baseline_results.items():
         results[name] = _backtest(data, parts["test"].predictions, training)

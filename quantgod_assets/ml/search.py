@@ -20,12 +20,13 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..secrets import redact_url, redacted_errors
-from .data import labelled_range, prepare_data, range_test_start
+from .data import prepare_data, range_test_start, training_ranges
 from .dataset import LabelledRange, TrainingArrays, build_training_arrays
 from .features import FEATURE_CODE_HASH
 
@@ -77,30 +78,34 @@ def _search_hash(settings: Settings) -> str:
     return hashlib.sha256(json.dumps(searched, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def search_provenance(settings: Settings, labelled: LabelledRange) -> dict[str, Any]:
-    """Where a search ran: profile, label suffix, data range and the feature-code and search hashes."""
+def search_provenance(settings: Settings, labelled: LabelledRange | Sequence[LabelledRange]) -> dict[str, Any]:
+    """Where a search ran: training instruments, profile, label suffix, data range (one range, or
+    one per training instrument over the same days) and the feature-code and search hashes."""
+    ranges = [labelled] if isinstance(labelled, LabelledRange) else list(labelled)
+    labelled = ranges[0]
     return {
         "profile": settings.optimization.profile or "default",
         "label_suffix": settings.labelling.suffix,
+        "instruments": settings.model_key,  # the training instruments: `BTCUSDT_linear+ETHUSDT_linear`
         "data_start": labelled.start.isoformat(),
         "data_end": labelled.end.isoformat(),
         "n_days": len(labelled.days),
         # the search never saw anything from here on: a model whose test block starts earlier refuses these params
-        "test_start": range_test_start(settings, labelled).isoformat(timespec="minutes"),
+        "test_start": range_test_start(settings, ranges).isoformat(timespec="minutes"),
         "feature_hash": FEATURE_CODE_HASH,
         "search_hash": _search_hash(settings),
     }
 
 
-def study_name(settings: Settings, labelled: LabelledRange) -> str:
-    """optimization.yaml `study_name` when set, else
-    `{labels}_{profile}_{first day}_{last day}_{hash of feature code + search}`."""
+def study_name(settings: Settings, labelled: LabelledRange | Sequence[LabelledRange]) -> str:
+    """optimization.yaml `study_name` when set, else `{training instruments}_{labels}_{profile}_
+    {first day}_{last day}_{hash of feature code + search}`."""
     opt = settings.optimization
     if opt.study_name:
         return opt.study_name
     p = search_provenance(settings, labelled)
     digest = hashlib.sha256(f"{p['feature_hash']}:{p['search_hash']}".encode()).hexdigest()[:8]
-    return f"{p['label_suffix']}_{p['profile']}_{p['data_start']}_{p['data_end']}_{digest}"
+    return f"{p['instruments']}_{p['label_suffix']}_{p['profile']}_{p['data_start']}_{p['data_end']}_{digest}"
 
 
 def _trial_rows(study: Any) -> list[dict[str, Any]]:
@@ -140,27 +145,28 @@ def _run_optimization(settings: Settings, start: dt.date | str | None, end: dt.d
 
     opt = settings.optimization
     started = time.perf_counter()
-    labelled = labelled_range(settings, start, end)
-    name = study_name(settings, labelled)
+    ranges = training_ranges(settings, start, end)  # one per training instrument, the same days
+    labelled = ranges[0]
+    name = study_name(settings, ranges)
     log.info(f"Optimization: study '{name}' at {redact_url(opt.storage)} | labels {settings.labelling.suffix} | "
              f"days {labelled.start}..{labelled.end} ({len(labelled.days)}) | "
              f"{opt.n_trials} trials x {opt.folds} folds x {opt.epochs_per_trial} epochs | objective: mean "
              f"validation {opt.metric} ({opt.goal})" + (f" | profile {opt.profile}" if opt.profile else ""))
 
-    cache: dict[int, TrainingArrays] = {}  # one feature matrix per n_levels, shared by the trials
+    cache: dict[int, list[TrainingArrays]] = {}  # the instruments' matrices per n_levels, shared by the trials
 
     def make_datasets(params: dict[str, Any]) -> Any:
         n_levels = int(params.get("n_levels", settings.training.n_levels))
         seq_len = int(params.get("seq_len", settings.training.seq_len))
         if n_levels not in cache:
-            cache[n_levels] = build_training_arrays(labelled, n_levels)
-        data = prepare_data(settings, n_levels=n_levels, seq_len=seq_len, arrays=cache[n_levels], labelled=labelled)
+            cache[n_levels] = [build_training_arrays(r, n_levels) for r in ranges]
+        data = prepare_data(settings, n_levels=n_levels, seq_len=seq_len, arrays=cache[n_levels], labelled=ranges)
         log.info(data.describe())
         return data  # the walk-forward folds; the test block is never touched here
 
     path = settings.paths.best_params_path
     best = run_study(make_datasets, opt, settings.training, name, mlflow_tracking_uri=tracking_uri,
-                     best_params_path=path, provenance=search_provenance(settings, labelled))
+                     best_params_path=path, provenance=search_provenance(settings, ranges))
     written = json.loads(path.read_text(encoding="utf-8"))
     study = open_study(opt, name)
     trials = _trial_rows(study)
