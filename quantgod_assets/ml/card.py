@@ -36,11 +36,13 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _data_section(final: FinalModel, settings: Settings) -> list[str]:
+    from .tracking import instrument_label
+
     lab, opt = settings.labelling, settings.optimization
     days = final.days
     return [
         "## Data",
-        f"- Symbol: {settings.symbol}; labelled days {days[0]} .. {days[-1]} ({len(days)} days)",
+        f"- Instrument: {instrument_label(settings)}; labelled days {days[0]} .. {days[-1]} ({len(days)} days)",
         f"- Labels `{lab.suffix}`: SELL when the {lab.price_column} return over {lab.lookahead} min is <= "
         f"{100 * lab.threshold_short:+.2f} %, BUY when >= {100 * lab.threshold_long:+.2f} %, else NEUTRAL",
         f"- Windows: train {final.sizes.get('train', 0):,} / validation {final.sizes.get('val', 0):,} / "
@@ -148,7 +150,10 @@ def _backtest_section(final: FinalModel, settings: Settings) -> list[str]:
 
 def model_card(final: FinalModel, settings: Settings) -> str:
     """The card's Markdown text."""
-    lines = [f"# Model card: {final.params.get('arch')} on {settings.symbol} `{settings.labelling.suffix}`", "",
+    from .tracking import instrument_label
+
+    title = f"# Model card: {final.params.get('arch')} on {instrument_label(settings)} `{settings.labelling.suffix}`"
+    lines = [title, "",
              f"Written {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}; file `{final.model_path.name}`; "
              f"git {git_commit()}; feature code {FEATURE_CODE_HASH}.", ""]
     for section in (_data_section(final, settings), _training_section(final, settings), _walk_forward_section(final),

@@ -258,6 +258,7 @@ def train_final_model(
     use_best_params: bool = True,
     mlflow: bool = True,
     run_tags: Mapping[str, Any] | None = None,
+    dagster_run_id: str | None = None,
 ) -> FinalModel:
     """Walk-forward validation of the params, the final model (training.yaml `seeds` trainings on
     the last fold; the best on validation kept and saved as the one-file bundle
@@ -267,7 +268,7 @@ def train_final_model(
     `champion` moved by the walk-forward rule)."""
     from ..progress import Progress
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()  # the MLflow run starts here, not when it logs
     lab, opt = settings.labelling, settings.optimization
     training, source, searched = resolve_training(settings, use_best_params)
     params = run_params(training)
@@ -386,7 +387,8 @@ def train_final_model(
     if mlflow:
         from .tracking import log_final_run
 
-        log_final_run(settings, final, kept.model, data, run_tags)
+        log_final_run(settings, final, kept.model, data, run_tags, started_at=started_at,
+                      dagster_run_id=dagster_run_id)
         store = training.mlflow
         log.info(f"MLflow run {final.mlflow_run_id} ({redact_url(store.tracking_uri)}, experiment '{store.experiment}')"
                  + (f" | registered '{store.registered_model}' v{final.registered_version}"

@@ -127,18 +127,19 @@ def run_optimization(
     start: dt.date | str | None = None,
     end: dt.date | str | None = None,
     mlflow: bool = True,
+    dagster_run_id: str | None = None,
 ) -> OptimizationOutcome:
     """Adds `n_trials` trials to the study named after the labelled range and the search
     (`study_name`), writes `{DATA_DIR}/optimization/best_params.json` with its provenance, logs
-    parent + nested runs to MLflow. An error quoting the storage's or the tracking URI's password
-    is re-raised with it masked."""
+    parent + nested runs to MLflow (tagged with `dagster_run_id` when Dagster launched it). An
+    error quoting the storage's or the tracking URI's password is re-raised with it masked."""
     tracking_uri = settings.training.mlflow.tracking_uri if mlflow else None
     with redacted_errors(settings.optimization.storage, tracking_uri):
-        return _run_optimization(settings, start, end, tracking_uri)
+        return _run_optimization(settings, start, end, tracking_uri, dagster_run_id)
 
 
 def _run_optimization(settings: Settings, start: dt.date | str | None, end: dt.date | str | None,
-                      tracking_uri: str | None) -> OptimizationOutcome:
+                      tracking_uri: str | None, dagster_run_id: str | None = None) -> OptimizationOutcome:
     import optuna
 
     from .tune import open_study, run_study
@@ -165,8 +166,14 @@ def _run_optimization(settings: Settings, start: dt.date | str | None, end: dt.d
         return data  # the walk-forward folds; the test block is never touched here
 
     path = settings.paths.best_params_path
+    instrument = ""
+    if tracking_uri:
+        from .tracking import instrument_label
+
+        instrument = instrument_label(settings)
     best = run_study(make_datasets, opt, settings.training, name, mlflow_tracking_uri=tracking_uri,
-                     best_params_path=path, provenance=search_provenance(settings, ranges))
+                     best_params_path=path, provenance=search_provenance(settings, ranges),
+                     instrument=instrument, dagster_run_id=dagster_run_id)
     written = json.loads(path.read_text(encoding="utf-8"))
     study = open_study(opt, name)
     trials = _trial_rows(study)

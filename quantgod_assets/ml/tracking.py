@@ -11,6 +11,18 @@ beside it, so everything works offline; `mlflow ui --backend-store-uri sqlite://
 shows the runs. Where: training.yaml `mlflow:` (`MlflowSettings`); the pictures come from
 `plots.py`.
 
+Every run says what differs in its name, `{kind} {arch} {instrument(s)} {data range} {UTC start}`
+(`run_name`): `study tcn_lstm/transformer BTCUSDT 2025-03-10..2025-03-12 03-14 10:41` (the
+parent run; the arch part is what the search may choose), `trial 3 tcn_lstm BTCUSDT
+2025-03-10..2025-03-12 03-14 10:43`, `final tcn_lstm BTCUSDT 2025-03-10..2025-03-12 03-14 10:41`;
+the instrument part is `instrument_label(settings)` everywhere. A run starts when its work
+starts and ends when it ends: the final model's run is created with the time `train_final_model`
+began (`started_at`), not when its results are logged. The final run leads with its headline
+(`headline`): tags `test_f1_macro` (`0.412 [0.351, 0.470]`), `baseline_<name>` (test macro-F1),
+`verdict`, `backtest_net_return` (`+1.23 % [-0.50 %, +2.90 %] (42 trades)`), and the artifacts
+`summary.md` / `summary.json`, beside the full metrics. A run launched by Dagster carries
+`dagster_run_id` and `dagster_run_url` (`dagster_tags`).
+
 A tracking URI may carry a password (`http://user:password@mlflow:5000`, a PostgreSQL store):
 MLflow connects with it, nothing here logs it as a param or tag, MLflow's own loggers mask it
 and its "View run at <URL>" lines are off for such a URI, and an MLflow error quoting it is
@@ -20,6 +32,7 @@ re-raised with the password masked (`secrets.redacted_errors`).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import math
 import os
@@ -37,7 +50,7 @@ from mlflow.exceptions import MlflowException
 
 from ..labelling import CLASS_NAMES
 from ..plots import confusion_figure
-from ..secrets import redact_library_logs, redacted_errors, url_secrets
+from ..secrets import redact_library_logs, redact_url, redacted_errors, url_secrets
 from ..storage import sqlite_file
 
 if TYPE_CHECKING:
@@ -46,19 +59,68 @@ if TYPE_CHECKING:
     from .final import FinalModel
 
 __all__ = [
+    "DAGSTER_URL_ENV",
     "FinalRun",
     "Promotion",
     "StudyTracker",
     "current_champion",
+    "dagster_tags",
+    "headline",
+    "headline_tags",
+    "instrument_label",
     "log_final_model",
     "log_final_run",
     "promote_if_better",
+    "run_name",
     "setup_mlflow",
     "study_parent_run",
+    "summary_markdown",
 ]
 
 CHAMPION = "champion"
 CHAMPION_METRIC = "walk_forward_f1_macro"  # the model-version tag promotion compares (walk_forward_<metric>)
+
+
+DAGSTER_URL_ENV = "DAGSTER_WEBSERVER_URL"  # the Dagster UI's base URL, for `dagster_run_url`
+DAGSTER_URL_DEFAULT = "http://127.0.0.1:3000"  # `dagster dev`'s
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run is called and what it links to
+
+
+def instrument_label(settings: Settings) -> str:
+    """The instrument(s) a run trained on, as run names, tags and the model card show them: the
+    one place that says it (today the settings' symbol, `BTCUSDT`)."""
+    return settings.symbol
+
+
+def _utc(when: float | dt.datetime | None) -> dt.datetime:
+    if when is None:
+        return dt.datetime.now(dt.UTC)
+    if isinstance(when, dt.datetime):
+        return when.astimezone(dt.UTC)
+    return dt.datetime.fromtimestamp(when, dt.UTC)
+
+
+def run_name(kind: str, arch: str | None, instrument: str | None, data_range: str | None,
+             started: float | dt.datetime | None = None) -> str:
+    """What tells runs apart in MLflow's list, for every run this package creates:
+    `final tcn_lstm BTCUSDT 2025-03-10..2025-03-12 03-14 10:41` (kind, architecture, instrument(s),
+    first..last labelled day, the UTC month-day and minute the work `started`, a Unix time or a
+    datetime; now when None). Empty parts are left out."""
+    when = _utc(started).strftime("%m-%d %H:%M")
+    return " ".join(str(part) for part in (kind, arch, instrument, data_range, when) if part)
+
+
+def dagster_tags(dagster_run_id: str | None) -> dict[str, str]:
+    """`dagster_run_id` and `dagster_run_url` for a run launched by Dagster ({} without an id).
+    The URL is `$DAGSTER_WEBSERVER_URL/runs/<id>`, `http://127.0.0.1:3000/runs/<id>` (the
+    address of `dagster dev`) when that variable is unset; a password in it is masked."""
+    if not dagster_run_id:
+        return {}
+    base = redact_url((os.environ.get(DAGSTER_URL_ENV) or DAGSTER_URL_DEFAULT).rstrip("/"))
+    return {"dagster_run_id": dagster_run_id, "dagster_run_url": f"{base}/runs/{dagster_run_id}"}
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -147,7 +209,9 @@ def study_parent_run(tracking_uri: str, experiment: str, study_name: str) -> str
 class StudyTracker:
     """The MLflow side of one study: `with tracker.study(params):` opens (or re-opens, when the
     study resumes) the parent run; `with tracker.trial(number, params):` a nested run inside it;
-    `log_epoch` writes per-epoch metrics to the current trial run."""
+    `log_epoch` writes per-epoch metrics to the current trial run. Both are opened before their
+    work and named by `run_name` (`arch`: what the search may choose; a trial's own `arch` param
+    wins); `dagster_run_id` tags both (`dagster_tags`), a resumed parent with the latest."""
 
     def __init__(
         self,
@@ -155,9 +219,17 @@ class StudyTracker:
         experiment: str,
         study_name: str,
         artifact_location: str | Path | None = None,
+        *,
+        arch: str = "",
+        instrument: str = "",
+        data_range: str = "",
+        dagster_run_id: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.study_name = study_name
+        self.arch, self.instrument, self.data_range = arch, instrument, data_range
+        self.tags = {**({"instrument": instrument} if instrument else {}),
+                     **({"data_range": data_range} if data_range else {}), **dagster_tags(dagster_run_id)}
         self.experiment_id = setup_mlflow(tracking_uri, experiment, artifact_location)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.parent_run_id: str | None = None
@@ -175,11 +247,11 @@ class StudyTracker:
     def study(self, params: Mapping[str, Any] | None = None) -> Iterator[str]:
         existing = self._existing_parent()
         if existing:
-            run = mlflow.start_run(run_id=existing)
+            run = mlflow.start_run(run_id=existing, tags=self.tags or None)
         else:
             run = mlflow.start_run(
-                run_name=f"study_{self.study_name}",
-                tags={"optuna_study": self.study_name, "run_kind": "study"},
+                run_name=run_name("study", self.arch, self.instrument, self.data_range),
+                tags={"optuna_study": self.study_name, "run_kind": "study", **self.tags},
             )
         self.parent_run_id = run.info.run_id
         try:
@@ -194,10 +266,10 @@ class StudyTracker:
     @contextlib.contextmanager
     def trial(self, number: int, params: Mapping[str, Any]) -> Iterator[str]:
         run = mlflow.start_run(
-            run_name=f"trial_{number}",
+            run_name=run_name(f"trial {number}", params.get("arch") or self.arch, self.instrument, self.data_range),
             nested=True,
             parent_run_id=self.parent_run_id,
-            tags={"optuna_study": self.study_name, "run_kind": "trial", "optuna_trial": str(number)},
+            tags={"optuna_study": self.study_name, "run_kind": "trial", "optuna_trial": str(number), **self.tags},
         )
         self.trial_run_id = run.info.run_id
         status = "FINISHED"
@@ -413,6 +485,8 @@ def log_final_model(
     texts: Mapping[str, str] | None = None,
     data_range: str | None = None,
     bundle: str | Path | None = None,
+    started_at: float | None = None,
+    summary: Mapping[str, Any] | None = None,
 ) -> FinalRun:
     """One run for the final model: params, per-epoch metrics (`EpochMetrics` or dicts with an
     "epoch"), test metrics (logged as `test_<key>`), `extra_metrics` as given (baselines,
@@ -422,13 +496,20 @@ def log_final_model(
     `champion_score` (walk-forward, tagged `champion_metric`) beats the holder's. Without a
     `champion_score` nothing is promoted. With `bundle` (the .pth file), the registered `model` is
     the pyfunc that takes raw book rows (`pyfunc.BookModel`) and the bare torch module is logged
-    beside it as `torch_model`; without, the torch module is the registered `model`. The tracking
-    URI is never logged as a param or tag; an error quoting its password is re-raised masked."""
+    beside it as `torch_model`; without, the torch module is the registered `model`.
+    `started_at` (a Unix time, default now) is the run's start: when the work it records began,
+    before training, so that the run's duration is the work's. `summary` (`headline`) is logged
+    as `summary.json` and `summary.md`, the champion decision added. The tracking URI is never
+    logged as a param or tag; an error quoting its password is re-raised masked."""
     with redacted_errors(tracking_uri):  # an MLflow error quoting the URI, masked
-        setup_mlflow(tracking_uri, experiment, artifact_location)
+        experiment_id = setup_mlflow(tracking_uri, experiment, artifact_location)
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         run_tags = {"run_kind": "final_model", **{k: str(v) for k, v in (tags or {}).items()}}
-        with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
+        from mlflow.tracking.context.registry import resolve_tags  # what mlflow.start_run adds (user, source)
+
+        created = client.create_run(experiment_id, start_time=None if started_at is None else int(1000 * started_at),
+                                    tags=resolve_tags(run_tags), run_name=run_name)
+        with mlflow.start_run(run_id=created.info.run_id) as run:
             mlflow.log_params({k: _param_value(v) for k, v in params.items()})
             for row in _history_dicts(history):
                 step = int(row.pop("epoch", 0))
@@ -459,6 +540,10 @@ def log_final_model(
                                               champion_metric, eligible, not_eligible_reason, direction, data_range)
             mlflow.set_tag("champion", str(promotion.promoted).lower())
             mlflow.set_tag("champion_reason", promotion.reason)
+            if summary is not None:
+                decided = {**summary, "champion": promotion.promoted, "champion_reason": promotion.reason}
+                mlflow.log_dict(decided, "summary.json")
+                mlflow.log_text(summary_markdown(decided), "summary.md")
             return FinalRun(run.info.run_id, info.model_uri, str(version) if version is not None else None,
                             promotion.promoted, promotion.previous_score, promotion.reason,
                             promotion.previous_test_f1_macro)
@@ -499,11 +584,99 @@ def _final_metrics(final: FinalModel) -> dict[str, Any]:
     return out
 
 
+def _signed_pct(value: Any) -> str:
+    """`+1.23 %`, or `–` for a missing or non-finite value."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{100 * value:+.2f} %" if math.isfinite(value) else "–"
+
+
+def headline(final: FinalModel) -> dict[str, Any]:
+    """The few numbers that matter, as plain values and as text: test macro-F1 with its interval,
+    each baseline's test macro-F1 (and model − it, with its interval and verdict), the verdict,
+    the backtest's net return with its interval, the walk-forward score that decides promotion."""
+    report, wf = final.report, final.walk_forward
+    out: dict[str, Any] = {"arch": final.params.get("arch"), "data_range": f"{final.days[0]}..{final.days[-1]}",
+                           "test_period": list(final.test_period), "verdict": final.verdict}
+    if report is not None:
+        iv = report.interval
+        out["test_f1_macro"] = {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "text": iv.format(),
+                                "confidence": iv.confidence}
+    else:
+        out["test_f1_macro"] = {"estimate": final.test.get("f1_macro"), "text": f"{final.test.get('f1_macro', 0):.3f}"}
+    baselines = {}
+    for name, base in final.baselines.items():
+        row: dict[str, Any] = {"test_f1_macro": base.get("f1_macro"), "text": f"{base.get('f1_macro', 0):.3f}"}
+        if report is not None and name in report.edges:
+            row.update(edge=report.edges[name].format(signed=True), verdict=report.verdicts.get(name, ""))
+        baselines[name] = row
+    out["baselines"] = baselines
+    bt = final.backtests.get("model")
+    if bt is not None:
+        text = f"{_signed_pct(bt.get('net_return'))} [{_signed_pct(bt.get('net_return_low'))}, " \
+               f"{_signed_pct(bt.get('net_return_high'))}] ({bt.get('n_trades')} trades)"
+        out["backtest_net_return"] = {"estimate": bt.get("net_return"), "low": bt.get("net_return_low"),
+                                      "high": bt.get("net_return_high"), "n_trades": bt.get("n_trades"), "text": text}
+    if wf is not None:
+        out[f"walk_forward_{wf.metric}"] = {"model": wf.model_mean, **wf.baseline_means,
+                                            "promotable": wf.promotable}
+    return json.loads(json.dumps(out, default=_plain))  # numpy scalars as plain numbers
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def headline_tags(summary: Mapping[str, Any]) -> dict[str, str]:
+    """The headline as run tags (MLflow's run table and comparison view show tags as columns):
+    `test_f1_macro` `0.412 [0.351, 0.470]`, `baseline_<name>` `0.380`, `verdict`,
+    `backtest_net_return` `+1.23 % [-0.50 %, +2.90 %] (42 trades)`."""
+    tags = {"test_f1_macro": summary["test_f1_macro"]["text"], "verdict": summary["verdict"]}
+    for name, row in summary["baselines"].items():
+        tags[f"baseline_{name}"] = row["text"]
+    if "backtest_net_return" in summary:
+        tags["backtest_net_return"] = summary["backtest_net_return"]["text"]
+    return tags
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """`summary.md`: the headline as one small table and a few lines."""
+    lines = [f"# {summary.get('run_name') or 'Final model'}", ""]
+    lines.append(f"**Verdict: {summary['verdict'] or 'n/a'}**")
+    lines += ["", "| test block | F1 macro | model − this | verdict |", "|---|---:|---:|---|",
+              f"| **model** | **{summary['test_f1_macro']['text']}** | | |"]
+    for name, row in summary["baselines"].items():
+        lines.append(f"| {name} | {row['text']} | {row.get('edge', '')} | {row.get('verdict', '')} |")
+    lines.append("")
+    period = summary.get("test_period") or ["", ""]
+    lines.append(f"- Test period: {period[0]} .. {period[1]} UTC (scored once); data {summary.get('data_range')}")
+    if "backtest_net_return" in summary:
+        lines.append(f"- Backtest net return: {summary['backtest_net_return']['text']}")
+    for key, value in summary.items():
+        if key.startswith("walk_forward_") and isinstance(value, Mapping):
+            others = ", ".join(f"{k} {v:.4f}" for k, v in value.items()
+                               if k not in ("model", "promotable") and isinstance(v, (int, float)))
+            lines.append(f"- Walk-forward {key.removeprefix('walk_forward_')}: model {value['model']:.4f} "
+                         f"({others}); {'promotable' if value.get('promotable') else 'not promotable'}")
+    if "champion" in summary:
+        lines.append(f"- Champion: {'yes' if summary['champion'] else 'no'}: {summary.get('champion_reason', '')}")
+    if summary.get("dagster_run_url"):
+        lines.append(f"- Dagster run: {summary['dagster_run_url']}")
+    return "\n".join(lines) + "\n"
+
+
 def log_final_run(settings: Settings, final: FinalModel, model: Any, data: PreparedData,
-                  run_tags: Mapping[str, Any] | None) -> None:
+                  run_tags: Mapping[str, Any] | None, *, started_at: float | None = None,
+                  dagster_run_id: str | None = None) -> None:
     """The `model` asset's MLflow run (training.yaml `mlflow:`): params, per-epoch, walk-forward and
-    test metrics with intervals, baselines and backtests, the verdicts, the pictures, the model
-    card and the bundle; promotion by the walk-forward rule; fills `final`'s run fields."""
+    test metrics with intervals, baselines and backtests, the verdicts, the headline (tags,
+    summary.md / summary.json), the pictures, the model card and the bundle; promotion by the
+    walk-forward rule; fills `final`'s run fields. `started_at` (Unix time): when the work began,
+    the run's start; `dagster_run_id`: the Dagster run that launched it (`dagster_tags`)."""
     from .features import FEATURE_CODE_HASH
     from .provenance import git_commit
 
@@ -516,11 +689,15 @@ def log_final_run(settings: Settings, final: FinalModel, model: Any, data: Prepa
               "metric": opt.metric, "folds": len(data.folds), "seeds": len(final.seeds), "kept_seed": final.kept_seed,
               "test_start": final.test_period[0], "test_end": final.test_period[1],
               "bootstrap_block": final.report.block if final.report else None}
+    final_name = run_name("final", final.params.get("arch"), instrument_label(settings),
+                          f"{data.labelled.start}..{data.labelled.end}", started_at)
+    links = dagster_tags(dagster_run_id)
+    summary = {"run_name": final_name, "instrument": instrument_label(settings), **headline(final), **links}
     tags = {"label_suffix": lab.suffix, "git_commit": git_commit(), "feature_hash": FEATURE_CODE_HASH,
-            "data_range": f"{data.labelled.start}..{data.labelled.end}",
-            "test_period": f"{final.test_period[0]}..{final.test_period[1]}", "verdict": final.verdict,
+            "instrument": instrument_label(settings), "data_range": f"{data.labelled.start}..{data.labelled.end}",
+            "test_period": f"{final.test_period[0]}..{final.test_period[1]}", **headline_tags(summary),
             **({f"verdict_{k}": v for k, v in final.report.verdicts.items()} if final.report else {}),
-            **(run_tags or {})}
+            **links, **(run_tags or {})}
     texts = {"model_card.md": final.card} if final.card else {}
     if final.walk_forward is not None:
         texts["walk_forward.json"] = json.dumps(final.walk_forward.summary(), indent=2)
@@ -537,7 +714,7 @@ def log_final_run(settings: Settings, final: FinalModel, model: Any, data: Prepa
         run = log_final_model(
             model, params=params, history=final.history, test_metrics=test, confusion=final.test["confusion"],
             input_example=_input_example(data), tracking_uri=tr.mlflow.tracking_uri,
-            experiment=tr.mlflow.experiment, run_name=_run_name(settings, final, data),
+            experiment=tr.mlflow.experiment, run_name=final_name,
             registered_model_name=tr.mlflow.registered_model, artifacts=[final.model_path, *pictures],
             extra_metrics=_final_metrics(final), tags=tags, texts=texts,
             champion_score=wf.model_mean if wf else None,
@@ -545,6 +722,7 @@ def log_final_run(settings: Settings, final: FinalModel, model: Any, data: Prepa
             eligible=bool(wf and wf.promotable), not_eligible_reason=(wf.why_not() or "") if wf else "",
             direction=opt.goal if wf and wf.metric == opt.metric else "maximize",
             data_range=f"{data.labelled.start}..{data.labelled.end}", bundle=final.model_path,
+            started_at=started_at, summary=summary,
         )
     final.mlflow_run_id = run.run_id
     final.mlflow_model_uri = run.model_uri
@@ -553,14 +731,6 @@ def log_final_run(settings: Settings, final: FinalModel, model: Any, data: Prepa
     final.promotion = run.reason
     final.previous_champion = run.previous_champion_score
     final.champion_test_f1_macro = run.previous_champion_test_f1_macro
-
-
-def _run_name(settings: Settings, final: FinalModel, data: PreparedData) -> str:
-    """What tells runs apart in MLflow's list: `tcn_lstm BTCUSDT 2025-03-10..2025-03-12 12-02 10:41`."""
-    import datetime as dt
-
-    started = dt.datetime.now(dt.UTC).strftime("%m-%d %H:%M")
-    return f"{final.params.get('arch')} {settings.symbol} {data.labelled.start}..{data.labelled.end} {started}"
 
 
 def _input_example(data: PreparedData) -> np.ndarray:

@@ -264,6 +264,22 @@ def open_study(optimization: OptimizationSettings, study_name: str) -> optuna.St
                       optimization.pruner.n_warmup_steps, optimization.sampler_startup_trials, optimization.goal)
 
 
+def _searched_arch(search_space: SearchSpace, default: str) -> str:
+    """The architecture(s) a study may train, for its run's name: `tcn_lstm/transformer`."""
+    if "arch" not in search_space:
+        return default
+    spec = _entry("arch", search_space["arch"])
+    if spec.type == "categorical":
+        return "/".join(str(c) for c in spec.choices or ())
+    return str(spec.value) if spec.type == "fixed" else default
+
+
+def _data_range(provenance: Mapping[str, Any]) -> str:
+    """`first..last` labelled day of the search (its provenance), or "" when not given."""
+    start, end = provenance.get("data_start"), provenance.get("data_end")
+    return f"{start}..{end}" if start and end else ""
+
+
 def _free_accelerator_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -304,6 +320,8 @@ def run_study(
     mlflow_artifact_location: str | Path | None = None,
     best_params_path: str | Path | None = None,
     provenance: Mapping[str, Any] | None = None,
+    instrument: str = "",
+    dagster_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Adds `optimization.n_trials` trials to the study (created or resumed); returns the best
     params (the searched ones plus any fixed entries of the search space).
@@ -315,8 +333,10 @@ def run_study(
     trial's `fold_scores`). `training` (batch_size, weight_decay, class_weights, device, model
     sizes…) fills what the space does not search. A CUDA out-of-memory error prunes the trial
     after freeing memory. With `mlflow_tracking_uri`, one parent run per study (in
-    `optimization.mlflow_experiment`) and a nested run per trial. `provenance` (profile, data
-    range, hashes) is written into best_params.json beside the params.
+    `optimization.mlflow_experiment`) and a nested run per trial, named after the arch, the
+    `instrument` (`tracking.instrument_label`), the data range of `provenance` and the start
+    (`tracking.run_name`), tagged with `dagster_run_id` when Dagster launched the search.
+    `provenance` (profile, data range, hashes) is written into best_params.json beside the params.
 
     The storage and tracking URLs are shown (lines, MLflow params, best_params.json) with their
     passwords masked; an error quoting one is re-raised masked (`secrets.redacted_errors`), before
@@ -324,7 +344,8 @@ def run_study(
     """
     with redacted_errors(optimization.storage, mlflow_tracking_uri):
         return _run_study(make_datasets, optimization, training, study_name, mlflow_tracking_uri,
-                          mlflow_artifact_location, best_params_path, provenance or {})
+                          mlflow_artifact_location, best_params_path, provenance or {},
+                          {"instrument": instrument, "dagster_run_id": dagster_run_id})
 
 
 class _Objective:
@@ -404,6 +425,7 @@ def _run_study(
     mlflow_artifact_location: str | Path | None,
     best_params_path: str | Path | None,
     provenance: Mapping[str, Any],
+    run_labels: Mapping[str, Any],
 ) -> dict[str, Any]:
     storage_url, seed, epochs = opt.storage, opt.seed, opt.epochs_per_trial
     shown = redact_url(storage_url)  # what lines, MLflow and best_params.json show
@@ -418,7 +440,9 @@ def _run_study(
     if mlflow_tracking_uri:
         from .tracking import StudyTracker
 
-        tracker: Any = StudyTracker(mlflow_tracking_uri, opt.mlflow_experiment, study_name, mlflow_artifact_location)
+        tracker: Any = StudyTracker(mlflow_tracking_uri, opt.mlflow_experiment, study_name, mlflow_artifact_location,
+                                    arch=_searched_arch(opt.search_space, training.arch),
+                                    data_range=_data_range(provenance), **run_labels)
     else:
         tracker = _NullTracker()
     objective = _Objective(make_datasets, opt, training, tracker, (storage_url, mlflow_tracking_uri))
