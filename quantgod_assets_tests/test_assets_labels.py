@@ -181,7 +181,7 @@ def test_class_balance_fails_a_one_class_day_and_blocks_downstream(lab_env):
     assert sorted(p.name for p in folder.iterdir()) == ["2025-03-14.parquet", "rejected"]
     assert pl.read_parquet(folder / "rejected" / "2025-03-14.parquet")["target"].drop_nulls().unique().to_list() == [1]
     assert result.asset_materializations_for_node("BTCUSDT_linear__labelled_frame") == []
-    text = next((lab_env.logs_dir / "labelling").glob(f"labelling_{SUFFIX}_*.log")).read_text()
+    text = "".join(p.read_text() for p in (lab_env.logs_dir / "labelling").glob(f"labelling_{SUFFIX}_*.log"))
     assert "[ERROR] Failed: 2025-03-14.parquet: check class_balance failed" in text
     assert "Not published: " in text and "(the previous file is kept); the rejected output is " in text
 
@@ -213,7 +213,7 @@ def test_class_balance_warns_on_a_rare_class(lab_env):
     assert check.metadata["rare_classes"].value == ["SELL"] and check.metadata["missing_classes"].value == []
     assert check.metadata["sell_count"].value == 10 and check.metadata["min_class_share"].value == 0.02
     assert "SELL 0.72%" in check.description
-    text = next((lab_env.logs_dir / "labelling").glob(f"labelling_{SUFFIX}_*.log")).read_text()
+    text = "".join(p.read_text() for p in (lab_env.logs_dir / "labelling").glob(f"labelling_{SUFFIX}_*.log"))
     assert "[WARNING] Class balance 2025-03-14.parquet: rare class(es) (under 2%): SELL 0.72%" in text
 
     set_labelling(lab_env, min_class_share=0.005)
