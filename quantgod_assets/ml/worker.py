@@ -107,7 +107,7 @@ def run_quantgod_worker(n_trials: int | None = None, storage: str | None = None,
     and rewrites best_params.json. Returns how many calls this worker made.
     """
     from ..settings import load_settings
-    from .data import labelled_range
+    from .data import training_ranges
     from .lines import lines_to
     from .search import run_optimization
     from .search import study_name as search_study_name
@@ -117,7 +117,7 @@ def run_quantgod_worker(n_trials: int | None = None, storage: str | None = None,
     changes: dict[str, Any] = {"storage": storage, "study_name": study_name, "n_trials": n_trials}
     opt = settings.optimization.model_copy(update={k: v for k, v in changes.items() if v})
     settings = settings.model_copy(update={"optimization": opt})
-    name = search_study_name(settings, labelled_range(settings))  # the study the `optimization` asset fills
+    name = search_study_name(settings, training_ranges(settings))  # the study the `optimization` asset fills
     study = open_study(opt, name)  # an error quoting the storage's password comes masked
     me = f"worker {socket.gethostname()}:{os.getpid()}"
     calls = 0
