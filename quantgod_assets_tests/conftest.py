@@ -87,6 +87,9 @@ TIERS = {
     "test_daemon.py": "cli",
     "test_postgres.py": "cli",
     "test_daily.py": "unit",
+    "test_debug_plots.py": "unit",
+    "test_inline_pictures.py": "dagster",
+    "test_instruments.py": "unit",
     "test_definitions.py": "dagster",
     "test_deploy.py": "dagster",
     "test_end_to_end_signal.py": "training",
@@ -106,6 +109,7 @@ TIERS = {
     "ml/test_models.py": "unit",
     "ml/test_predict.py": "training",
     "ml/test_live.py": "unit",
+    "ml/test_instruments.py": "unit",
     "ml/test_splits.py": "unit",
     "ml/test_tracking.py": "training",
     "ml/test_train.py": "training",
@@ -120,6 +124,7 @@ TIERS = {
     "orderbook/test_strict_input.py": "unit",
     "orderbook/test_synthetic.py": "unit",
     "orderbook/test_synthetic_faults.py": "unit",
+    "orderbook/test_synthetic_instruments.py": "unit",
 }
 
 # "module::test function" (all its parametrizations) -> tier, where it differs from the module's
@@ -137,6 +142,11 @@ TIER_OF_TEST = {
     "ml/test_predict.py::test_cli_predict_writes_the_day_under_the_model_version": "cli",
     "test_cli_errors.py::test_a_bug_keeps_its_traceback": "unit",
     "test_automation.py::test_the_sensor_is_off_until_the_setting_turns_it_on": "cli",
+    "test_instruments.py::test_two_instruments_over_three_days_in_one_command_one_corrupt_day_fails_alone": "cli",
+    "test_instruments.py::test_a_one_symbol_data_folder_is_refused_until_migrated_then_feeds_the_platform": "cli",
+    "test_debug_plots.py::test_cli_plots_from_to_prints_every_file": "cli",
+    "test_debug_plots.py::test_write_debug_plots_draws_the_trained_models_pictures_from_its_plot_data": "training",
+    "orderbook/test_synthetic_instruments.py::test_generate_cli_symbol_and_category": "cli",
     "test_cli_errors.py::test_os_error_lines_name_the_file_written": "unit",
 }
 

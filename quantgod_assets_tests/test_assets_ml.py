@@ -388,4 +388,4 @@ def test_ml_assets_in_the_definitions():
     assert {"optimization", "model"} <= {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert defs.resolve_assets_def("model").partitions_def is None
     deps = {k.to_user_string() for k in graph.get(dg.AssetKey("model")).parent_keys}
-    assert deps == {"labelled_frame", "optimization"}
+    assert deps == {"BTCUSDT_linear/labelled_frame", "optimization"}  # every configured instrument's labels

@@ -92,7 +92,7 @@ def test_a_range_predicts_each_day_with_the_day_before_as_history(pred_env):
     assert "Coverage 2025-03-10: 9 of 1439 valid minutes have no prediction, the first at 00:01 UTC" in text
 
 def test_live_performance_judges_the_days_after_the_training_range(pred_env):
-    from quantgod_assets.assets.predictions import LIVE_HOLDS, live_performance
+    from quantgod_assets.assets.predictions import LIVE_HOLDS
     from quantgod_assets.labelling import label_day_files
 
     write_champion(pred_env, trained_to="2025-03-10")  # DAY2 is the one day after it

@@ -135,7 +135,7 @@ def test_k8s_code_location_loads_with_gpu_steps():
     defs = ns["defs"]
     dg.Definitions.validate_loadable(defs)
     steps = ns["step_k8s_config"]()
-    ops = {key.to_user_string() for key in (a.key for a in defs.assets)}
+    ops = {a.op.name for a in defs.assets}
     assert set(steps) <= ops, f"step_resources.yaml names no asset: {set(steps) - ops}"
     for name in ("optimization", "model"):
         limits = steps[name]["container_config"]["resources"]["limits"]

@@ -126,3 +126,58 @@ def test_signal_days_beat_persistence_with_an_interval_above_zero(small_env):
     assert flipped.model_below_persistence, flipped.summary()
     assert any("below persistence" in line for line in flipped.warnings())
     assert flipped.rolling["model"][-1] < same.rolling["model"][-1] - 0.1
+
+
+@pytest.mark.slow
+def test_a_pooled_model_reports_each_instrument_and_scores_an_unseen_one(small_env, monkeypatch):
+    import yaml
+
+    from quantgod_assets.ml.predict import predict
+
+    etl = small_env.config_dir / "etl.yaml"
+    data = yaml.safe_load(etl.read_text())
+    data.pop("symbol", None)
+    data["instruments"] = [{"symbol": s} for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
+    etl.write_text(yaml.safe_dump(data))
+    training = small_env.config_dir / "training.yaml"
+    tr = yaml.safe_load(training.read_text())
+    tr.update({"instruments": ["BTCUSDT", "ETHUSDT"], "unseen_instruments": ["SOLUSDT"]})
+    training.write_text(yaml.safe_dump(tr))
+    monkeypatch.setenv("QUANTGOD_SYMBOL", "")  # the list, not the one-symbol shortcut
+    settings = load_settings()
+    for k, instrument in enumerate(settings.instruments):  # each its own market, price scale and tick
+        own = settings.for_instrument(instrument)
+        for path in generate_days(START, 4, own.paths.raw_root / instrument.key, rate_ms=1000, seed=31 + k,
+                                  signal=3.0, symbol=instrument.symbol):
+            assert convert_day(path, own.paths.preprocessed_path(path.name[:10])).rows == 1440
+        for d in range(4):
+            label_day_files(own.paths.preprocessed_dir, own.paths.labelled_dir, START + dt.timedelta(days=d))
+    settings = with_evaluation(settings, test_share=0.3, folds=2, epochs=1)
+
+    final = train_final_model(settings, use_best_params=False)
+
+    assert final.model_path.parent.name == "BTCUSDT_linear+ETHUSDT_linear"
+    assert set(final.report.instruments) == {"BTCUSDT_linear", "ETHUSDT_linear"}
+    per = final.report.instruments
+    assert sum(r.model["n"] for r in per.values()) == final.test["n"]  # the pooled block: the instruments' together
+    for key in per:  # each instrument scored with its interval next to the baselines
+        assert 0 <= final.test[f"f1_macro_{key}"] <= 1
+        assert f"baseline_persistence_f1_macro_{key}" in final.test
+    assert set(final.report.unseen) == {"SOLUSDT_linear"}
+    assert 0 <= final.test["unseen_SOLUSDT_linear_f1_macro"] <= 1
+    card = final.model_path.with_suffix(".md").read_text()
+    assert "ETHUSDT_linear" in card and "SOLUSDT_linear" in card
+    client = MlflowClient(tracking_uri=settings.training.mlflow.tracking_uri)
+    metrics = client.get_run(final.mlflow_run_id).data.metrics
+    assert "test_f1_macro_ETHUSDT_linear" in metrics and "test_unseen_SOLUSDT_linear_f1_macro" in metrics
+
+    # the bundle scores each training instrument's day with that instrument's statistics
+    import polars as pl
+
+    eth = settings.for_instrument("ETHUSDT")
+    frames = [pl.read_parquet(eth.paths.preprocessed_path(START + dt.timedelta(days=d))) for d in (2, 3)]
+    with pytest.raises(ValueError, match="name the instrument"):
+        predict(final.model_path, frames)
+    as_eth = predict(final.model_path, frames, instrument="ETHUSDT_linear")
+    as_btc = predict(final.model_path, frames, instrument="BTCUSDT_linear")
+    assert as_eth.height == as_btc.height and not as_eth["p_buy"].equals(as_btc["p_buy"])

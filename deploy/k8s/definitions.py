@@ -30,8 +30,17 @@ GPU_TAG = {"quantgod/gpu": "true"}
 
 
 def step_k8s_config(path: Path = STEP_RESOURCES) -> dict[str, Any]:
-    """{op name: dagster-k8s/config value} from step_resources.yaml."""
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    """{op name: dagster-k8s/config value} from step_resources.yaml; an entry named after a daily
+    stage (`preprocessed_book`) applies to that stage of every instrument (`BTCUSDT_linear__preprocessed_book`)."""
+    from quantgod_assets.definitions import INSTRUMENTS
+
+    listed = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    daily = {"raw_zip", "preprocessed_book", "labelled_frame", "predictions", "live_performance"}
+    out = {name: value for name, value in listed.items() if name not in daily}
+    for name, value in listed.items():
+        if name in daily:
+            out.update({f"{instrument.key}__{name}": value for instrument in INSTRUMENTS})
+    return out
 
 
 executor = k8s_job_executor.configured(
@@ -47,7 +56,7 @@ train_on_gpu = dg.define_asset_job(
     description="The Optuna search, then the final model; one GPU pod per step.",
 )
 etl_range = dg.define_asset_job(
-    "etl_range", selection=dg.AssetSelection.assets("preprocessed_book", "labelled_frame"),
+    "etl_range", selection=dg.AssetSelection.from_string('key:"*/preprocessed_book" or key:"*/labelled_frame"'),
     description="Preprocess and label days (launch a backfill over a date range).",
 )
 

@@ -91,8 +91,8 @@ DAGSTER_URL_DEFAULT = "http://127.0.0.1:3000"  # `dagster dev`'s
 
 def instrument_label(settings: Settings) -> str:
     """The instrument(s) a run trained on, as run names, tags and the model card show them: the
-    one place that says it (today the settings' symbol, `BTCUSDT`)."""
-    return settings.symbol
+    one place that says it (training.yaml `instruments`: `BTCUSDT_linear`, `BTCUSDT_linear+ETHUSDT_linear`)."""
+    return settings.model_key
 
 
 def _utc(when: float | dt.datetime | None) -> dt.datetime:
