@@ -74,10 +74,10 @@ def _train_small_model(tmp_path, monkeypatch):
     config = yaml.safe_load(path.read_text())
     config["profiles"]["small"].update(max_batches_per_epoch=4, tcn_channels=8, lstm_hidden=8, epochs=1)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    pre = env.data_dir / "L2" / "pre_processed"
+    pre = env.preprocessed_dir()
     write_pre_days(pre, [DAY1, DAY2, DAY3])
     for day in (DAY1, DAY2, DAY3):
-        label_day_files(pre, env.data_dir / "L2" / "labelled", day)
+        label_day_files(pre, env.labelled_dir(), day)
     settings = load_settings()
     return settings.model_copy(update={"optimization": settings.optimization.model_copy(update={"folds": 2})})
 
@@ -215,7 +215,7 @@ def predict_env(tmp_path, monkeypatch):
     env = make_env(tmp_path, {})
     for key, value in env.env().items():
         monkeypatch.setenv(key, value)
-    write_pre_days(env.data_dir / "L2" / "pre_processed", [DAY1, DAY2])
+    write_pre_days(env.preprocessed_dir(), [DAY1, DAY2])
     return env
 
 
@@ -226,7 +226,7 @@ def test_cli_predict_writes_the_day_under_the_model_version(predict_env, tiny_bu
     )
     assert result.returncode == 0, result.stderr
     version = Predictor.load(tiny_bundle).version
-    out = predict_env.data_dir / "predictions" / version / f"{DAY2.isoformat()}.parquet"
+    out = predict_env.data_dir / "predictions" / "BTCUSDT_linear" / version / f"{DAY2.isoformat()}.parquet"
     written = pl.read_parquet(out)
     expected = predict(tiny_bundle, days).tail(1440)  # day 1 read as history
     assert written.equals(expected)
@@ -273,4 +273,4 @@ def test_cli_predict_bad_input_is_one_line_and_exit_2(predict_env, tiny_bundle, 
     pl.read_parquet(day_file).drop("imbalance_20").write_parquet(day_file)
     assert _error_line(capsys, ["predict", "--model", tiny_bundle, *day]) == \
         f"error: {day_file}: lacks 1 column(s) the model reads: imbalance_20"
-    assert not (predict_env.data_dir / "predictions").exists()
+    assert not (predict_env.data_dir / "predictions" / "BTCUSDT_linear").exists()
