@@ -240,14 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     etl = sub.add_parser("etl", help="convert one day's file to a 1440-row Parquet")
-    etl.add_argument("input", type=Path, help=".data.zip, .jsonl.gz or plain JSON lines")
-    etl.add_argument("-o", "--output", type=Path, required=True, help="the Parquet file to write")
+    etl.add_argument("input", type=Path, help=".data.zip, .jsonl.gz or plain JSON lines (required)")
+    etl.add_argument("-o", "--output", type=Path, required=True, help="the Parquet file to write (required)")
     etl.add_argument("--date", type=_date, help="the UTC day (default: from the file name)")
     etl.add_argument("--symbol", help="the symbol (default: from the file name)")
     etl.add_argument("--max-silence-s", type=float, default=EtlSettings().max_silence_s,
-                     help="a sample is invalid when the last message is older than this")
+                     help="a sample is invalid when the last message is older than this many seconds "
+                          "(default: %(default)s)")
     etl.add_argument("--skip-bad-lines", action="store_true",
-                     help="count and skip malformed lines instead of failing the file")
+                     help="count and skip malformed lines instead of failing the file (default: off)")
     etl.add_argument("--max-line-bytes", type=int, default=EtlSettings().max_line_bytes,
                      help="a longer line is a bad line (default 64 MB; real lines are 1-25 KB)")
     etl.set_defaults(func=cmd_etl)
@@ -286,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: none)")
     gen.set_defaults(func=cmd_generate)
 
-    demo = sub.add_parser("demo", help="generate a few days and run the pipeline end to end")
+    demo = sub.add_parser("demo", help="generate a few days and run the pipeline end to end through Dagster "
+                                        "(under a minute on two cores)")
     demo.add_argument("--days", type=int, default=3, help="days to generate and process (default: %(default)s)")
     demo.add_argument("--start", type=_date, default=dt.date(2025, 3, 10),
                       help="the first UTC day, YYYY-MM-DD (default: %(default)s)")

@@ -10,7 +10,8 @@ when it was published (its blocking checks passed and its file replaced the prev
   partition_key=)` and one `MaterializeResult`; Dagster writes one materialization a partition;
 - some days not: an `AssetMaterialization(partition=...)` for each published day;
 then one `AssetCheckEvaluation(partition=...)` per checked day and selected check, and a `Failure`
-naming every failed day (an error or a failed blocking check) with its reason.
+naming every failed day (an error or a failed blocking check) with its reason, or, when no day
+failed, each selected check's (empty) output, as Dagster expects one for every check of the step.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import dagster as dg
 from ..daily.outcome import CheckOutcome, DayOutcome, FilePath, Markdown, Url, describe_failures
 
 __all__ = [
+    "check_outputs",
     "check_result",
     "day_failure",
     "days_failure",
@@ -223,3 +225,18 @@ def report_days(
                 yield partition_evaluation(context, asset_key, check, o, of_published=o.published or not materialize)
     if any(o.reason for o in outcomes):
         raise days_failure(outcomes)
+    yield from check_outputs(context, asset_key, checks)
+
+
+def check_outputs(context: dg.AssetExecutionContext, asset_key: dg.AssetKey, checks: set[str]) -> Iterator[dg.Output]:
+    """The step's output of each selected check, reported through per-day `AssetCheckEvaluation`s.
+
+    Dagster counts a check as reported only when an `AssetCheckResult` (or a `MaterializeResult`
+    carrying one) names it; evaluations yielded directly do not count, so a range step that passed
+    every check would end with `did not yield or return expected outputs {...checks...}`. An
+    `AssetCheckResult` is itself turned into exactly this output (no value) plus its evaluation:
+    here the evaluations are the per-day ones already yielded.
+    """
+    for name in sorted(checks):
+        key = dg.AssetCheckKey(asset_key, name)
+        yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
