@@ -29,8 +29,8 @@ from .builders import QuantGodEnv, make_env, materialize, write_pre_days
 SUFFIX = "SELL_0004_BUY_0008_1h"
 START = dt.date(2025, 3, 10)
 DAYS = [START + dt.timedelta(days=k) for k in range(3)]
-OPT_LOG = re.compile(rf"^optimization_{SUFFIX}_\d{{8}}_\d{{6}}\.log$")
-TRAIN_LOG = re.compile(r"^training_\d{8}_\d{6}\.log$")
+OPT_LOG = re.compile(rf"^optimization_{SUFFIX}_BTCUSDT_linear_\d{{8}}_\d{{6}}\.log$")
+TRAIN_LOG = re.compile(r"^training_BTCUSDT_linear_\d{8}_\d{6}\.log$")
 
 
 def _label_days(env: QuantGodEnv, days) -> None:
@@ -98,7 +98,7 @@ def test_optimization_then_model_in_process(ml_env):
     # the study holds the 2 trials, named after labels, profile, data range and the search
     meta = _metadata(instance, "optimization")
     name = meta["study_name"].value
-    assert name.startswith(f"{SUFFIX}_small_2025-03-10_2025-03-12_")
+    assert name.startswith(f"BTCUSDT_linear_{SUFFIX}_small_2025-03-10_2025-03-12_")
     storage = f"sqlite:///{ml_env.root / 'optuna_study.db'}"
     study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.trials) == 2
@@ -205,7 +205,7 @@ def test_optimization_then_model_in_process(ml_env):
     # (bundle, card, pointer) exist exactly when this run became champion, and say so
     champion = ["champion.json", "champion.md", "champion.pth"] if promotable else []
     assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".md").name,
-                                                                    *champion])
+                                                                    f"{path.stem}.plots.json", *champion])
     if promotable:
         pointer = json.loads((path.parent / "champion.json").read_text())
         assert pointer["registered_version"] == "1" and pointer["mlflow_run_id"] == meta["mlflow_run_id"].value

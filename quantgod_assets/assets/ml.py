@@ -96,7 +96,8 @@ def optimization(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) 
     from ..ml.search import run_optimization
 
     settings = quantgod.load()
-    with (_stage_log(context, "optimization", settings.paths.logs_dir, settings.labelling.suffix) as log,
+    with (_stage_log(context, "optimization", settings.paths.logs_dir,
+                     f"{settings.labelling.suffix}_{settings.model_key}") as log,
           redacted_errors(*_secret_urls(settings))):
         try:
             outcome = run_optimization(settings, dagster_run_id=context.run.run_id)
@@ -145,7 +146,8 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
     from ..ml.reports import backtest_table, comparison_table, walk_forward_table
 
     settings = quantgod.load()
-    with _stage_log(context, "training", settings.paths.logs_dir) as log, redacted_errors(*_secret_urls(settings)):
+    with (_stage_log(context, "training", settings.paths.logs_dir, settings.model_key) as log,
+          redacted_errors(*_secret_urls(settings))):
         try:
             final = train_final_model(settings, dagster_run_id=context.run.run_id)
         except _data_errors() as exc:
