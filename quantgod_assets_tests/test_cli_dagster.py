@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import psutil
+import pytest
 
 from quantgod_assets.launch import materialize_range
 
@@ -228,3 +229,72 @@ def test_cli_a_worker_killed_mid_range_costs_no_day(tmp_path):
         assert pl.read_parquet(env.preprocessed(day)).height == 1440
     text = next((env.logs_dir / "etl").glob("etl_*.log")).read_text()
     assert "[WARNING] A worker process died" in text and f"{killed_day}" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's commands, as written: `quantgod demo`, then the "Daily use" block in the same folder
+
+README = REPO / "README.md"
+NOT_RUN = ("dagster dev", "mlflow ui", "optuna-dashboard")  # servers a person leaves running
+
+
+def readme_bash_blocks(after: str | None = None) -> list[str]:
+    """The ```bash blocks of README.md (those after the `after` heading line, when given)."""
+    text = README.read_text(encoding="utf-8")
+    if after is not None:
+        text = text[text.index(f"\n{after}\n"):]
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+
+
+def command_lines(block: str) -> list[str]:
+    """The block's commands: no blank or comment lines, continuation lines joined."""
+    return [line.strip() for line in block.replace("\\\n", " ").splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def test_ci_installs_and_tests_as_the_readme_says():
+    setup, tests = readme_bash_blocks()[:2]
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    install = re.search(r"pip install torch[^&\n]*", setup)
+    assert install is not None, setup
+    assert "--index-url https://download.pytorch.org/whl/cpu" in install.group(0)
+    assert re.search(rf"^{re.escape(install.group(0).strip())}$", ci, flags=re.M), ci
+    assert command_lines(tests) == ['pip install -e ".[dev]" && pytest']
+    assert re.search(r'^pip install -e "\.\[dev\]" && pytest$', ci, flags=re.M), ci
+
+
+@pytest.mark.slow
+def test_demo_then_the_readme_daily_use_commands_as_written(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTGOD_") and k != "DAGSTER_HOME"}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    quantgod = Path(sys.executable).with_name("quantgod")
+    demo = subprocess.run([str(quantgod), "demo"] if quantgod.exists() else
+                          [sys.executable, "-m", "quantgod_assets.cli", "demo"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    said = demo.stdout + demo.stderr
+    assert demo.returncode == 0, said[-5000:]
+    for stage in ("book", "labels", "optimization", "model"):
+        assert re.search(rf"^\[demo\] \d/4 {stage}\b.* ok in \d+\.\d s", demo.stdout, flags=re.M), said
+    assert re.search(r"^\[demo\] done in \d+ s", demo.stdout, flags=re.M), said
+    assert "warning" not in said.lower(), said  # a clean run warns of nothing
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in said and "dagster dev" in said
+    card = re.search(r"card:\s+(\S+\.md)", said)
+    assert card is not None and (tmp_path / card.group(1)).is_file(), said
+    pictures = re.findall(r"^\[demo\]\s+(\S+\.png)$", demo.stdout, flags=re.M)
+    assert pictures and all((tmp_path / p).is_file() for p in pictures), said
+    [log] = (tmp_path / "logs" / "demo").glob("demo_*.log")
+    assert "did not yield or return expected outputs" not in log.read_text(encoding="utf-8")
+
+    [block] = readme_bash_blocks("## Daily use")[:1]
+    commands = command_lines(block)
+    exports = [c for c in commands if c.startswith("export ")]
+    ran = []
+    for command in commands:
+        if command.startswith(("export ", *NOT_RUN)):
+            continue
+        done = subprocess.run(["bash", "-c", "\n".join([*exports, command])], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, f"{command}\n{(done.stdout + done.stderr)[-4000:]}"
+        ran.append(command)
+    assert any("--partition-range" in c for c in ran) and any("quantgod predict" in c for c in ran), ran
+    assert any("optimization" in c for c in ran) and any("model" in c for c in ran), ran
