@@ -298,3 +298,22 @@ def test_demo_then_the_readme_daily_use_commands_as_written(tmp_path):
         ran.append(command)
     assert any("--partition-range" in c for c in ran) and any("quantgod predict" in c for c in ran), ran
     assert any("optimization" in c for c in ran) and any("model" in c for c in ran), ran
+
+
+def test_every_quantgod_option_says_its_default_or_that_it_is_required():
+    import argparse
+
+    from quantgod_assets.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"etl", "generate", "demo", "plots", "predict"} <= set(commands)
+    silent = []
+    for name, parser in commands.items():
+        parser.format_help()  # every %(default)s renders
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            shown = action.help or ""
+            if "default" not in shown and "required" not in shown:
+                silent.append(f"quantgod {name} {'/'.join(action.option_strings) or action.dest}: {shown}")
+    assert not silent, "\n".join(silent)
