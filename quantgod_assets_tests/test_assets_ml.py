@@ -134,8 +134,9 @@ def test_optimization_then_model_in_process(ml_env):
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
     assert meta["mlflow_parent_run_id"].value == parents[0].info.run_id
     # named after arch(s), instrument, range, start; linked to the Dagster run that made them
-    assert parents[0].info.run_name.startswith("study tcn_lstm BTCUSDT 2025-03-10..2025-03-12 ")
-    assert all(r.info.run_name.startswith(f"trial {r.data.tags['optuna_trial']} tcn_lstm BTCUSDT ") for r in trials)
+    assert parents[0].info.run_name.startswith("study tcn_lstm BTCUSDT_linear 2025-03-10..2025-03-12 ")
+    assert all(r.info.run_name.startswith(f"trial {r.data.tags['optuna_trial']} tcn_lstm BTCUSDT_linear ")
+               for r in trials)
     assert {r.data.tags["dagster_run_id"] for r in [*parents, *trials]} == {result.run_id}
 
     # the model: best params used, bundle written, test metrics in MLflow and in the metadata
@@ -158,6 +159,7 @@ def test_optimization_then_model_in_process(ml_env):
         assert section in card
     assert meta["confusion_matrix"].value.startswith("![confusion matrix](data:image/png;base64,")
     assert meta["training_curve"].value.startswith("![training curve](data:image/png;base64,")
+    assert meta["backtest_equity"].value.startswith("![backtest equity](data:image/png;base64,")
     assert "annualized Sharpe" in meta["backtest"].value
 
     logs = list((ml_env.logs_dir / "training").iterdir())
@@ -183,7 +185,7 @@ def test_optimization_then_model_in_process(ml_env):
     assert {f"baseline_{b}" for b in ("majority", "stratified", "persistence", "logistic")} <= set(tags)
     assert tags["backtest_net_return"].endswith(f"({meta['backtest_trades'].value} trades)")
     assert tags["dagster_run_id"] == result.run_id and tags["dagster_run_url"].endswith(f"/runs/{result.run_id}")
-    assert run.info.run_name.startswith("final tcn_lstm BTCUSDT 2025-03-10..2025-03-12 ")
+    assert run.info.run_name.startswith("final tcn_lstm BTCUSDT_linear 2025-03-10..2025-03-12 ")
 
     # the run spans the work: it starts before the final model's first line, ends after the bundle is saved
     def logged_at(marker: str) -> float:  # the log line's local time (whole seconds), in ms
@@ -234,7 +236,8 @@ def test_optimization_then_model_in_process(ml_env):
     code = ("import sys, mlflow, polars as pl; mlflow.set_tracking_uri(sys.argv[1]); "
             "model = mlflow.pyfunc.load_model(sys.argv[2]); "
             "pl.from_pandas(model.predict(pl.read_parquet(sys.argv[3]).to_pandas())).write_parquet(sys.argv[4])")
-    subprocess.run([sys.executable, "-c", code, uri, f"models:/quantgod/{meta['registered_version'].value}",
+    registered = f"models:/quantgod_BTCUSDT_linear/{meta['registered_version'].value}"
+    subprocess.run([sys.executable, "-c", code, uri, registered,
                     str(day_file), str(out_file)], check=True, timeout=300, cwd=ml_env.root,
                    env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     expected = predict(path, pl.read_parquet(day_file))
@@ -252,7 +255,7 @@ def test_optimization_then_model_in_process(ml_env):
     result = materialize([optimization], instance=instance)
     assert result.success, _failure_text(result)
     second = _metadata(instance, "optimization")["study_name"].value
-    assert second != name and second.startswith(f"{SUFFIX}_small_2025-03-10_2025-03-11_")
+    assert second != name and second.startswith(f"BTCUSDT_linear_{SUFFIX}_small_2025-03-10_2025-03-11_")
     assert len(optuna.load_study(study_name=second, storage=storage).trials) == 2
     assert len(optuna.load_study(study_name=name, storage=storage).trials) == 2  # the first one untouched
 

@@ -30,13 +30,14 @@ from typing import Any
 
 import dagster as dg
 
+from ..daily.outcome import Markdown
 from ..logs import ForwardingHandler, run_log
 from ..plots import png_markdown
 from ..resources import QuantGodSettings
 from ..secrets import redact_url, redacted_errors
 from ..settings import Settings, configured_instruments
 from .labels import labels_key
-from .reporting import run_started
+from .reporting import metadata_values, run_started
 
 # every configured instrument's labels: training.yaml `instruments` chooses among them at run time
 LABELS = [labels_key(i) for i in configured_instruments()]
@@ -164,8 +165,9 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
         "model_card": dg.MetadataValue.md(final.card),
         "test_period": f"{final.test_period[0]} .. {final.test_period[1]} UTC",
         "class_priors": dg.MetadataValue.json(final.priors),
-        "confusion_matrix": dg.MetadataValue.md(png_markdown(final.confusion_png, "confusion matrix")),
-        "training_curve": dg.MetadataValue.md(png_markdown(final.curve_png, "training curve")),
+        # pictures as Markdown: metadata_values adds each one's inline `{key}_inline` form
+        "confusion_matrix": Markdown(png_markdown(final.confusion_png, "confusion matrix")),
+        "training_curve": Markdown(png_markdown(final.curve_png, "training curve")),
         "backtest": dg.MetadataValue.md(backtest_table(final)),
         "backtest_net_return": float(final.backtests["model"]["net_return"]),
         "backtest_trades": int(final.backtests["model"]["n_trades"]),
@@ -186,12 +188,12 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
         "seconds": round(final.seconds, 1),
         "log_file": dg.MetadataValue.path(log_path),
     }
+    if final.equity_png:
+        metadata["backtest_equity"] = Markdown(png_markdown(final.equity_png, "backtest equity"))
     if final.features_png:
-        metadata["feature_histograms"] = dg.MetadataValue.md(png_markdown(final.features_png, "feature histograms"))
+        metadata["feature_histograms"] = Markdown(png_markdown(final.features_png, "feature histograms"))
     if final.correlation_png:
-        metadata["feature_correlation"] = dg.MetadataValue.md(
-            png_markdown(final.correlation_png, "feature correlation")
-        )
+        metadata["feature_correlation"] = Markdown(png_markdown(final.correlation_png, "feature correlation"))
     for name, base in final.baselines.items():
         metadata[f"baseline_{name}_f1_macro"] = round(base["f1_macro"], 4)
     if final.walk_forward is not None:
@@ -206,7 +208,7 @@ def model(context: dg.AssetExecutionContext, quantgod: QuantGodSettings) -> dg.M
             metadata["champion_path"] = dg.MetadataValue.path(str(final.champion_path.resolve()))
         if final.champion_test_f1_macro is not None:  # reported next to ours, never compared
             metadata["previous_champion_test_f1_macro"] = round(final.champion_test_f1_macro, 4)
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata_values(metadata))
 
 
 def _jsonable(value: Any) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 import dagster as dg
 
 from ..daily import predictions as predict_day
+from ..daily.outcome import Markdown
 from ..daily.runner import day_span, run_stage, workers_note
 from ..logs import run_log
 from ..partitions import daily_partitions
@@ -32,7 +33,7 @@ from ..resources import QuantGodSettings
 from ..settings import Instrument
 from .book import book_key
 from .labels import labels_key
-from .reporting import partition_days, report_days, run_started
+from .reporting import metadata_values, partition_days, report_days, run_started
 
 MODEL = dg.AssetKey("model")
 LIVE_HOLDS = "live_performance_holds"
@@ -137,7 +138,7 @@ def _live_result(context: dg.AssetExecutionContext, settings: Any) -> dg.Materia
                      f"{report.rolling['persistence'][-1]:.3f}, stratified {report.rolling['stratified'][-1]:.3f} | "
                      f"max PSI {max(report.psi.values()):.3f}")
     metadata: dict[str, Any] = {
-        "picture": dg.MetadataValue.md(png_markdown(picture, "live performance")),
+        "picture": Markdown(png_markdown(picture, "live performance")),  # + `picture_inline`
         "instrument": settings.instrument.key,
         "model_version": info.model_version,
         "registered_version": str(info.registered_version),
@@ -156,7 +157,7 @@ def _live_result(context: dg.AssetExecutionContext, settings: Any) -> dg.Materia
                                              f"{report.rolling['persistence'][-1]:.3f}, no input drifted"),
         metadata={"model_below_persistence": report.model_below_persistence, "drifted": report.drifted},
     )
-    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+    return dg.MaterializeResult(metadata=metadata_values(metadata), check_results=[check])
 
 
 def prediction_assets_for(instruments: Sequence[Instrument]) -> list[dg.AssetsDefinition]:

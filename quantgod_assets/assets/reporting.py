@@ -52,6 +52,8 @@ def selected_checks(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -
 
 
 def _metadata_value(value: Any) -> Any:
+    if isinstance(value, dg.MetadataValue):  # already a Dagster value (some are tuples underneath)
+        return value
     if isinstance(value, (FilePath, Path)):
         return dg.MetadataValue.path(str(value))
     if isinstance(value, Url):
