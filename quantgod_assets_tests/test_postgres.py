@@ -82,7 +82,7 @@ def test_the_deploy_instance_on_postgres_backfills_and_its_daemon_picks_up_a_new
                           cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     check = ("import dagster as dg; i = dg.DagsterInstance.get(); print(type(i.run_storage).__name__, "
-             "*sorted(i.get_materialized_partitions(dg.AssetKey('preprocessed_book'))))")
+             "*sorted(i.get_materialized_partitions(dg.AssetKey(['BTCUSDT_linear', 'preprocessed_book']))))")
     recorded = subprocess.run([sys.executable, "-c", check], env=run_env, capture_output=True, text=True, check=True)
     assert recorded.stdout.split() == ["PostgresRunStorage", str(DAY1), str(DAY2)]
 

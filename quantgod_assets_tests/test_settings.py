@@ -188,10 +188,18 @@ def test_unknown_nested_key_is_named_with_its_section(configs, name, text, key):
     assert str(configs / name) in str(info.value)
 
 
+def _in_small_profile(path, old: str, new: str) -> str:
+    """Rewrites `old` as `new` inside the `small:` profile of a YAML file only; returns the text."""
+    head, small = path.read_text().split("  small:\n", 1)
+    assert old in small
+    text = head + "  small:\n" + small.replace(old, new, 1)
+    path.write_text(text)
+    return text
+
+
 def test_a_typo_in_a_profile_fails_even_when_the_profile_is_not_chosen(configs, clean_env):
     clean_env.delenv("QUANTGOD_ML_PROFILE", raising=False)
-    text = (configs / "training.yaml").read_text().replace("    epochs: 2\n", "    epoch: 2\n")
-    (configs / "training.yaml").write_text(text)
+    _in_small_profile(configs / "training.yaml", "    epochs: 2\n", "    epoch: 2\n")
     with pytest.raises(ConfigError) as info:
         load_settings()
     expected = f"{configs / 'training.yaml'}: profiles.small: unknown key 'epoch' (did you mean 'epochs'?)"
@@ -213,8 +221,7 @@ def test_profile_merge_is_typed(configs, clean_env):
     assert all(isinstance(p, SearchParam) for p in s.optimization.search_space.values())
     assert s.optimization.search_space["seq_len"].type == "fixed" and s.optimization.search_space["seq_len"].value == 30
     # a profile value of the wrong type fails like the file's own would
-    text = (configs / "training.yaml").read_text().replace("    seq_len: 30\n", "    seq_len: thirty\n")
-    (configs / "training.yaml").write_text(text)
+    _in_small_profile(configs / "training.yaml", "    seq_len: 30\n", "    seq_len: thirty\n")
     with pytest.raises(ConfigError, match=r"profiles\.small: seq_len='thirty' is not valid"):
         load_settings()
 

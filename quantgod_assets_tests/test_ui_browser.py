@@ -304,7 +304,7 @@ def test_ui_shows_the_asset_graph_and_a_materialized_partition(qg_env, tmp_path)
         # the etl group alone is drawn large enough for a node's details: the latest event
         render(lineage_url(("etl",)), tmp_path, "asset_graph_etl", latest_event_problem)
 
-        partitions_url = f"{base}/assets/preprocessed_book?" + urllib.parse.urlencode(
+        partitions_url = f"{base}/assets/BTCUSDT_linear/preprocessed_book?" + urllib.parse.urlencode(
             {"view": "partitions", "partition": DAY1.isoformat()})
         render(partitions_url, tmp_path, "preprocessed_book_partitions",
                partitions_problem(run_id, qg_env.preprocessed(DAY1)))
