@@ -14,7 +14,6 @@ This module does not import dagster.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ def _move(source: Path, target: Path, report: Migration) -> None:
         report.kept.append((source, f"{target} exists"))
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target) if source.is_file() else shutil.move(str(source), str(target))
+    shutil.move(str(source), str(target))  # a rename on one filesystem, a copy and delete across two
     report.moved.append((source, target))
 
 
