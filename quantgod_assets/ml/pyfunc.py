@@ -1,7 +1,7 @@
 """The registered model: an MLflow pyfunc that takes raw preprocessed-book rows.
 
     import mlflow
-    model = mlflow.pyfunc.load_model("models:/quantgod@champion")
+    model = mlflow.pyfunc.load_model("models:/quantgod_BTCUSDT_linear@champion")
     probabilities = model.predict(book_frame)   # pandas (or polars) rows of one or more consecutive days
 
 It wraps the one-file bundle (weights, features, scaler, labels) and `predict.predict`, so the
@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd  # imported for real: MLflow reads the hint below when the class is defined
 from mlflow.pyfunc import PythonModel
 
 __all__ = ["BookModel", "log_book_model"]
@@ -28,8 +29,9 @@ class BookModel(PythonModel):
 
         self.predictor = Predictor.load(context.artifacts["bundle"])
 
-    # no type hints here: MLflow reads them as an input schema (and warns that Any is none)
-    def predict(self, context, model_input, params=None):
+    # `pd.DataFrame` (a polars frame works too): a hint MLflow infers no schema from, so neither
+    # does it check 800+ book columns (`predict` names a missing one) nor ask for hints it can read
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         import polars as pl
 
         from .predict import predict
