@@ -164,12 +164,18 @@ def make_batches(
 
     features, targets, ends, seq_len, scaler = arrays
     offsets = torch.arange(-seq_len + 1, 1, dtype=torch.int64)
-    scaling: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std)
+    # (mean, std) stacked [blocks, F] and each window's block: a scaler per instrument block
+    # (`BlockScaler`: a window lies in one block) or one for all (block 0)
+    scaling: tuple[torch.Tensor, torch.Tensor] | None = None
+    window_block = torch.zeros(len(ends), dtype=torch.int64)
     if scaler is not None:
+        parts = getattr(scaler, "scalers", None) or [scaler]
         scaling = (
-            torch.as_tensor(np.asarray(scaler.mean), dtype=torch.float32),
-            torch.as_tensor(np.asarray(scaler.std), dtype=torch.float32),
+            torch.as_tensor(np.stack([np.asarray(s.mean) for s in parts]), dtype=torch.float32),
+            torch.as_tensor(np.stack([np.asarray(s.std) for s in parts]), dtype=torch.float32),
         )
+        if len(parts) > 1:
+            window_block = torch.as_tensor(scaler.block_of(np.asarray(ends)), dtype=torch.int64)
     # y for every window, indexed by window number (small: int64 per window)
     y_all = torch.as_tensor(np.asarray(targets)[ends].astype(np.int64))
     ends_t = torch.as_tensor(ends)
@@ -186,6 +192,7 @@ def make_batches(
     if placement == "device":
         store = _device_copy(features, device)
         ends_t, y_all, offsets = ends_t.to(device), y_all.to(device), offsets.to(device)
+        window_block = window_block.to(device)
     else:
         # torch.from_numpy shares the (possibly huge) matrix: no copy
         feats = np.asarray(features)
@@ -212,7 +219,8 @@ def make_batches(
                 x = x.pin_memory().to(device, non_blocking=True)
                 y = y.pin_memory().to(device, non_blocking=True)
             if scaling is not None:
-                x = (x - scaling[0]) / scaling[1]
+                block = window_block[idx].to(scaling[0].device)  # [B]: each window's instrument
+                x = (x - scaling[0][block].unsqueeze(1)) / scaling[1][block].unsqueeze(1)
             yield x, y
 
     return BatchSource(n, batch_size, shuffle, device, placement, iterate, seed)

@@ -164,6 +164,21 @@ def test_each_instrument_is_scaled_with_its_own_training_rows(data):
     assert saved["mean"] == btc.to_dict()["mean"] and set(saved["instruments"]) == set(data.instrument_keys)
 
 
+def test_the_training_loops_batches_scale_each_window_with_its_instruments_statistics(data):
+    """What training sees (the vectorised batches) equals the per-instrument windows, window by window."""
+    import torch
+
+    from quantgod_assets.ml.device import make_batches
+
+    ds = data.dataset("test")
+    batches = make_batches(ds, batch_size=64, shuffle=False, device=torch.device("cpu"))
+    x = torch.cat([xb for xb, _ in batches])
+    expected = torch.stack([ds[i][0] for i in range(len(ds))])
+    np.testing.assert_allclose(x.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    eth = data.instrument_ends(data.split.test, 1)
+    assert eth.size and len(ds) > eth.size  # both instruments' windows were compared
+
+
 def test_changing_an_instruments_test_rows_does_not_change_its_scaler(data):
     features = data.features.copy()
     test_rows = np.zeros(data.arrays.n_rows, dtype=bool)
