@@ -304,7 +304,11 @@ def unseen_reports(
     majority = int(np.bincount(train_y, minlength=3).argmax())
     logistic = fit_logistic(data.features, data.targets, data.split.train, scaler=data.scaler)
     for instrument in settings.unseen_instruments:
-        unseen = unseen_data(settings, data, instrument)
+        try:
+            unseen = unseen_data(settings, data, instrument)
+        except (OSError, ValueError) as exc:  # missing days, no window: the trained model still stands
+            log.warning(f"Unseen instrument {instrument.key} not scored: {exc}")
+            continue
         scores = score(unseen.dataset())
         y_true, y_pred = np.asarray(scores["y_true"]), np.asarray(scores["y_pred"])
         n = unseen.test.size

@@ -296,6 +296,27 @@ def test_an_unseen_instrument_is_scored_with_its_own_development_statistics(data
             "unseen_SOLUSDT_linear_edge_logistic"} <= set(holder.instrument_metrics())
 
 
+def test_an_unseen_instrument_without_its_days_is_skipped_and_the_others_scored(data, two_instruments, caplog):
+    from quantgod_assets.ml.evaluation import unseen_reports
+    from quantgod_assets.settings import Instrument
+
+    # XRPUSDT is configured and named unseen but has no labelled day: the trained model must not be lost
+    xrp = Instrument(symbol="XRPUSDT", first_day=DAYS[0])
+    training = two_instruments.training.model_copy(update={"unseen_instruments": ("XRPUSDT_linear", "SOLUSDT_linear")})
+    settings = two_instruments.model_copy(update={"instruments": (*two_instruments.instruments, xrp),
+                                                   "training": training})
+
+    def score(dataset):
+        y = dataset.targets[dataset.ends].astype(np.int64)
+        return {"y_true": y, "y_pred": y}
+
+    evaluation = settings.training.evaluation.model_copy(update={"resamples": 50})
+    with caplog.at_level("WARNING"):
+        reports = unseen_reports(settings, data, score, evaluation, 60)
+    assert list(reports) == ["SOLUSDT_linear"]
+    assert any("Unseen instrument XRPUSDT_linear not scored" in r.getMessage() for r in caplog.records)
+
+
 def test_predict_scales_with_the_named_instruments_statistics(data, tmp_path):
     from quantgod_assets.ml.predict import Predictor
 
