@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from .settings import Settings, load_settings
+from .settings import ConfigError, Settings, load_settings
 
 __all__ = ["BOOK_VIEW", "QuantGodSettings", "book_view_sql", "resources"]
 
@@ -22,7 +22,12 @@ class QuantGodSettings(dg.ConfigurableResource):
     config_dir: str | None = None
 
     def load(self) -> Settings:
-        return load_settings(self.config_dir)
+        """The settings; a settings file or variable that is wrong fails the step in one line
+        (`configs/training.yaml: ...`), no stack: it is the user's input, not a bug."""
+        try:
+            return load_settings(self.config_dir)
+        except ConfigError as exc:
+            raise dg.Failure(description=str(exc)) from None
 
 
 def book_view_sql(parquet_glob: str, view: str = BOOK_VIEW) -> str:

@@ -240,3 +240,23 @@ def test_a_one_symbol_data_folder_is_refused_until_migrated_then_feeds_the_platf
     suffix = load_settings(env.config_dir).labelling.suffix
     labelled = pl.read_parquet(env.labelled_dir() / suffix / f"{DAY1}.parquet")
     assert labelled.height == 1440 and labelled["target"].drop_nulls().len() > 0
+
+
+def test_a_wrong_training_instrument_fails_the_model_step_in_one_line(tmp_path, monkeypatch):
+    from quantgod_assets.assets.ml import model
+
+    from .builders import materialize
+
+    env = make_env(tmp_path, {})
+    for key, value in env.env().items():
+        monkeypatch.setenv(key, value)
+    training = env.config_dir / "training.yaml"
+    data = yaml.safe_load(training.read_text())
+    data["instruments"] = ["SOLUSDT"]  # not among etl.yaml's instruments
+    training.write_text(yaml.safe_dump(data))
+    result = materialize([model])
+    assert not result.success
+    failure = result.failure_data_for_node("model")
+    text = failure.user_failure_data.description
+    assert "training.yaml" in text and "'SOLUSDT' is not a configured instrument" in text
+    assert failure.error is None or "ConfigError" not in str(failure.error.cause)  # a Failure, not a crash
