@@ -202,7 +202,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CliError(f"{source}: lacks {len(lacking)} column(s) the model reads: {', '.join(lacking)}")
         frames.append(frame.sort("ts"))
     try:
-        table = predict(predictor, frames)
+        # a model trained on several instruments scales the day with this instrument's statistics
+        instrument = settings.instrument.key if len(predictor.instruments) > 1 else None
+        table = predict(predictor, frames, instrument=instrument)
     except ValueError as exc:  # e.g. a file whose minutes are out of time order
         raise CliError(f"{sources[-1]}: {exc}") from exc
     day_rows = table.tail(frames[-1].height)  # the earlier days were history only

@@ -181,3 +181,12 @@ def test_a_pooled_model_reports_each_instrument_and_scores_an_unseen_one(small_e
     as_eth = predict(final.model_path, frames, instrument="ETHUSDT_linear")
     as_btc = predict(final.model_path, frames, instrument="BTCUSDT_linear")
     assert as_eth.height == as_btc.height and not as_eth["p_buy"].equals(as_btc["p_buy"])
+    # the registered pyfunc the same, told the rows' instrument by a column
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.training.mlflow.tracking_uri)
+    name = settings.training.mlflow.registered_model
+    registered = mlflow.pyfunc.load_model(f"models:/{name}/{final.registered_version}")
+    rows = pl.concat(frames).with_columns(pl.lit("ETHUSDT_linear").alias("instrument"))
+    from_registry = pl.from_pandas(registered.predict(rows.to_pandas()))
+    assert from_registry["p_buy"].to_list() == pytest.approx(as_eth["p_buy"].to_list(), abs=1e-5, nan_ok=True)

@@ -3,6 +3,7 @@
     import mlflow
     model = mlflow.pyfunc.load_model("models:/quantgod_BTCUSDT_linear@champion")
     probabilities = model.predict(book_frame)   # pandas (or polars) rows of one or more consecutive days
+    # a model trained on several instruments: the rows carry an `instrument` column (`ETHUSDT_linear`)
 
 It wraps the one-file bundle (weights, features, scaler, labels) and `predict.predict`, so the
 caller needs this package installed and nothing else: no feature code, no scaler, no window
@@ -37,7 +38,18 @@ class BookModel(PythonModel):
         from .predict import predict
 
         frame = model_input if isinstance(model_input, pl.DataFrame) else pl.from_pandas(model_input)
-        return predict(self.predictor, frame.sort("ts")).to_pandas()
+        return predict(self.predictor, frame.sort("ts"), instrument=_instrument(frame)).to_pandas()
+
+
+def _instrument(frame: Any) -> str | None:
+    """The rows' `instrument` column (`ETHUSDT_linear`), when given: a model trained on several
+    instruments scales each with its own statistics and must be told which one the rows are."""
+    if "instrument" not in frame.columns:
+        return None
+    names = frame.get_column("instrument").unique().to_list()
+    if len(names) != 1:
+        raise ValueError(f"the rows hold {len(names)} instruments ({', '.join(map(str, names))}): give one at a time")
+    return str(names[0])
 
 
 def log_book_model(bundle: str | Path, name: str, registered_model_name: str | None) -> Any:
