@@ -260,3 +260,16 @@ def test_a_wrong_training_instrument_fails_the_model_step_in_one_line(tmp_path, 
     text = failure.user_failure_data.description
     assert "training.yaml" in text and "'SOLUSDT' is not a configured instrument" in text
     assert failure.error is None or "ConfigError" not in str(failure.error.cause)  # a Failure, not a crash
+
+
+def test_the_champion_predicts_only_the_instruments_it_trained_on(configs, tmp_path):
+    from quantgod_assets.daily.predictions import produce_day
+
+    _write_instruments(configs, TWO, instruments=["BTCUSDT"])
+    settings = load_settings()
+    champion = settings.paths.champion_path
+    champion.parent.mkdir(parents=True)
+    champion.write_bytes(b"bundle")  # refused before it is read
+    outcome = produce_day(DAY1, settings.for_instrument("ETHUSDT"))
+    assert not outcome.published
+    assert "ETHUSDT_linear: the champion" in outcome.reason and "trained on BTCUSDT_linear only" in outcome.reason

@@ -50,7 +50,8 @@ def _instrument_requests(context: dg.SensorEvaluationContext, settings: Settings
     done = {dt.date.fromisoformat(key) for key in context.instance.get_materialized_partitions(book_key(instrument))}
     start = instrument.first_day or settings.etl.partitions_start
     fresh = new_days(archive, done, start, settings.etl.automation.max_days_per_tick)
-    with_predictions = settings.paths.champion_path.is_file()
+    # predictions only for the instruments the champion trained on (the others: its test report)
+    with_predictions = settings.paths.champion_path.is_file() and instrument in settings.training_instruments
     tags = {"quantgod/instrument": instrument.key}
     requests = [dg.RunRequest(run_key=f"{instrument.key}-day-{day}", partition_key=day.isoformat(),
                               asset_selection=_daily_keys(instrument, with_predictions),
@@ -111,11 +112,11 @@ def automation_for(instruments: Sequence[Instrument]) -> tuple[list, list]:
             return dg.SkipReason("download.enabled is false in etl.yaml: the archive root is only read "
                                  "(new_archive_days)")
         day = (context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
-        with_predictions = settings.paths.champion_path.is_file()
+        champion = settings.paths.champion_path.is_file()
         return [dg.RunRequest(run_key=f"{i.key}-download-{day}", partition_key=day.isoformat(),
-                              asset_selection=_daily_keys(i, with_predictions),
+                              asset_selection=_daily_keys(i, champion and i in settings.training_instruments),
                               tags={"quantgod/trigger": "daily_download", "quantgod/instrument": i.key})
-                for i in instruments]
+                for i in instruments if day >= (i.first_day or settings.etl.partitions_start)]
 
     retrain = dg.ScheduleDefinition(
         name="retrain",

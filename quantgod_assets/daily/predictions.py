@@ -43,6 +43,13 @@ def _champion(settings: Settings) -> tuple[Any, dict[str, Any]]:
     path = settings.paths.champion_path
     if not path.is_file():
         raise FileNotFoundError(f"no champion model at {path}: materialize model until one is promoted")
+    trained_on = settings.training_instruments
+    if settings.instrument not in trained_on:
+        # its statistics were never learnt: scored once in the model's test report (training.yaml
+        # unseen_instruments), never as the champion's daily predictions
+        raise ValueError(f"{settings.instrument.key}: the champion {path} was trained on "
+                         f"{', '.join(i.key for i in trained_on)} only (training.yaml instruments); "
+                         "its unseen-instrument score is in the model's test report")
     pointer_path = path.with_suffix(".json")
     pointer = json.loads(pointer_path.read_text(encoding="utf-8")) if pointer_path.is_file() else {}
     return _predictor(path, path.stat().st_mtime_ns), pointer
