@@ -341,7 +341,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     instrument, report = migrate_legacy_layout(settings)
     for source, target in report.moved:
         print(f"{source} -> {target}")
-    print(f"{instrument.key}: " + "; ".join(report.lines()))
+    print(f"{instrument.key}: moved {len(report.moved)} file(s)")
+    if report.kept:  # both copies kept: which one is right is the user's call, never ours
+        first, why = report.kept[0]
+        raise CliError(f"{first}: not moved, {why} ({len(report.kept)} file(s) like it): compare the two, delete "
+                       "the one not wanted, run `quantgod migrate` again")
     return 0
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .settings import CATEGORIES, Instrument, Settings
+from .settings import CATEGORIES, ConfigError, Instrument, Settings
 
 __all__ = ["Migration", "legacy_symbol", "migrate_legacy_layout"]
 
@@ -28,11 +28,6 @@ __all__ = ["Migration", "legacy_symbol", "migrate_legacy_layout"]
 class Migration:
     moved: list[tuple[Path, Path]] = field(default_factory=list)
     kept: list[tuple[Path, str]] = field(default_factory=list)  # (file, why it stayed)
-
-    def lines(self) -> list[str]:
-        out = [f"moved {len(self.moved)} file(s)"]
-        out += [f"kept {path}: {why}" for path, why in self.kept]
-        return out
 
 
 def legacy_symbol(books: Iterable[Path], default: str) -> str:
@@ -79,7 +74,11 @@ def migrate_legacy_layout(settings: Settings) -> tuple[Instrument, Migration]:
     paths = settings.paths
     books = sorted(paths.legacy_preprocessed_dir.glob("*.parquet")) if paths.legacy_preprocessed_dir.is_dir() else []
     symbol = legacy_symbol(books, settings.instruments[0].symbol)
-    instrument = Instrument(symbol=symbol, category="linear")
+    try:
+        instrument = Instrument(symbol=symbol, category="linear")
+    except ValueError:  # pydantic's ValidationError: a symbol that could change a path
+        raise ConfigError(f"{paths.legacy_preprocessed_dir}: the books name symbol {symbol!r}, which does not match "
+                          "^[A-Z0-9]{2,30}$: move them by hand") from None
     target = paths.for_instrument(instrument, instrument.key)
     report = Migration()
     _move_tree(paths.legacy_preprocessed_dir, target.preprocessed_dir, report)

@@ -167,9 +167,11 @@ def test_a_pooled_model_reports_each_instrument_and_scores_an_unseen_one(small_e
     assert 0 <= final.test["unseen_SOLUSDT_linear_f1_macro"] <= 1
     card = final.model_path.with_suffix(".md").read_text()
     assert "ETHUSDT_linear" in card and "SOLUSDT_linear" in card
+    assert "## Backtest on the test block of BTCUSDT_linear only" in card  # the backtest says what it trades
     client = MlflowClient(tracking_uri=settings.training.mlflow.tracking_uri)
     metrics = client.get_run(final.mlflow_run_id).data.metrics
     assert "test_f1_macro_ETHUSDT_linear" in metrics and "test_unseen_SOLUSDT_linear_f1_macro" in metrics
+    assert client.get_run(final.mlflow_run_id).data.tags["backtest_net_return"].endswith(", BTCUSDT_linear only)")
 
     # the bundle scores each training instrument's day with that instrument's statistics
     import polars as pl

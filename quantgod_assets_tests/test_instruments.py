@@ -232,7 +232,14 @@ def test_a_one_symbol_data_folder_is_refused_until_migrated_then_feeds_the_platf
     assert {p.name: p.read_bytes() for p in env.preprocessed_dir().glob("*.parquet")} == before  # the same bytes
     assert not legacy.exists()
     again = _run(env, [sys.executable, "-m", "quantgod_assets.cli", "migrate"], {})
-    assert "moved 0 file(s)" in again.stdout
+    assert again.returncode == 0 and "moved 0 file(s)" in again.stdout
+    # a day in both places: neither copy is overwritten, the command says so in one line and fails
+    write_pre_days(legacy, [DAY1])
+    clash = _run(env, [sys.executable, "-m", "quantgod_assets.cli", "migrate"], {})
+    assert clash.returncode == 2 and "Traceback" not in clash.stderr
+    assert clash.stderr.strip().count("\n") == 0 and "2025-03-14.parquet: not moved" in clash.stderr
+    assert {p.name: p.read_bytes() for p in env.preprocessed_dir().glob("*.parquet")} == before
+    (legacy / f"{DAY1}.parquet").unlink()
 
     # the moved books feed the labels
     done = _cli(env, "--select", "key:*/labelled_frame", "--partition", str(DAY1))

@@ -141,7 +141,10 @@ def _backtest_section(final: FinalModel, settings: Settings) -> list[str]:
         rows.append([f"**{name}**" if name == "model" else name, bt["n_trades"],
                      f"{pct(bt['net_return'])} [{pct(bt.get('net_return_low'))}, {pct(bt.get('net_return_high'))}]",
                      pct(bt["hit_rate"]), bt.get("sharpe_text", num(bt.get("sharpe"))), pct(bt["max_drawdown"])])
-    return ["## Backtest on the test block",
+    only = final.backtests["model"].get("instrument") if final.backtests else None
+    return ["## Backtest on the test block" + (f" of {only} only" if only else ""),
+            *([f"Trained on several instruments: the backtest trades {only}'s test block (a trade never "
+               "spans two instruments); the per-instrument scores are above."] if only else []),
             f"Long at the ask, short at the bid of the minute after the signal, out after "
             f"{settings.labelling.lookahead} min at the other side; fee {100 * bt_settings.fee:.3f} % a side, "
             f"slippage {bt_settings.slippage_bps:g} bps a side; Sharpe needs {bt_settings.min_trades} trades.", "",

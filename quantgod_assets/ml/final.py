@@ -357,6 +357,9 @@ def train_final_model(
     for name, parts in baseline_results.items():
         results[name] = _backtest(data, parts["test"].predictions, training)
     backtests = {name: result.summary() for name, result in results.items()}
+    if data.n_instruments > 1:  # said wherever the backtest is shown: it trades one instrument's test block
+        for summary in backtests.values():
+            summary["instrument"] = data.instrument_keys[0]
     _log_test(report, backtests["model"], training, data.lookahead, len(runs))
 
     save_model_bundle(path, kept.model, data, label_settings, extra, kept, report, wf, backtests["model"])

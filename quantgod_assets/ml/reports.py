@@ -71,6 +71,7 @@ def backtest_table(final: FinalModel) -> str:
     bt = final.backtests["model"]
     return "\n".join([
         "| | |", "|---|---:|",
+        *([f"| instrument | {bt['instrument']} only |"] if bt.get("instrument") else []),
         f"| trades (long / short) | {bt['n_trades']} ({bt['n_long']} / {bt['n_short']}) |",
         f"| net return (compounded, after fees) [interval] | {pct(bt['net_return'])} "
         f"[{pct(bt.get('net_return_low'))}, {pct(bt.get('net_return_high'))}] |",

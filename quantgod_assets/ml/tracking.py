@@ -616,7 +616,8 @@ def headline(final: FinalModel) -> dict[str, Any]:
     bt = final.backtests.get("model")
     if bt is not None:
         text = f"{_signed_pct(bt.get('net_return'))} [{_signed_pct(bt.get('net_return_low'))}, " \
-               f"{_signed_pct(bt.get('net_return_high'))}] ({bt.get('n_trades')} trades)"
+               f"{_signed_pct(bt.get('net_return_high'))}] ({bt.get('n_trades')} trades" \
+               + (f", {bt['instrument']} only)" if bt.get("instrument") else ")")
         out["backtest_net_return"] = {"estimate": bt.get("net_return"), "low": bt.get("net_return_low"),
                                       "high": bt.get("net_return_high"), "n_trades": bt.get("n_trades"), "text": text}
     if wf is not None:
