@@ -161,6 +161,8 @@ def cmd_plots(args: argparse.Namespace) -> int:
     if end < start:
         raise CliError(f"--to {end} is before --from {start}")
     settings = load_settings()
+    if args.instrument:
+        settings = settings.for_instrument(args.instrument)
     out = args.out or settings.paths.logs_dir / "debug_plots"
     _folder_to_write(out, "--out")
     try:
@@ -310,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: the --from day)")
     plot.add_argument("--out", type=Path, default=None,
                       help="the folder to write to (default: {logs_dir}/debug_plots)")
+    plot.add_argument("--instrument", default=None,
+                      help="the configured instrument to picture, e.g. ETHUSDT_linear or ETHUSDT (default: the first "
+                      "of etl.yaml instruments; with several, file names start with the instrument)")
     plot.add_argument("--levels", type=int, default=None,
                       help="book levels for the features (default: training.yaml n_levels)")
     plot.set_defaults(func=cmd_plots)

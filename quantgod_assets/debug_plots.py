@@ -76,8 +76,11 @@ def debug_plots(settings: Settings, start: dt.date, end: dt.date, folder: Path |
     out.mkdir(parents=True, exist_ok=True)
     written: Written = []
 
+    # with several instruments configured, each one's pictures carry its key: one folder, no overwrite
+    prefix = f"{settings.instrument.key}_" if len(settings.instruments) > 1 else ""
+
     def save(name: str, png: bytes, note: str = "") -> None:
-        path = out / f"{name}.png"
+        path = out / f"{prefix}{name}.png"
         path.write_bytes(png)
         written.append((path, note))
 

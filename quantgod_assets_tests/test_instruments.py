@@ -280,3 +280,20 @@ def test_the_champion_predicts_only_the_instruments_it_trained_on(configs, tmp_p
     outcome = produce_day(DAY1, settings.for_instrument("ETHUSDT"))
     assert not outcome.published
     assert "ETHUSDT_linear: the champion" in outcome.reason and "trained on BTCUSDT_linear only" in outcome.reason
+
+
+def test_the_pictures_of_two_instruments_do_not_overwrite_each_other(configs, tmp_path):
+    from quantgod_assets.debug_plots import write_debug_plots
+
+    from .builders import write_pre_days
+
+    _write_instruments(configs, TWO)
+    settings = load_settings()
+    written = []
+    for key in ("BTCUSDT_linear", "ETHUSDT_linear"):
+        own = settings.for_instrument(key)
+        write_pre_days(own.paths.preprocessed_dir, [DAY1])
+        written += write_debug_plots(own, DAY1, DAY1, tmp_path / "pictures")
+    names = [p.name for p in written]
+    assert f"BTCUSDT_linear_{DAY1}_micro_price.png" in names and f"ETHUSDT_linear_{DAY1}_micro_price.png" in names
+    assert len(set(names)) == len(names)
