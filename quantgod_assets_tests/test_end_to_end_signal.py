@@ -159,6 +159,9 @@ def test_a_pooled_model_reports_each_instrument_and_scores_an_unseen_one(small_e
     assert final.model_path.parent.name == "BTCUSDT_linear+ETHUSDT_linear"
     assert set(final.report.instruments) == {"BTCUSDT_linear", "ETHUSDT_linear"}
     per = final.report.instruments
+    # the pooled interval: the same minutes of both instruments resampled together (blocks twice as long)
+    one_block = settings.training.evaluation.block_minutes or max(settings.labelling.lookahead, final.params["seq_len"])
+    assert final.report.block == 2 * one_block and per["ETHUSDT_linear"].block == one_block
     assert sum(r.model["n"] for r in per.values()) == final.test["n"]  # the pooled block: the instruments' together
     for key in per:  # each instrument scored with its interval next to the baselines
         assert 0 <= final.test[f"f1_macro_{key}"] <= 1

@@ -199,6 +199,17 @@ def _backtest(data: PreparedData, predictions: np.ndarray, training: TrainingSet
     return result  # a BacktestResult: .summary() for reports, its trades for the equity curve
 
 
+def calendar_order(data: PreparedData, ends: np.ndarray) -> np.ndarray:
+    """The order of `ends` by calendar minute (stable: instrument order within a minute). Over
+    several instruments the pooled test windows are bootstrapped in this order with blocks
+    `n_instruments` times as long: a block then holds the same minutes of every instrument, which
+    move together, so the interval is not narrowed by counting them as independent. One
+    instrument: the windows' own order."""
+    if data.n_instruments == 1:
+        return np.arange(len(ends))
+    return np.argsort(data.minutes[np.asarray(ends)], kind="stable")
+
+
 @dataclass
 class _SeedRun:
     seed: int
@@ -340,9 +351,10 @@ def train_final_model(
     scores = kept.test
     # windows overlap in their labels (lookahead) and in their inputs (seq_len): blocks span both
     block = int(training.evaluation.block_minutes or max(lab.lookahead, data.seq_len))
-    report = test_report(scores["y_true"], scores["y_pred"],
-                         {name: parts["test"].predictions for name, parts in baseline_results.items()},
-                         training.evaluation, block)
+    order, pooled_block = calendar_order(data, data.split.test), block * data.n_instruments
+    report = test_report(np.asarray(scores["y_true"])[order], np.asarray(scores["y_pred"])[order],
+                         {name: parts["test"].predictions[order] for name, parts in baseline_results.items()},
+                         training.evaluation, pooled_block)
     report.seeds = seed_spread([{k: v for k, v in r.test.items() if not isinstance(v, (list, np.ndarray))}
                                 for r in runs])
     # several instruments: the same scores per instrument; the unseen instruments, scored only

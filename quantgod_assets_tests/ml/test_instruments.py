@@ -343,3 +343,28 @@ def test_the_study_is_named_after_the_training_instruments(two_instruments):
     ranges = training_ranges(two_instruments)
     assert study_name(two_instruments, ranges).startswith("BTCUSDT_linear+ETHUSDT_linear_")
     assert search_provenance(two_instruments, ranges)["instruments"] == "BTCUSDT_linear+ETHUSDT_linear"
+
+
+def test_the_pooled_interval_resamples_the_same_minutes_of_every_instrument_together(data):
+    from quantgod_assets.ml.final import calendar_order
+    from quantgod_assets.ml.uncertainty import metric_interval
+
+    ends = data.split.test
+    minutes = data.minutes[ends][calendar_order(data, ends)]
+    assert (np.diff(minutes) >= 0).all() and minutes.size == ends.size
+    # two instruments that move together are one instrument's evidence, not twice as much: in
+    # calendar order with blocks twice as long the interval stays as wide as one's; counted as
+    # independent (one after the other, the same blocks) it would shrink by about 1/sqrt(2)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 3000)
+    p = np.where(rng.random(3000) < 0.6, y, rng.integers(0, 3, 3000))
+    options = {"resamples": 400, "seed": 1}
+    one = metric_interval(y, p, block=60, **options)
+    pooled = metric_interval(np.repeat(y, 2), np.repeat(p, 2), block=120, **options)
+    naive = metric_interval(np.concatenate([y, y]), np.concatenate([p, p]), block=60, **options)
+
+    def width(interval):
+        return interval.high - interval.low
+
+    assert width(pooled) > 0.85 * width(one)
+    assert width(naive) < 0.85 * width(one)
