@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--history-days", type=int, default=1,
                       help="days before it read for the first minutes' windows, when present (default: %(default)s)")
     pred.add_argument("--out", type=Path, default=None,
-                      help="the Parquet file to write (default: {data_dir}/predictions/{model version}/{date}.parquet)")
+                      help="the Parquet file to write (default: {data_dir}/predictions/{instrument}/{model version}/"
+                      "{date}.parquet)")
     pred.add_argument("--instrument", default=None,
                       help="the configured instrument whose day it is, e.g. ETHUSDT_linear or ETHUSDT "
                       "(default: the first of etl.yaml instruments)")

@@ -910,6 +910,13 @@ def load_settings(config_folder: str | Path | None = None) -> Settings:
                              {"storage": storage} if storage else {})
     _check_search_space(optimization, optimization_path)
     instruments = _instruments(etl)
+    training = _profiled(TrainingSettings, _read_yaml(training_path), training_path,
+                         {"mlflow": {"tracking_uri": tracking}} if tracking else {})
+    if _env_instrument(etl.partitions_start) is not None:
+        # the one-instrument shortcut: the model trains on it, whatever training.yaml lists
+        profile = training.profile
+        training = training.model_copy(update={"instruments": None, "unseen_instruments": ()})
+        training._profile = profile
     settings = Settings(
         paths=_paths(etl.paths),
         instruments=instruments,
@@ -917,8 +924,7 @@ def load_settings(config_folder: str | Path | None = None) -> Settings:
         etl=EtlSettings.model_validate(etl.model_dump(include=set(EtlSettings.model_fields))),
         labelling=_validate(LabellingSettings, _read_yaml(labelling), str(labelling)),
         optimization=optimization,
-        training=_profiled(TrainingSettings, _read_yaml(training_path), training_path,
-                           {"mlflow": {"tracking_uri": tracking}} if tracking else {}),
+        training=training,
         config_dir=folder,
     )
     try:

@@ -88,9 +88,11 @@ def test_wrong_instruments_fail_at_load_naming_the_entry(configs, listed, traini
 
 
 def test_the_symbol_variable_is_a_one_instrument_shortcut(configs, monkeypatch):
-    _write_instruments(configs, TWO)
+    _write_instruments(configs, TWO, instruments=["BTCUSDT", "ETHUSDT"], unseen_instruments=[])
     monkeypatch.setenv("QUANTGOD_SYMBOL", "ETHUSDT")
-    assert [i.key for i in load_settings().instruments] == ["ETHUSDT_linear"]
+    one = load_settings()
+    assert [i.key for i in one.instruments] == ["ETHUSDT_linear"]
+    assert one.model_key == "ETHUSDT_linear"  # trained on it, whatever training.yaml lists
     monkeypatch.setenv("QUANTGOD_SYMBOL", "SOLUSDT_spot")
     assert [i.key for i in load_settings().instruments] == ["SOLUSDT_spot"]
     monkeypatch.setenv("QUANTGOD_SYMBOL", "SOLUSDT_options")
@@ -257,6 +259,7 @@ def test_a_wrong_training_instrument_fails_the_model_step_in_one_line(tmp_path, 
     env = make_env(tmp_path, {})
     for key, value in env.env().items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("QUANTGOD_SYMBOL")  # etl.yaml's list, where training.yaml's entries are looked up
     training = env.config_dir / "training.yaml"
     data = yaml.safe_load(training.read_text())
     data["instruments"] = ["SOLUSDT"]  # not among etl.yaml's instruments

@@ -8,7 +8,7 @@ per configured instrument (an instrument the model never trained on included: th
 Ranges are one run on a process pool, like the other daily assets; a day without a book, or a
 platform without a champion yet, fails naming why while the other days are written. The
 `predictions_cover_valid_minutes` check warns when a minute with a valid book has no prediction.
-Log: `logs/predictions/predictions_{YYYYMMDD_HHMMSS}.log`.
+Log: `logs/predictions/predictions_{instrument}_{YYYYMMDD_HHMMSS}.log`.
 
 `live_performance` (not partitioned) judges the champion on the days after its training range that
 have predictions and labels (`ml.monitor`): rolling macro-F1 next to persistence and stratified,
