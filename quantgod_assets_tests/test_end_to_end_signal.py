@@ -176,6 +176,12 @@ def test_a_pooled_model_reports_each_instrument_and_scores_an_unseen_one(small_e
     assert "test_f1_macro_ETHUSDT_linear" in metrics and "test_unseen_SOLUSDT_linear_f1_macro" in metrics
     assert client.get_run(final.mlflow_run_id).data.tags["backtest_net_return"].endswith(", BTCUSDT_linear only)")
 
+    # live monitoring compares each instrument with its own training deciles (sizes on their own scale)
+    from quantgod_assets.ml.predict import Predictor
+
+    bins = Predictor.load(final.model_path).bundle["extra"]["feature_bins_by_instrument"]
+    assert set(bins) == {"BTCUSDT_linear", "ETHUSDT_linear"} and bins["BTCUSDT_linear"] != bins["ETHUSDT_linear"]
+
     # the bundle scores each training instrument's day with that instrument's statistics
     import polars as pl
 

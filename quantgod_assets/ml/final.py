@@ -485,11 +485,20 @@ def training_reference(data: PreparedData) -> dict[str, Any]:
     training windows' class priors."""
     from .live import feature_bins
 
+    def sampled(rows: np.ndarray) -> np.ndarray:
+        if rows.size > MAX_BIN_ROWS:
+            rows = rows[np.linspace(0, rows.size - 1, MAX_BIN_ROWS).round().astype(np.int64)]
+        return rows
+
     rows = np.flatnonzero(rows_covered(data.split.train, data.seq_len, data.arrays.n_rows))
-    if rows.size > MAX_BIN_ROWS:
-        rows = rows[np.linspace(0, rows.size - 1, MAX_BIN_ROWS).round().astype(np.int64)]
     priors = np.bincount(data.targets[data.split.train].astype(np.int64), minlength=3) / max(data.split.train.size, 1)
-    return {"feature_bins": feature_bins(data.features, rows).tolist(), "train_priors": priors.round(6).tolist()}
+    reference: dict[str, Any] = {"feature_bins": feature_bins(data.features, sampled(rows)).tolist(),
+                                 "train_priors": priors.round(6).tolist()}
+    if data.n_instruments > 1:  # each instrument's own deciles: its sizes live on its own scale
+        reference["feature_bins_by_instrument"] = {
+            key: feature_bins(data.features, sampled(rows[data.instrument_of(rows) == b])).tolist()
+            for b, key in enumerate(data.instrument_keys)}
+    return reference
 
 
 def save_model_bundle(path: Path, model: Any, data: PreparedData, label_settings: Mapping[str, Any],

@@ -107,8 +107,10 @@ def monitor(settings: Settings) -> tuple[LiveReport, bytes, MonitorInfo]:
     extra = predictor.bundle["extra"]
     live = settings.training.live
     lookahead = int(predictor.bundle["label_settings"].get("lookahead", settings.labelling.lookahead))
+    # a model trained on several instruments compares each with its own training deciles
+    bins = (extra.get("feature_bins_by_instrument") or {}).get(settings.instrument.key, extra["feature_bins"])
     report = live_report(days, labels, predictions, features, predictor.feature_names,
-                         np.asarray(extra["feature_bins"]), extra["train_priors"], lookahead,
+                         np.asarray(bins), extra["train_priors"], lookahead,
                          window_days=live.window_days, psi_threshold=live.psi_threshold)
     picture = live_performance_png(days, report.rolling, [d.psi_mean for d in report.days], live.psi_threshold,
                                    f"Champion v{pointer.get('registered_version')} after its training range "
