@@ -144,6 +144,7 @@ TIER_OF_TEST = {
     "test_automation.py::test_the_sensor_is_off_until_the_setting_turns_it_on": "cli",
     "test_instruments.py::test_two_instruments_over_three_days_in_one_command_one_corrupt_day_fails_alone": "cli",
     "test_instruments.py::test_a_wrong_training_instrument_fails_the_model_step_in_one_line": "dagster",
+    "test_instruments.py::test_too_few_windows_fail_the_model_step_in_one_line": "dagster",
     "test_instruments.py::test_a_one_symbol_data_folder_is_refused_until_migrated_then_feeds_the_platform": "cli",
     "test_debug_plots.py::test_cli_plots_from_to_prints_every_file": "cli",
     "test_debug_plots.py::test_write_debug_plots_draws_the_trained_models_pictures_from_its_plot_data": "training",

@@ -300,3 +300,25 @@ def test_the_pictures_of_two_instruments_do_not_overwrite_each_other(configs, tm
     names = [p.name for p in written]
     assert f"BTCUSDT_linear_{DAY1}_micro_price.png" in names and f"ETHUSDT_linear_{DAY1}_micro_price.png" in names
     assert len(set(names)) == len(names)
+
+
+def test_too_few_windows_fail_the_model_step_in_one_line(tmp_path, monkeypatch):
+    from quantgod_assets.assets.ml import model
+    from quantgod_assets.labelling import label_day_files
+
+    from .builders import materialize
+
+    env = make_env(tmp_path, {})
+    for key, value in env.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("QUANTGOD_ML_PROFILE", "demo")
+    training = env.config_dir / "training.yaml"
+    config = yaml.safe_load(training.read_text())
+    config["profiles"]["demo"]["seq_len"] = 720  # half a day a window: one day cannot hold folds and a test block
+    training.write_text(yaml.safe_dump(config))
+    write_pre_days(env.preprocessed_dir(), [DAY1])
+    label_day_files(env.preprocessed_dir(), env.labelled_dir(), DAY1)
+    result = materialize([model])
+    assert not result.success
+    text = result.failure_data_for_node("model").user_failure_data.description
+    assert "too few usable windows" in text and "\n" not in text.strip()

@@ -64,10 +64,10 @@ def _secret_urls(settings: Settings) -> tuple[str, str]:
 
 
 def _data_errors() -> tuple[type[Exception], ...]:
-    from ..ml.data import MissingDaysError, NoLabelledDaysError
+    from ..ml.data import MissingDaysError, NoLabelledDaysError, TooFewWindowsError
     from ..ml.final import ParamsMismatchError
 
-    return (MissingDaysError, NoLabelledDaysError, ParamsMismatchError)
+    return (MissingDaysError, NoLabelledDaysError, ParamsMismatchError, TooFewWindowsError)
 
 
 @contextmanager

@@ -55,6 +55,7 @@ __all__ = [
     "MissingDaysError",
     "NoLabelledDaysError",
     "PreparedData",
+    "TooFewWindowsError",
     "UnseenData",
     "labelled_range",
     "prepare_data",
@@ -64,6 +65,10 @@ __all__ = [
 ]
 
 KEY_SHIFT = 1 << 40  # minutes between instrument blocks in `keyed_minutes`: far beyond any calendar span
+
+
+class TooFewWindowsError(ValueError):
+    """The labelled days give too few usable windows for the folds, the split or the test block."""
 
 
 class NoLabelledDaysError(FileNotFoundError):
@@ -363,7 +368,7 @@ def prepare_data(
         walk = calendar_walk_forward(windows.ends, stacked.minutes[windows.ends], lookahead, seq_len, opt.folds, cut,
                                      opt.embargo_minutes)
     except ValueError as exc:
-        raise ValueError(f"too few usable windows: {len(windows)} windows of {seq_len} minutes over "
+        raise TooFewWindowsError(f"too few usable windows: {len(windows)} windows of {seq_len} minutes over "
                          f"{n_days} day(s): {exc}: label more days, shorten seq_len or use fewer folds"
                          ) from exc
     if len(walk.folds) < opt.folds:
@@ -371,7 +376,7 @@ def prepare_data(
                     f"of {walk.purge} min: {len(walk.folds)} used")
     split = walk.final
     if not split.train.size or not split.val.size:
-        raise ValueError(
+        raise TooFewWindowsError(
             f"too few usable windows for a split: {len(windows)} windows of {seq_len} minutes over "
             f"{n_days} day(s) give train {split.train.size} / val {split.val.size} / test "
             f"{split.test.size} (purge {split.purge} min): label more days or shorten seq_len"
@@ -438,7 +443,7 @@ def unseen_data(settings: Settings, data: PreparedData, instrument: Any) -> Unse
     test = windows.ends[times >= cut]
     development = windows.ends[times <= cut - data.split.purge - 1]
     if not test.size or not development.size:
-        raise ValueError(f"{key}: {development.size} development and {test.size} test windows over "
+        raise TooFewWindowsError(f"{key}: {development.size} development and {test.size} test windows over "
                          f"{labelled.start}..{labelled.end}: nothing to score it on")
     scaler = Scaler.fit(arrays.features, rows_covered(development, data.seq_len, arrays.n_rows), arrays.feature_names)
     return UnseenData(key, arrays, windows, test, development, scaler, data.seq_len, data.lookahead)

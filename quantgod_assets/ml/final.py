@@ -41,7 +41,7 @@ from ..plots import (
 )
 from ..secrets import redact_url
 from ..settings import LoopSettings
-from .data import PreparedData, prepare_data
+from .data import PreparedData, TooFewWindowsError, prepare_data
 from .dataset import rows_covered
 from .evaluation import (
     TestReport,
@@ -286,7 +286,7 @@ def train_final_model(
     arch = training.arch
     data = prepare_data(settings, start, end, training.n_levels, training.seq_len, with_prices=True)
     if not data.split.test.size:
-        raise ValueError(f"the test block is empty ({data.describe()}): label more days")
+        raise TooFewWindowsError(f"the test block is empty ({data.describe()}): label more days")
     if searched:
         check_search_period(searched, data.test_start, settings.paths.best_params_path)
     log.info(f"Final model: {arch} | labels {lab.suffix} | params from {source} | metric {opt.metric} ({opt.goal})"
