@@ -308,6 +308,13 @@ def test_ui_shows_the_asset_graph_and_a_materialized_partition(qg_env, tmp_path)
             {"view": "partitions", "partition": DAY1.isoformat()})
         render(partitions_url, tmp_path, "preprocessed_book_partitions",
                partitions_problem(run_id, qg_env.preprocessed(DAY1)))
+        # the day's micro-price picture is drawn in the metadata table itself, an image the
+        # webserver serves, not only a "[Show Markdown]" link
+        dom = (tmp_path / "preprocessed_book_partitions.html").read_text()
+        inline = re.search(r'<img src="(/logs/quantgod_pictures/[0-9a-f]+/png)" alt="micro_price"', dom)
+        assert inline, "no inline micro_price picture in the partition's metadata"
+        with urllib.request.urlopen(base + inline.group(1), timeout=30) as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
     finally:
         stop(server)
     print(f"screenshots: {tmp_path / 'asset_graph.png'}, {tmp_path / 'preprocessed_book_partitions.png'}")
