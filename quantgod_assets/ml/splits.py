@@ -157,28 +157,11 @@ def walk_forward_split(
     ends = _prepare(ends)
     if not 0 < test_share < 1 or n_folds < 1:
         raise ValueError(f"need 0 < test_share < 1 and n_folds >= 1, got {test_share}, {n_folds}")
-    purge = purge_minutes(lookahead, seq_len) + int(embargo)
     times = _times(ends, minutes)
     if test_start is None:
         test_start = int(times[min(round(ends.size * (1 - test_share)), max(ends.size - 1, 0))]) if ends.size else 0
-    test = ends[times >= test_start]
-    keep = times <= test_start - purge - 1  # the purge comes off the development period: the test block is fixed
-    development, dev_times = ends[keep], times[keep]
-    cut = development.size
-    bounds = np.linspace(0, cut, n_folds + 2).round().astype(np.int64)
-    folds = []
-    for k in range(1, n_folds + 1):
-        lo, hi = int(bounds[k]), int(bounds[k + 1])
-        if lo == 0 or hi <= lo:
-            continue
-        val = _purged_after(development[lo:hi], dev_times[lo:hi], int(dev_times[lo - 1]), purge)
-        if val.size:
-            folds.append(Split(development[:lo], val, np.empty(0, dtype=np.int64), purge, int(lookahead),
-                               int(seq_len)))
-    if not folds:
-        raise ValueError(f"no walk-forward fold holds a window after the purge of {purge} min: "
-                         f"{ends.size} windows, {n_folds} folds")
-    return WalkForward(folds, test, purge)
+    # one instrument is the calendar case with one block: the same cut, folds and purges
+    return calendar_walk_forward(ends, times, lookahead, seq_len, n_folds, int(test_start), embargo)
 
 
 def calendar_walk_forward(
