@@ -170,10 +170,17 @@ def test_a_pooled_model_reports_each_instrument_and_scores_an_unseen_one(small_e
     assert 0 <= final.test["unseen_SOLUSDT_linear_f1_macro"] <= 1
     card = final.model_path.with_suffix(".md").read_text()
     assert "ETHUSDT_linear" in card and "SOLUSDT_linear" in card
-    assert "## Backtest on the test block of BTCUSDT_linear only" in card  # the backtest says what it trades
+    # the backtest says what it trades: the headline on BTC's block, then each instrument's own
+    assert "the first table trades BTCUSDT_linear's test block" in card
+    assert set(final.backtests_by_instrument) == {"BTCUSDT_linear", "ETHUSDT_linear"}
+    btc = final.backtests_by_instrument["BTCUSDT_linear"]["model"]
+    assert (btc["net_return"], btc["n_trades"]) == (final.backtests["model"]["net_return"],
+                                                    final.backtests["model"]["n_trades"])  # the same block
+    assert "| ETHUSDT_linear | **model** |" in card
     client = MlflowClient(tracking_uri=settings.training.mlflow.tracking_uri)
     metrics = client.get_run(final.mlflow_run_id).data.metrics
     assert "test_f1_macro_ETHUSDT_linear" in metrics and "test_unseen_SOLUSDT_linear_f1_macro" in metrics
+    assert "backtest_ETHUSDT_linear_net_return" in metrics
     assert client.get_run(final.mlflow_run_id).data.tags["backtest_net_return"].endswith(", BTCUSDT_linear only)")
 
     # live monitoring compares each instrument with its own training deciles (sizes on their own scale)

@@ -142,13 +142,22 @@ def _backtest_section(final: FinalModel, settings: Settings) -> list[str]:
                      f"{pct(bt['net_return'])} [{pct(bt.get('net_return_low'))}, {pct(bt.get('net_return_high'))}]",
                      pct(bt["hit_rate"]), bt.get("sharpe_text", num(bt.get("sharpe"))), pct(bt["max_drawdown"])])
     only = final.backtests["model"].get("instrument") if final.backtests else None
-    return ["## Backtest on the test block" + (f" of {only} only" if only else ""),
-            *([f"Trained on several instruments: the backtest trades {only}'s test block (a trade never "
-               "spans two instruments); the per-instrument scores are above."] if only else []),
+    per_instrument = []
+    for key, per in final.backtests_by_instrument.items():  # several instruments: each one's own block
+        per_instrument += [[key, f"**{name}**" if name == "model" else name, bt["n_trades"],
+                            f"{pct(bt['net_return'])} [{pct(bt.get('net_return_low'))}, "
+                            f"{pct(bt.get('net_return_high'))}]", pct(bt["hit_rate"])] for name, bt in per.items()]
+    per_table = (["", "Each instrument's own test block (a trade never spans two instruments):", "",
+                  *_table(["instrument", "signal", "trades", "net return [interval]", "hit rate"], per_instrument)]
+                 if per_instrument else [])
+    return ["## Backtest on the test block",
+            *([f"Trained on several instruments: the first table trades {only}'s test block (the headline "
+               "figure), the second every instrument's own."] if only else []),
             f"Long at the ask, short at the bid of the minute after the signal, out after "
             f"{settings.labelling.lookahead} min at the other side; fee {100 * bt_settings.fee:.3f} % a side, "
             f"slippage {bt_settings.slippage_bps:g} bps a side; Sharpe needs {bt_settings.min_trades} trades.", "",
-            *_table(["signal", "trades", "net return [interval]", "hit rate", "Sharpe", "max drawdown"], rows)]
+            *_table(["signal", "trades", "net return [interval]", "hit rate", "Sharpe", "max drawdown"], rows),
+            *per_table]
 
 
 def model_card(final: FinalModel, settings: Settings) -> str:

@@ -148,6 +148,8 @@ class FinalModel:
     confusion_png: bytes
     curve_png: bytes
     walk_forward: WalkForwardReport | None = None
+    # several instruments: instrument key -> the same backtests on that instrument's test block
+    backtests_by_instrument: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     report: TestReport | None = None
     priors: dict[str, list[float]] = field(default_factory=dict)
     test_period: tuple[str, str] = ("", "")
@@ -177,18 +179,21 @@ class FinalModel:
 
 
 def _backtest(data: PreparedData, predictions: np.ndarray, training: TrainingSettings,
-              block_trades: int = 1) -> Any:
+              block_trades: int = 1, instrument: int = 0) -> Any:
     """The test-period backtest of per-window predictions at the side of the book: the signal is
-    NEUTRAL except at the test window ends; trades enter at t+1 and hold `lookahead` minutes."""
+    NEUTRAL except at the test window ends; trades enter at t+1 and hold `lookahead` minutes.
+    Over several instruments, one instrument's test block (`instrument`, a block index): no trade
+    spans two instruments' rows. None when that instrument has no test window."""
     from .backtest import backtest_book
 
     if data.bid is None or data.ask is None:
         raise ValueError("the backtest needs the book prices: prepare_data(..., with_prices=True)")
     ends = data.split.test
-    first = int(ends[0])
-    # over several instruments, the first one's test block: no trade spans two instruments' rows
-    stop = data.block_rows(int(data.instrument_of(ends[:1])[0])).stop
-    ends, predictions = ends[ends < stop], np.asarray(predictions)[ends < stop]
+    mine = data.instrument_of(ends) == instrument
+    if not mine.any():
+        return None
+    ends, predictions = ends[mine], np.asarray(predictions)[mine]
+    first, stop = int(ends[0]), data.block_rows(instrument).stop
     signals = np.ones(stop - first, dtype=np.int64)
     signals[ends - first] = predictions
     bt = training.backtest
@@ -365,13 +370,16 @@ def train_final_model(
                                    block)
     test = {k: v for k, v in report.model.items()}
     test.update(report.instrument_metrics())  # MLflow: test_f1_macro_{instrument}, test_unseen_{instrument}_f1_macro
-    results = {"model": _backtest(data, scores["y_pred"], training)}
-    for name, parts in baseline_results.items():
-        results[name] = _backtest(data, parts["test"].predictions, training)
+    signals = {"model": scores["y_pred"], **baseline_test}
+    results = {name: _backtest(data, predictions, training) for name, predictions in signals.items()}
     backtests = {name: result.summary() for name, result in results.items()}
-    if data.n_instruments > 1:  # said wherever the backtest is shown: it trades one instrument's test block
+    by_instrument: dict[str, dict[str, dict[str, Any]]] = {}
+    if data.n_instruments > 1:  # the headline trades the first instrument's block: said wherever it is shown
         for summary in backtests.values():
             summary["instrument"] = data.instrument_keys[0]
+        for b, key in enumerate(data.instrument_keys):
+            per = {name: _backtest(data, predictions, training, instrument=b) for name, predictions in signals.items()}
+            by_instrument[key] = {name: result.summary() for name, result in per.items() if result is not None}
     _log_test(report, backtests["model"], training, data.lookahead, len(runs))
 
     save_model_bundle(path, kept.model, data, label_settings, extra, kept, report, wf, backtests["model"])
@@ -384,7 +392,8 @@ def train_final_model(
         model_path=path, params=params, params_source=source, history=kept.result.history,
         best_epoch=kept.result.best_epoch, best_val_f1_macro=float(kept.val["f1_macro"]),
         n_parameters=kept.result.n_parameters, device=kept.result.device, test=test,
-        baselines=report.baselines, backtests=backtests, sizes=data.sizes(), days=list(data.labelled.days),
+        baselines=report.baselines, backtests=backtests, backtests_by_instrument=by_instrument, sizes=data.sizes(),
+        days=list(data.labelled.days),
         confusion_png=fig_png(confusion_figure(test["confusion"], title=f"Test confusion matrix ({arch})")),
         curve_png=fig_png(training_curve_figure(kept.result.history, title=f"{arch}: training curve")),
         walk_forward=wf, report=report, priors=priors, test_period=(test_period[0], test_period[1]),

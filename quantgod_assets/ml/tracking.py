@@ -576,6 +576,11 @@ def _final_metrics(final: FinalModel) -> dict[str, Any]:
         for key in ("net_return", "net_return_low", "net_return_high", "gross_return", "hit_rate", "sharpe",
                     "n_trades", "max_drawdown"):
             out[f"{prefix}_{key}"] = bt.get(key)
+    for key, per in final.backtests_by_instrument.items():  # several instruments: each one's test block
+        for name, bt in per.items():
+            prefix = f"backtest_{key}" if name == "model" else f"backtest_{name}_{key}"
+            for metric in ("net_return", "net_return_low", "net_return_high", "n_trades"):
+                out[f"{prefix}_{metric}"] = bt.get(metric)
     for part, size in final.sizes.items():
         out[f"n_{part}_windows"] = size
     for part, priors in final.priors.items():
