@@ -88,6 +88,15 @@ class QuantGodEnv:
                 data[key] = value
         path.write_text(yaml.safe_dump(data))
 
+    def set_profile(self, name: str, **changes: object) -> None:
+        """Rewrites the temp training.yaml with `profiles.{name}` entries changed."""
+        import yaml
+
+        path = self.config_dir / "training.yaml"
+        data = yaml.safe_load(path.read_text())
+        data["profiles"][name].update(changes)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
     def preprocessed(self, day: dt.date, instrument: str = "linear/BTCUSDT") -> Path:
         return self.data_dir / "L2" / instrument / "pre_processed" / f"{day.isoformat()}.parquet"
 

@@ -11,7 +11,6 @@ import sys
 
 import matplotlib.image as mpimg
 import pytest
-import yaml
 
 from quantgod_assets import plots
 from quantgod_assets.debug_plots import DayNotPreprocessedError, model_plot_data_path, write_debug_plots
@@ -100,10 +99,7 @@ def test_write_debug_plots_draws_the_trained_models_pictures_from_its_plot_data(
 
     env, settings = _environment(tmp_path, monkeypatch)
     monkeypatch.setenv("QUANTGOD_ML_PROFILE", "small")
-    path = env.config_dir / "training.yaml"
-    config = yaml.safe_load(path.read_text())
-    config["profiles"]["small"].update(max_batches_per_epoch=4, tcn_channels=8, lstm_hidden=8, epochs=1)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env.set_profile("small", max_batches_per_epoch=4, tcn_channels=8, lstm_hidden=8, epochs=1)
     from quantgod_assets.settings import load_settings
 
     settings = load_settings()

@@ -312,10 +312,7 @@ def test_too_few_windows_fail_the_model_step_in_one_line(tmp_path, monkeypatch):
     for key, value in env.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("QUANTGOD_ML_PROFILE", "demo")
-    training = env.config_dir / "training.yaml"
-    config = yaml.safe_load(training.read_text())
-    config["profiles"]["demo"]["seq_len"] = 720  # half a day a window: one day cannot hold folds and a test block
-    training.write_text(yaml.safe_dump(config))
+    env.set_profile("demo", seq_len=720)  # half a day a window: one day cannot hold folds and a test block
     write_pre_days(env.preprocessed_dir(), [DAY1])
     label_day_files(env.preprocessed_dir(), env.labelled_dir(), DAY1)
     result = materialize([model])

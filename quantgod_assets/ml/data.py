@@ -141,8 +141,26 @@ def _key(instrument: Any) -> str:
     return str(getattr(instrument, "key", instrument))
 
 
+class _ArrayColumns:
+    """`features`, `targets`, `minutes` of the `arrays` a prepared range holds."""
+
+    arrays: TrainingArrays
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.arrays.features
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.arrays.targets
+
+    @property
+    def minutes(self) -> np.ndarray:
+        return self.arrays.minutes
+
+
 @dataclass
-class PreparedData:
+class PreparedData(_ArrayColumns):
     """Everything a model needs from the labelled range, for one (n_levels, seq_len)."""
 
     arrays: TrainingArrays
@@ -235,18 +253,6 @@ class PreparedData:
         if self.cut_minute is not None:
             return _utc(self.cut_minute)
         return _utc(test_start_minute(self.minutes, self.walk_test_share))
-
-    @property
-    def features(self) -> np.ndarray:
-        return self.arrays.features
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self.arrays.targets
-
-    @property
-    def minutes(self) -> np.ndarray:
-        return self.arrays.minutes
 
     @property
     def n_features(self) -> int:
@@ -393,7 +399,7 @@ def prepare_data(
 
 
 @dataclass
-class UnseenData:
+class UnseenData(_ArrayColumns):
     """An instrument the model never trained on, over the training range: its own matrix, its
     windows from the shared calendar cut on (`test`), scaled with statistics of ITS OWN
     development-period rows (the rows of its windows ending before the purge ahead of the cut;
@@ -407,18 +413,6 @@ class UnseenData:
     scaler: Scaler
     seq_len: int
     lookahead: int
-
-    @property
-    def features(self) -> np.ndarray:
-        return self.arrays.features
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self.arrays.targets
-
-    @property
-    def minutes(self) -> np.ndarray:
-        return self.arrays.minutes
 
     def dataset(self) -> Any:
         """The test windows as a `SequenceDataset`, scaled with this instrument's own statistics."""

@@ -16,7 +16,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-import yaml
 
 from quantgod_assets import cli
 from quantgod_assets.labelling import label_day_files
@@ -70,10 +69,7 @@ def _train_small_model(tmp_path, monkeypatch):
     for key, value in env.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("QUANTGOD_ML_PROFILE", "small")
-    path = env.config_dir / "training.yaml"
-    config = yaml.safe_load(path.read_text())
-    config["profiles"]["small"].update(max_batches_per_epoch=4, tcn_channels=8, lstm_hidden=8, epochs=1)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env.set_profile("small", max_batches_per_epoch=4, tcn_channels=8, lstm_hidden=8, epochs=1)
     pre = env.preprocessed_dir()
     write_pre_days(pre, [DAY1, DAY2, DAY3])
     for day in (DAY1, DAY2, DAY3):
