@@ -86,16 +86,16 @@ def _frames(settings: Settings, day: dt.date) -> list[Any]:
 
 def _predict_day(outcome: DayOutcome, settings: Settings) -> tuple[Any, Path, dict[str, str]]:
     """(the day's prediction rows, the file they go to, the file's metadata); fills checks and metadata."""
-    from ..ml.predict import predict, valid_minutes
+    from ..ml.predict import predict_with_valid
 
     predictor, pointer = _champion(settings)
     frames = _frames(settings, outcome.day)
     # a model trained on several instruments scales each with its own statistics: name this one
     instrument = settings.instrument.key if len(predictor.instruments) > 1 else None
-    table = predict(predictor, frames, instrument=instrument)
+    table, valid_all = predict_with_valid(predictor, frames, instrument=instrument)  # one feature pass
     rows = frames[-1].height
     day_rows = table.tail(rows)  # the day before was history only
-    valid = valid_minutes(frames, predictor.n_levels)[-rows:]
+    valid = valid_all[-rows:]
     has_window = day_rows.get_column("has_window").to_numpy()
     minutes = day_rows.get_column("ts").dt.epoch("ms").to_numpy() // 60_000
     outcome.checks = [coverage_check(has_window, valid, minutes)]

@@ -33,7 +33,8 @@ from .features import FEATURE_CODE_HASH, feature_names, frame_features, n_featur
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["OUTPUT_COLUMNS", "BundleError", "Predictor", "missing_columns", "predict", "valid_minutes"]
+__all__ = ["OUTPUT_COLUMNS", "BundleError", "Predictor", "missing_columns", "predict", "predict_with_valid",
+           "valid_minutes"]
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,17 @@ def predict(
     reads raises ValueError naming the columns. A model trained on several instruments needs
     `instrument` (its key or symbol: the frames' instrument, scaled with its training statistics).
     """
+    return predict_with_valid(model, frames, batch_size, instrument)[0]
+
+
+def predict_with_valid(
+    model: str | Path | Predictor,
+    frames: pl.DataFrame | Sequence[pl.DataFrame],
+    batch_size: int = BATCH_WINDOWS,
+    instrument: str | None = None,
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """`predict`'s table and `valid_minutes`' mask from one pass over the frames' features (the
+    daily predictions' coverage check needs both)."""
     predictor = model if isinstance(model, Predictor) else Predictor.load(model)
     predictor.scaler_for(instrument)  # an instrument the bundle has no scaling for fails before any work
     frames = [frames] if isinstance(frames, pl.DataFrame) else list(frames)
@@ -269,4 +281,4 @@ def predict(
     targets = np.full(rows.valid.size, ANY_CLASS, dtype=np.int8)
     ends = WindowIndex.build(rows.valid, targets, predictor.seq_len, rows.minutes).ends
     probabilities = predictor.probabilities(rows.features, ends, batch_size, instrument)
-    return _table(rows.ts, ends, probabilities, predictor.class_names)
+    return _table(rows.ts, ends, probabilities, predictor.class_names), rows.valid

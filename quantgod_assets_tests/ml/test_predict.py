@@ -155,6 +155,16 @@ def test_an_invalid_minute_leaves_no_window_across_it(tiny_bundle, days):
     assert np.flatnonzero(~has_window).tolist() == list(range(600, 601 + SEQ_LEN))
 
 
+def test_one_pass_gives_the_table_and_the_valid_minutes(tiny_bundle, days):
+    from quantgod_assets.ml.predict import predict_with_valid, valid_minutes
+
+    broken = make_day_frame(DAY2, seed=1, invalid_minutes=[600])
+    table, valid = predict_with_valid(tiny_bundle, [days[0], broken])
+    assert table.equals(predict(tiny_bundle, [days[0], broken]))
+    np.testing.assert_array_equal(valid, valid_minutes([days[0], broken], N_LEVELS))
+    assert not valid[1440 + 600]
+
+
 def test_batches_do_not_change_the_probabilities(tiny_bundle, days):
     predictor = Predictor.load(tiny_bundle)
     whole = predict(predictor, days[1])
