@@ -73,19 +73,26 @@ def _labels(settings: Settings, day: dt.date) -> pl.DataFrame | None:
     return pl.read_parquet(path, columns=["ts", "target"]) if path.is_file() else None
 
 
-def _features(settings: Settings, day: dt.date, n_levels: int) -> np.ndarray:
-    """The model's inputs for the day's minutes (the day before read for the first mid return)."""
+def _features(settings: Settings, days: list[dt.date], n_levels: int) -> dict[dt.date, np.ndarray]:
+    """The model's inputs for each day's minutes, each book read once: a day's first mid return
+    comes from the day before (the one just read, or read for it when the days are not consecutive)."""
     import polars as pl
 
     from .features import frame_features
 
-    previous = None
-    before = settings.paths.preprocessed_path(day - ONE_DAY)
-    if before.is_file():
-        block = frame_features(pl.read_parquet(before).sort("ts"), n_levels)
-        previous = (block.last_ts_ms, block.last_mid)
-    return frame_features(pl.read_parquet(settings.paths.preprocessed_path(day)).sort("ts"), n_levels,
-                          previous=previous).values
+    def read(day: dt.date) -> Any:
+        return pl.read_parquet(settings.paths.preprocessed_path(day)).sort("ts")
+
+    out: dict[dt.date, np.ndarray] = {}
+    last: tuple[dt.date, Any] | None = None  # the latest day read and its feature block
+    for day in days:
+        before = day - ONE_DAY
+        if (last is None or last[0] != before) and settings.paths.preprocessed_path(before).is_file():
+            last = (before, frame_features(read(before), n_levels))
+        previous = (last[1].last_ts_ms, last[1].last_mid) if last is not None and last[0] == before else None
+        block = frame_features(read(day), n_levels, previous=previous)
+        out[day], last = block.values, (day, block)
+    return out
 
 
 def monitor(settings: Settings) -> tuple[LiveReport, bytes, MonitorInfo]:
@@ -103,7 +110,7 @@ def monitor(settings: Settings) -> tuple[LiveReport, bytes, MonitorInfo]:
     labels = {d: frame for d in [days[0] - ONE_DAY, *days] if (frame := _labels(settings, d)) is not None}
     predictions = {d: pl.read_parquet(settings.paths.predictions_path(predictor.version, d),
                                       columns=["ts", "predicted"]) for d in days}
-    features = {d: _features(settings, d, predictor.n_levels) for d in days}
+    features = _features(settings, days, predictor.n_levels)
     extra = predictor.bundle["extra"]
     live = settings.training.live
     lookahead = int(predictor.bundle["label_settings"].get("lookahead", settings.labelling.lookahead))
